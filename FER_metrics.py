@@ -1,0 +1,128 @@
+"""Metrics for expression classification and valence/arousal regression.
+
+Training's per-epoch validation and eval_resnet50.py both score through this module, so their
+numbers are the same by construction. scikit-learn and krippendorff compute what they can; SAGR and
+CCC, which they do not provide, are defined below (and in the README).
+"""
+import numpy as np
+from scipy.special import softmax
+from sklearn import metrics as skm
+
+VA_RANGE = (-1.0, 1.0)  # valence/arousal labels lie in [-1, 1]; predictions are clipped to it
+
+
+def clip_va(pred):
+    return np.clip(pred, *VA_RANGE)
+
+
+def accuracy(y_true, y_pred):
+    return float(skm.accuracy_score(y_true, y_pred)) if len(y_true) else float("nan")
+
+
+def rmse(true, pred):
+    """Root mean squared error per column and over all values together, on clipped predictions."""
+    err = (clip_va(np.asarray(pred, np.float64)) - np.asarray(true, np.float64)) ** 2
+    return {"valence": float(np.sqrt(err[:, 0].mean())), "arousal": float(np.sqrt(err[:, 1].mean())),
+            "combined": float(np.sqrt(err.mean()))}
+
+
+def sagr(true, pred):
+    """Sign agreement rate: mean of sign(true) == sign(pred); a zero only agrees with a zero."""
+    return float(np.mean(np.sign(true) == np.sign(pred)))
+
+
+def ccc(true, pred):
+    """Lin's concordance correlation coefficient with population (ddof=0) moments.
+
+    None when undefined, i.e. when both series are constant (zero denominator).
+    """
+    mt, mp = true.mean(), pred.mean()
+    vt, vp = true.var(), pred.var()
+    cov = np.mean((true - mt) * (pred - mp))
+    denom = vt + vp + (mt - mp) ** 2
+    return float(2 * cov / denom) if denom > 0 else None
+
+
+def pearson(true, pred):
+    """Pearson correlation; None when either series is constant."""
+    if np.std(true) == 0 or np.std(pred) == 0:
+        return None
+    return float(np.corrcoef(true, pred)[0, 1])
+
+
+def regression_metrics(true, pred):
+    """rmse, mae, corr, sagr, ccc of one target (pred already clipped)."""
+    true, pred = np.asarray(true, np.float64), np.asarray(pred, np.float64)
+    return {"rmse": float(np.sqrt(np.mean((pred - true) ** 2))), "mae": float(np.mean(np.abs(pred - true))),
+            "corr": pearson(true, pred), "sagr": sagr(true, pred), "ccc": ccc(true, pred)}
+
+
+def classification_metrics(y_true, probs, class_names):
+    """Accuracy, macro F1, Cohen's kappa, one-vs-rest macro ROC-AUC and PR-AUC, Krippendorff's alpha,
+    per-class precision/recall/F1/support and the confusion matrix. Returns (metrics, notes)."""
+    import krippendorff
+
+    notes = []
+    y_true = np.asarray(y_true)
+    y_pred = probs.argmax(1)
+    labels = np.arange(len(class_names))
+    present = np.unique(y_true)
+    out = {"accuracy": accuracy(y_true, y_pred),
+           "f1_macro": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
+           "kappa": _or_none(skm.cohen_kappa_score(y_true, y_pred))}
+    # AUCs one-vs-rest over the classes that occur: a class without positives has no ROC curve.
+    if len(present) < len(labels):
+        missing = [class_names[c] for c in labels if c not in present]
+        notes.append(f"classes absent from the ground truth ({', '.join(missing)}): "
+                     f"ROC-AUC and PR-AUC are averaged over the {len(present)} classes present")
+    if len(present) >= 2:
+        onehot = (y_true[:, None] == present[None, :]).astype(int)
+        out["roc_auc"] = float(skm.roc_auc_score(onehot, probs[:, present], average="macro"))
+        out["pr_auc"] = float(skm.average_precision_score(onehot, probs[:, present], average="macro"))
+    else:
+        out["roc_auc"] = out["pr_auc"] = None
+        notes.append("fewer than two classes in the ground truth: ROC-AUC and PR-AUC are undefined")
+    # Nominal alpha with ground truth and prediction as two coders.
+    if len(np.unique(np.concatenate([y_true, y_pred]))) > 1:
+        out["krippendorff_alpha"] = float(krippendorff.alpha(reliability_data=np.vstack([y_true, y_pred]),
+                                                             level_of_measurement="nominal"))
+    else:
+        out["krippendorff_alpha"] = None
+        notes.append("a single category overall: Krippendorff's alpha is undefined")
+    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    out["per_class"] = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                               "support": int(s[i])} for i, name in enumerate(class_names)}
+    out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    return out, notes
+
+
+def _or_none(x):
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
+def evaluate(logits, va_pred, y_true, va_true, class_names):
+    """The full report: {'n', classification metrics, 'valence': {...}, 'arousal': {...}, 'notes'}.
+
+    va_true may be None or all-NaN (a classification-only dataset): regression is then left out.
+    """
+    probs = softmax(np.asarray(logits, np.float64), axis=1)
+    out, notes = classification_metrics(y_true, probs, class_names)
+    out = {"n": int(len(y_true)), **out}
+    has_va = va_true is not None and len(va_true) and not np.isnan(va_true).all()
+    if has_va:
+        ok = ~np.isnan(va_true).any(1)
+        if not ok.all():
+            notes.append(f"{int((~ok).sum())} samples without valence/arousal left out of the regression metrics")
+        pred = clip_va(va_pred[ok])
+        notes.append(f"valence/arousal predictions clipped to [{VA_RANGE[0]:g}, {VA_RANGE[1]:g}] before scoring")
+        for i, name in enumerate(("valence", "arousal")):
+            out[name] = regression_metrics(va_true[ok, i], pred[:, i])
+            for m in ("corr", "ccc"):
+                if out[name][m] is None:
+                    notes.append(f"{name} {m.upper()} undefined (constant predictions or labels): reported as null")
+        out["rmse_combined"] = rmse(va_true[ok], va_pred[ok])["combined"]
+    else:
+        notes.append("no valence/arousal labels: classification-only report")
+    out["notes"] = notes
+    return out

@@ -1,0 +1,285 @@
+"""The multitask ResNet, pretrained-weight loading, checkpoint I/O and batched prediction.
+
+Shared by train_vggface2_resnet50.py, eval_resnet50.py, predict.py, export_onnx.py and bench.py.
+"""
+import os
+import pickle
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from tqdm import tqdm
+
+from FER_transform import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+# The VGGFace2 ResNet-50 (Cao et al. 2018) was trained in Caffe on BGR pixels 0-255 minus this mean.
+VGGFACE2_MEAN_BGR = (91.4953, 103.8827, 131.0912)
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A weights file that cannot be used; the message names the file and the problem."""
+
+
+class FERNet(nn.Module):
+    """ResNet backbone (fc -> Identity) + Dropout + expression head (fc_cls) + valence/arousal head (fc_reg).
+
+    Module names match the original scripts, so their state dicts load unchanged. Inputs are always
+    ImageNet-normalised RGB (what FERDataset yields). With input_format="caffe_bgr" the model converts
+    them to what Caffe-trained VGGFace2 weights expect (BGR, 0-255, minus the VGGFace2 mean) and uses
+    the Caffe ResNet-50 layout, so that frozen pretrained layers see their training distribution.
+    """
+
+    def __init__(self, arch="resnet50", num_classes=len(CLASS_NAMES), dropout=0.7, input_format="imagenet"):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+        if input_format not in ("imagenet", "caffe_bgr"):
+            raise ValueError(f"unknown input_format {input_format!r}")
+        self.arch, self.input_format = arch, input_format
+        self.backbone = getattr(torchvision.models, arch)(weights=None)
+        in_features = self.backbone.fc.in_features
+        self.backbone.fc = nn.Identity()
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc_cls = nn.Linear(in_features, num_classes)
+        self.fc_reg = nn.Linear(in_features, 2)
+        if input_format == "caffe_bgr":
+            if arch != "resnet50":
+                raise ValueError("the Caffe (VGGFace2) layout exists for resnet50 only")
+            to_caffe_layout(self.backbone)
+            # x_bgr255 - mean = flip(x) * 255 std + (255 mean - vggface2 mean), per channel in BGR order.
+            std, mean = torch.tensor(IMAGENET_STD[::-1]), torch.tensor(IMAGENET_MEAN[::-1])
+            scale, bias = 255 * std, 255 * mean - torch.tensor(VGGFACE2_MEAN_BGR)
+        else:
+            scale, bias = torch.ones(3), torch.zeros(3)
+        # Not persistent: derived from input_format, which the checkpoint records.
+        self.register_buffer("in_scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("in_bias", bias.view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x):
+        if self.input_format == "caffe_bgr":
+            x = x.flip(1) * self.in_scale + self.in_bias
+        features = self.dropout(self.backbone(x))
+        return self.fc_cls(features), self.fc_reg(features)
+
+
+def to_caffe_layout(resnet):
+    """Caffe ResNet-50 v1: stride 2 on the first 1x1 conv of a downsampling block, ceil-mode max-pool."""
+    resnet.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+    for layer in (resnet.layer2, resnet.layer3, resnet.layer4):
+        layer[0].conv1.stride, layer[0].conv2.stride = (2, 2), (1, 1)
+
+
+# --- reading weight files safely ----------------------------------------------------------------
+_NP_CORE = getattr(np, "_core", None) or np.core
+_PICKLE_ALLOWED = {  # what a pickled dict of numpy arrays needs, and nothing that can run code
+    ("numpy.core.multiarray", "_reconstruct"): _NP_CORE.multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _NP_CORE.multiarray._reconstruct,
+    ("numpy.core.multiarray", "scalar"): _NP_CORE.multiarray.scalar,
+    ("numpy._core.multiarray", "scalar"): _NP_CORE.multiarray.scalar,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("collections", "OrderedDict"): __import__("collections").OrderedDict,
+    ("_codecs", "encode"): __import__("codecs").encode,
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        try:
+            return _PICKLE_ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed") from None
+
+
+def _load_numpy_pickle(path):
+    with open(path, "rb") as fh:
+        # latin1: the VGGFace2 port's resnet50_ft_weight.pkl is a Python 2 pickle.
+        return _NumpyOnlyUnpickler(fh, encoding="latin1").load()
+
+
+def read_weights(path):
+    """Load a weights file without running code from it: a torch checkpoint (weights_only) or a
+    pickled dict of numpy arrays. Returns the raw object."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as torch_error:
+        try:
+            return _load_numpy_pickle(path)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"{path}: refused to load: it holds more than tensors and arrays ({e}); "
+                                  f"only load files from sources you trust, and re-save them as plain state "
+                                  f"dicts") from None
+        except Exception:
+            raise CheckpointError(f"{path}: not a weights file torch can read safely "
+                                  f"({str(torch_error).splitlines()[0][:160]})") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable weights file ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+
+
+def as_state_dict(obj, path="weights"):
+    """Unwrap the usual containers ({'state_dict': ...}, {'model': ...}) into {name: tensor}."""
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path}: holds no state dict")
+    out = {}
+    for k, v in obj.items():
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(np.array(v))
+        if isinstance(v, torch.Tensor):
+            out[k] = v
+    if not out:
+        raise CheckpointError(f"{path}: holds no tensors")
+    return out
+
+
+def _strip(state, prefixes):
+    """Remove wrapper prefixes (DDP's module., torch.compile's _orig_mod., ...) until none is left."""
+    out = {}
+    for k, v in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def load_backbone_weights(backbone, state, label="VGGFace2", verbose=True):
+    """Copy every compatible tensor (same name and shape, not fc.*) into the backbone.
+
+    Returns the names of the backbone tensors still not covered. Coverage counts weights and BN
+    statistics, not num_batches_tracked.
+    """
+    state = _strip(state, ("module.", "backbone."))
+    own = backbone.state_dict()
+    countable = [k for k in own if not k.endswith("num_batches_tracked") and not k.startswith("fc.")]
+    usable = {k: v for k, v in state.items() if k in own and not k.startswith("fc.") and v.shape == own[k].shape}
+    mismatched = [k for k, v in state.items() if k in own and not k.startswith("fc.") and v.shape != own[k].shape]
+    backbone.load_state_dict({k: v.to(own[k].dtype) for k, v in usable.items()}, strict=False)
+    loaded = [k for k in countable if k in usable]
+    if verbose:
+        extra = f", {len(mismatched)} skipped for shape mismatch" if mismatched else ""
+        print(f"{label}: loaded {len(loaded)}/{len(countable)} backbone tensors "
+              f"({100 * len(loaded) / len(countable):.1f}%){extra}")
+    return [k for k in countable if k not in usable]
+
+
+def imagenet_state_dict(arch):
+    """torchvision's ImageNet weights (from the torch hub cache, or downloaded)."""
+    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=True)
+    except Exception as e:
+        raise CheckpointError(f"ImageNet weights for {arch} cannot be downloaded ({type(e).__name__}); "
+                              f"use --no_pretrained, or put resnet50_vggface2.pth in weight/") from None
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+def save_checkpoint(obj, path):
+    """torch.save to a temporary file, then rename: a crash mid-save never breaks the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def unwrap(model):
+    """The plain FERNet inside DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
+
+
+def checkpoint_payload(model, img_size, **extra):
+    """Everything needed to use a model without the command line that trained it."""
+    model = unwrap(model)
+    return {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "arch": model.arch,
+            "input_format": model.input_format, "class_names": list(CLASS_NAMES), "img_size": img_size,
+            "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, **extra}
+
+
+def _infer_arch(state):
+    if state["fc_cls.weight"].shape[1] == 2048:
+        return "resnet50"
+    return "resnet34" if "backbone.layer3.5.conv1.weight" in state else "resnet18"
+
+
+def model_from_checkpoint(path, device="cpu"):
+    """Build the model a checkpoint describes. Accepts our checkpoints and the plain state dicts of the
+    original scripts. Returns (model in eval mode, checkpoint metadata)."""
+    obj = read_weights(path)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        meta, state = obj, obj["model"]
+    elif isinstance(obj, dict) and any(str(k).endswith("fc_cls.weight") for k in obj):
+        meta, state = {}, obj  # saved by the original scripts: weights only, ImageNet input
+    else:
+        raise CheckpointError(f"{path}: not a FER checkpoint (no model weights with an fc_cls head)")
+    state = _strip(as_state_dict(state, path), ("module.", "_orig_mod."))
+    if "fc_cls.weight" not in state:
+        raise CheckpointError(f"{path}: not a FER checkpoint (no fc_cls head)")
+    arch = meta.get("arch") or _infer_arch(state)
+    model = FERNet(arch, num_classes=state["fc_cls.weight"].shape[0],
+                   input_format=meta.get("input_format", "imagenet"))
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(f"{path}: weights do not fit a {arch} FER model ({len(missing)} missing, "
+                              f"{len(unexpected)} unexpected, {len(mismatched)} of another shape; "
+                              f"e.g. {(missing + unexpected + mismatched)[0]})")
+    model.load_state_dict(state)
+    meta = {"arch": arch, "input_format": model.input_format, "img_size": meta.get("img_size", 224),
+            "class_names": meta.get("class_names", list(CLASS_NAMES)),
+            **{k: v for k, v in meta.items() if k not in ("model", "optimizer", "scheduler", "scaler")}}
+    return model.to(device).eval(), meta
+
+
+# --- prediction ---------------------------------------------------------------------------------
+def autocast(device, amp_dtype):
+    """Mixed precision on CUDA (float16 or bfloat16); plain float32 elsewhere."""
+    device = torch.device(device)
+    if device.type != "cuda" or amp_dtype is None:
+        return nullcontext()
+    return torch.autocast("cuda", dtype=amp_dtype)
+
+
+@torch.inference_mode()
+def predict_batches(model, loader, device, amp_dtype=None, tta=False, progress=False, desc="predict"):
+    """Run the model over a loader of FERDataset batches.
+
+    Returns numpy arrays: logits (N, C) float32, va (N, 2) predicted valence/arousal (unclipped),
+    y_cls, y_reg (targets) and index (dataset row of each sample).
+    """
+    model.eval()
+    device = torch.device(device)
+    channels_last = device.type == "cuda"
+    out = {k: [] for k in ("logits", "va", "y_cls", "y_reg", "index")}
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        x = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            logits, va = model(x)
+            if tta:  # average with the mirrored face
+                logits_f, va_f = model(x.flip(3))
+                logits, va = (logits + logits_f) / 2, (va + va_f) / 2
+        out["logits"].append(logits.float().cpu())
+        out["va"].append(va.float().cpu())
+        for k in ("y_cls", "y_reg", "index"):
+            out[k].append(batch[k])
+    return {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in out.items()}

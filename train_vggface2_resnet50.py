@@ -1,0 +1,489 @@
+"""Fine-tune a multitask ResNet (8 expressions + valence/arousal) on an indexed FER dataset.
+
+    python train_vggface2_resnet50.py --train_meta metadata_train.parquet --val_meta metadata_val.parquet
+    torchrun --nproc_per_node=4 train_vggface2_resnet50.py ...        # several GPUs, same flags
+    python train_vggface2_resnet50.py ... --resume FER_resnet50_last.pth  # continue a stopped run
+
+Staged fine-tuning: for epochs < --freeze_epochs only layer4 of the backbone trains, then layer3 and
+layer4 (conv1/bn1/layer1/layer2 stay frozen, weights and BatchNorm statistics alike), and from the
+1-based epoch --unfreeze_all_at on, everything. Heads always train. Loss = cross-entropy (label
+smoothing 0.1, inverse-frequency class weights) + 0.5 * MSE(valence, arousal). Mixed precision on CUDA.
+
+Outputs, named after --save_path (default FER_resnet50.pth):
+    FER_resnet50.pth          best epoch by validation accuracy (weights + everything to use them)
+    FER_resnet50_last.pth     full training state after the latest epoch, for --resume
+    FER_resnet50_history.csv  per-epoch metrics;  FER_resnet50_curves.png  their plots
+"""
+import argparse
+import csv
+import math
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from tqdm import tqdm
+
+import FER_metrics
+from FER_model import (ARCHS, CheckpointError, FERNet, as_state_dict, autocast, checkpoint_payload,
+                       imagenet_state_dict, load_backbone_weights, predict_batches, read_weights, save_checkpoint)
+from FER_transform import CLASS_NAMES, FERDataError, FERDataset
+
+DEFAULT_VGGFACE2 = "weight/resnet50_vggface2.pth"
+REG_WEIGHT = 0.5
+LABEL_SMOOTHING = 0.1
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# Arguments that define a run: a resume with different values is not the same run, so we say so.
+RUN_DEFINING = ("train_meta", "val_meta", "arch", "epochs", "freeze_epochs", "unfreeze_all_at", "batch_size",
+                "lr", "weight_decay", "img_size", "seed", "balanced_sampling", "keep_class_weights")
+
+
+class TrainError(Exception):
+    """A problem that ends the run with a one-line message."""
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--train_meta", default="metadata_train.parquet", help="training index (metadata_parallel.py)")
+    g.add_argument("--val_meta", default="metadata_val.parquet", help="validation index")
+    g.add_argument("--img_size", type=int, default=224, help="input side in pixels")
+    g.add_argument("--batch_size", type=int, default=8, help="batch size per process")
+    g.add_argument("--num_workers", type=int, default=None,
+                   help="loader processes per training process (default: 0 on Windows, else up to 8 per GPU)")
+    g.add_argument("--prefetch_factor", type=int, default=4, help="batches each loader worker prepares ahead")
+    g.add_argument("--balanced_sampling", action="store_true",
+                   help="draw training samples with inverse class-frequency weights (class weights in the "
+                        "loss are then off unless --keep_class_weights)")
+    g.add_argument("--keep_class_weights", action="store_true",
+                   help="keep the loss's inverse-frequency class weights with --balanced_sampling")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", default="resnet50", choices=ARCHS, help="backbone")
+    g.add_argument("--vggface2_ckpt", default=None,
+                   help=f"VGGFace2 backbone weights (.pth/.pt state dict or the VGGFace2-pytorch .pkl); default "
+                        f"{DEFAULT_VGGFACE2}, and ImageNet weights when that file is absent")
+    g.add_argument("--vggface2_layout", default="caffe", choices=("caffe", "torchvision"),
+                   help="caffe: weights converted from the VGGFace2 authors' Caffe ResNet-50 (BGR mean-subtracted "
+                        "input, stride on the 1x1 conv), as in resnet50_ft_weight.pkl; torchvision: weights "
+                        "trained in torchvision's layout on ImageNet-normalised RGB")
+    g.add_argument("--no_pretrained", action="store_true", help="start from random weights (nothing is loaded)")
+    g = p.add_argument_group("schedule")
+    g.add_argument("--epochs", type=int, default=100, help="number of epochs (also the cosine schedule's T_max)")
+    g.add_argument("--freeze_epochs", type=int, default=3, help="epochs in which only layer4 of the backbone trains")
+    g.add_argument("--unfreeze_all_at", type=int, default=None, help="1-based epoch from which the whole backbone trains")
+    g.add_argument("--patience", type=int, default=15,
+                   help="stop when neither validation accuracy nor RMSE improved for this many epochs")
+    g.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    g.add_argument("--weight_decay", type=float, default=1e-3, help="AdamW weight decay")
+    g.add_argument("--steps_per_epoch", type=int, default=None, help="cut each epoch after this many steps (quick runs)")
+    g = p.add_argument_group("speed")
+    g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    g.add_argument("--amp_dtype", default="fp16", choices=AMP_DTYPES,
+                   help="mixed-precision type on CUDA (fp16 uses a GradScaler); the CPU trains in float32")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    g.add_argument("--deterministic", action="store_true", help="deterministic cuDNN kernels (slower)")
+    g = p.add_argument_group("output")
+    g.add_argument("--save_path", default="FER_resnet50.pth", help="best checkpoint; other outputs are named after it")
+    g.add_argument("--resume", default=None, help="continue from a *_last.pth training state")
+    g.add_argument("--seed", type=int, default=42, help="seed of initialisation, sampling and augmentation")
+    args = p.parse_args(argv)
+    for name in ("epochs", "batch_size", "img_size", "patience"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if args.img_size < 32:
+        p.error("--img_size must be >= 32 (the ResNet downsamples 32x)")
+    return args
+
+
+# --- distributed --------------------------------------------------------------------------------
+def setup_distributed(device_arg):
+    """(rank, world, device). Under torchrun: one process per GPU (NCCL) or per CPU process (gloo)."""
+    if "RANK" not in os.environ:
+        device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return 0, 1, device
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    use_cuda = (device_arg or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return rank, world, torch.device(f"cuda:{local}" if use_cuda else "cpu")
+
+
+def gather_predictions(out, world):
+    """Join every rank's predictions and drop the duplicates DistributedSampler pads with."""
+    if world == 1:
+        return out
+    parts = [None] * world
+    dist.all_gather_object(parts, out)
+    joined = {k: np.concatenate([p[k] for p in parts]) for k in out}
+    _, first = np.unique(joined["index"], return_index=True)
+    return {k: v[first] for k, v in joined.items()}
+
+
+class TrainSampler(Sampler):
+    """Shuffled (or class-balanced) indices, sharded over ranks, each paired with an augmentation seed.
+
+    Everything is drawn from (seed, epoch), so an epoch is the same whether or not the run was
+    resumed before it, and whatever the number of loader workers.
+    """
+
+    def __init__(self, n, sample_weights=None, rank=0, world=1, seed=0):
+        self.n, self.rank, self.world, self.seed, self.epoch = n, rank, world, seed, 0
+        self.weights = None if sample_weights is None else torch.as_tensor(sample_weights, dtype=torch.double)
+        self.per_rank = math.ceil(n / world)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        total = self.per_rank * self.world
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g)
+            order = torch.cat([order, order[: total - self.n]])  # pad so every rank gets as many
+        else:
+            order = torch.multinomial(self.weights, total, replacement=True, generator=g)
+        aug_seeds = torch.randint(0, 2**31 - 1, (total,), generator=g)
+        mine = slice(self.rank, total, self.world)
+        return iter(zip(order[mine].tolist(), aug_seeds[mine].tolist()))
+
+    def __len__(self):
+        return self.per_rank
+
+
+# --- model --------------------------------------------------------------------------------------
+def build_model(args, say):
+    """The initial model, loaded as the flags ask, with a line saying exactly what was loaded."""
+    if args.no_pretrained:
+        say(f"{args.arch}: random initialisation (--no_pretrained)")
+        return FERNet(args.arch)
+    path = Path(args.vggface2_ckpt or DEFAULT_VGGFACE2)
+    if path.is_file():
+        caffe = args.vggface2_layout == "caffe"
+        if caffe and args.arch != "resnet50":
+            raise TrainError(f"VGGFace2 weights in the Caffe layout are for resnet50; use --arch resnet50 or "
+                             f"--vggface2_layout torchvision")
+        model = FERNet(args.arch, input_format="caffe_bgr" if caffe else "imagenet")
+        missing = load_backbone_weights(model.backbone, as_state_dict(read_weights(path), path),
+                                        f"VGGFace2 ({path})", verbose=bool(say.enabled))
+        if missing:
+            try:
+                still = load_backbone_weights(model.backbone, {k: v for k, v in imagenet_state_dict(args.arch).items()
+                                                               if k in missing}, "ImageNet", verbose=False)
+                say(f"ImageNet: filled {len(missing) - len(still)} of the {len(missing)} tensors not in {path.name}")
+            except CheckpointError:
+                say(f"warning: ImageNet weights unavailable; {len(missing)} backbone tensors keep random init")
+        say(f"input: {'BGR 0-255 minus the VGGFace2 mean (converted inside the model)' if caffe else 'ImageNet-normalised RGB'}")
+        return model
+    if args.vggface2_ckpt is not None:
+        raise TrainError(f"--vggface2_ckpt {path}: file not found")
+    say(f"{path} not found: starting from ImageNet weights (see weight/README.md for VGGFace2)")
+    model = FERNet(args.arch)
+    load_backbone_weights(model.backbone, imagenet_state_dict(args.arch), "ImageNet", verbose=bool(say.enabled))
+    return model
+
+
+def trainable_blocks(epoch, freeze_epochs, unfreeze_all_at):
+    """Backbone blocks that train in a (0-based) epoch; None means all of them."""
+    if unfreeze_all_at is not None and epoch + 1 >= unfreeze_all_at:
+        return None
+    return ("layer4",) if epoch < freeze_epochs else ("layer3", "layer4")
+
+
+def apply_freezing(model, blocks):
+    """Set requires_grad per backbone block; returns the frozen blocks (kept in eval mode while training)."""
+    frozen = []
+    for name, child in model.backbone.named_children():
+        trains = blocks is None or name in blocks
+        child.requires_grad_(trains)
+        if not trains:
+            frozen.append(child)
+    return frozen
+
+
+def train_mode(model, frozen):
+    """model.train(), except frozen blocks stay in eval mode so their BatchNorm statistics do not move."""
+    model.train()
+    for m in frozen:
+        m.eval()
+
+
+def class_weights(labels, num_classes=len(CLASS_NAMES)):
+    """Inverse class frequency, N / (K * n_c), normalised so a balanced set gets weight 1; 0 for absent classes."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    w = np.zeros(num_classes)
+    w[counts > 0] = len(labels) / (num_classes * counts[counts > 0])
+    return torch.tensor(w, dtype=torch.float32)
+
+
+# --- one epoch ----------------------------------------------------------------------------------
+def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dtype, steps, show):
+    """Returns mean loss, accuracy, images/s and the share of wall time spent waiting for data."""
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n: one sync per epoch
+    wait, start = 0.0, time.perf_counter()
+    bar = tqdm(total=steps or len(loader), desc="train", unit="batch", disable=not show, leave=False)
+    end = start
+    for step, batch in enumerate(loader):
+        if steps is not None and step >= steps:
+            break
+        wait += time.perf_counter() - end
+        x = batch["image"].to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y_cls = batch["y_cls"].to(device, non_blocking=True)
+        y_reg = batch["y_reg"].to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits, va = model(x)
+        loss = criterion(logits.float(), va.float(), y_cls, y_reg)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        with torch.no_grad():
+            n = y_cls.numel()
+            sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y_cls).sum().double(),
+                                 torch.tensor(n, device=device, dtype=torch.float64)])
+        bar.update()
+        end = time.perf_counter()
+    bar.close()
+    if dist.is_initialized():
+        dist.all_reduce(sums)
+    loss_sum, correct, n = sums.tolist()
+    elapsed = time.perf_counter() - start
+    return {"train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1),
+            "img_per_s": n / elapsed, "data_wait": wait / elapsed}
+
+
+def make_criterion(weights, device):
+    ce = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), label_smoothing=LABEL_SMOOTHING)
+    mse = nn.MSELoss()
+
+    def criterion(logits, va, y_cls, y_reg):
+        return ce(logits, y_cls) + REG_WEIGHT * mse(va, y_reg)
+    return criterion
+
+
+def validate(model, loader, criterion, device, amp_dtype, world, show):
+    out = gather_predictions(predict_batches(model, loader, device, amp_dtype, progress=show, desc="val"), world)
+    logits, va = torch.from_numpy(out["logits"]), torch.from_numpy(out["va"])
+    y_cls, y_reg = torch.from_numpy(out["y_cls"]), torch.from_numpy(out["y_reg"])
+    loss = float(criterion(logits.to(device), va.to(device), y_cls.to(device), y_reg.to(device)))
+    rmse = FER_metrics.rmse(out["y_reg"], out["va"])  # the same code as eval_resnet50.py
+    return {"val_loss": loss, "val_acc": FER_metrics.accuracy(out["y_cls"], out["logits"].argmax(1)),
+            "val_rmse": rmse["combined"], "val_rmse_valence": rmse["valence"], "val_rmse_arousal": rmse["arousal"]}
+
+
+# --- outputs ------------------------------------------------------------------------------------
+def output_paths(save_path):
+    save_path = Path(save_path)
+    stem = save_path.with_suffix("")
+    return {"best": save_path, "last": Path(f"{stem}_last.pth"), "history": Path(f"{stem}_history.csv"),
+            "curves": Path(f"{stem}_curves.png")}
+
+
+def write_history(history, paths):
+    tmp = paths["history"].with_name(paths["history"].name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, paths["history"])
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (title, keys) in zip(axes, (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_acc", "val_acc")),
+                                        ("RMSE (valence/arousal)", ("val_rmse", "val_rmse_valence", "val_rmse_arousal")))):
+        for k in keys:
+            ax.plot(epochs, [h[k] for h in history], marker="o", ms=3, label=k)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = paths["curves"].with_name(paths["curves"].stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, paths["curves"])
+
+
+def seed_epoch(seed, epoch):
+    """Re-seed every RNG from (seed, epoch), so a resumed run continues exactly like an uninterrupted one."""
+    s = seed * 1_000_003 + epoch
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def one_line(e):
+    """The message of an exception, without the worker traceback DataLoader wraps around it."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(e).__name__
+    for prefix in ("FERDataError: ", "CheckpointError: "):
+        last = last.split(prefix, 1)[-1]
+    return last
+
+
+class Say:
+    """print() on rank 0 only."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled
+
+    def __call__(self, *a, **k):
+        if self.enabled:
+            print(*a, **k, flush=True)
+
+
+# --- main ---------------------------------------------------------------------------------------
+def train(args, rank, world, device):
+    say = Say(rank == 0)
+    paths = output_paths(args.save_path)
+    cuda = device.type == "cuda"
+    amp_dtype = AMP_DTYPES[args.amp_dtype] if cuda else None
+    if cuda:
+        torch.backends.cudnn.benchmark = not args.deterministic
+        torch.backends.cudnn.deterministic = args.deterministic
+    seed_epoch(args.seed, -1)
+
+    train_ds = FERDataset(args.train_meta, train=True, size=args.img_size, verbose=rank == 0)
+    val_ds = FERDataset(args.val_meta, train=False, size=args.img_size, verbose=rank == 0)
+    for name, ds in ((args.train_meta, train_ds), (args.val_meta, val_ds)):
+        if len(ds) == 0:
+            raise TrainError(f"{name}: no rows left after filtering (labels 0-7 with valid valence/arousal)")
+    counts = np.bincount(train_ds.labels, minlength=len(CLASS_NAMES))
+    say("train classes: " + ", ".join(f"{c} {n}" for c, n in zip(CLASS_NAMES, counts)))
+    use_class_weights = not args.balanced_sampling or args.keep_class_weights
+    weights = class_weights(train_ds.labels) if use_class_weights else None
+    sample_weights = 1.0 / counts[train_ds.labels] if args.balanced_sampling else None
+
+    workers = args.num_workers
+    if workers is None:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        workers = 0 if platform.system() == "Windows" else min(8, max(1, (os.cpu_count() or 1) // local_world))
+    loader_kw = dict(num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
+                     prefetch_factor=args.prefetch_factor if workers > 0 else None)
+    sampler = TrainSampler(len(train_ds), sample_weights, rank, world, args.seed)
+    # Own generator: creating the loader iterator must not consume the global RNG (exact resume).
+    train_loader = DataLoader(train_ds, args.batch_size, sampler=sampler, generator=torch.Generator(), **loader_kw)
+    val_sampler = DistributedSampler(val_ds, world, rank, shuffle=False) if world > 1 else None
+    val_loader = DataLoader(val_ds, args.batch_size, sampler=val_sampler, shuffle=False, **loader_kw)
+
+    model = build_model(args, say).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    criterion = make_criterion(weights, device)
+    state = {"epoch": 0, "best_acc": -1.0, "best_rmse": math.inf, "bad_epochs": 0, "stopped": False, "history": []}
+
+    if args.resume:
+        ckpt = read_weights(args.resume)
+        if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "train_state" not in ckpt:
+            raise TrainError(f"{args.resume}: not a training state (resume from the *_last.pth file)")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        state = ckpt["train_state"]
+        changed = [f"--{k} {ckpt['args'].get(k)} -> {getattr(args, k)}" for k in RUN_DEFINING
+                   if ckpt["args"].get(k) != getattr(args, k)]
+        if changed:
+            say("warning: resuming with different settings: " + "; ".join(changed))
+        say(f"resumed from {args.resume} after epoch {state['epoch']}")
+        if state["stopped"] or state["epoch"] >= args.epochs:
+            say("that run is already complete; nothing to do")
+            return
+
+    show = rank == 0 and sys.stderr.isatty()
+    say(f"training on {device}{f' x{world}' if world > 1 else ''}, "
+        f"{'mixed precision ' + args.amp_dtype if amp_dtype else 'float32'}, {len(train_ds)} train / "
+        f"{len(val_ds)} val images, batch {args.batch_size}{f' x{world}' if world > 1 else ''}, {workers} loader workers")
+    train_model, stage = None, "unset"
+    for epoch in range(state["epoch"], args.epochs):
+        t0 = time.time()
+        blocks = trainable_blocks(epoch, args.freeze_epochs, args.unfreeze_all_at)
+        if blocks != stage:  # requires_grad changed: DDP must be rebuilt to see the new set
+            stage, frozen = blocks, apply_freezing(model, blocks)
+            train_model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) \
+                if world > 1 else model
+            if args.compile:
+                train_model = torch.compile(train_model)
+        seed_epoch(args.seed, epoch)
+        sampler.set_epoch(epoch)
+        train_mode(model, frozen)
+        stats = train_one_epoch(train_model, train_loader, optimizer, scaler, criterion, device, amp_dtype,
+                                args.steps_per_epoch, show)
+        stats.update(validate(model, val_loader, criterion, device, amp_dtype, world, show))
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+
+        better_acc = stats["val_acc"] > state["best_acc"]
+        better_rmse = stats["val_rmse"] < state["best_rmse"]
+        state["best_acc"] = max(state["best_acc"], stats["val_acc"])
+        state["best_rmse"] = min(state["best_rmse"], stats["val_rmse"])
+        state["bad_epochs"] = 0 if better_acc or better_rmse else state["bad_epochs"] + 1
+        state["epoch"] = epoch + 1
+        state["stopped"] = state["bad_epochs"] >= args.patience
+        stage_name = "all" if blocks is None else "+".join(blocks)
+        row = {"epoch": epoch + 1, "lr": lr, "trainable": stage_name, **stats, "time_s": time.time() - t0}
+        state["history"].append(row)
+        if rank == 0:
+            meta = dict(epoch=epoch + 1, metrics={k: v for k, v in row.items() if k.startswith("val")}, args=vars(args))
+            if better_acc:
+                save_checkpoint(checkpoint_payload(model, args.img_size, **meta), paths["best"])
+            save_checkpoint(checkpoint_payload(model, args.img_size, optimizer=optimizer.state_dict(),
+                                               scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+                                               train_state=state, **meta), paths["last"])
+            write_history(state["history"], paths)
+        say(f"epoch {epoch + 1}/{args.epochs} [{stage_name}] lr {lr:.2e} | train loss {stats['train_loss']:.4f} "
+            f"acc {stats['train_acc']:.4f} | val loss {stats['val_loss']:.4f} acc {stats['val_acc']:.4f} "
+            f"rmse {stats['val_rmse']:.4f} (V {stats['val_rmse_valence']:.3f} A {stats['val_rmse_arousal']:.3f}) | "
+            f"{stats['img_per_s']:.0f} img/s, data wait {100 * stats['data_wait']:.0f}% | {row['time_s']:.0f}s"
+            f"{' | best, saved' if better_acc else ''}")
+        if state["stopped"]:
+            say(f"early stopping: neither validation accuracy nor RMSE improved for {args.patience} epochs")
+            break
+    say(f"best validation accuracy {state['best_acc']:.4f}; checkpoint {paths['best']}, history {paths['history']}, "
+        f"curves {paths['curves']}")
+
+
+def main(argv=None):
+    args = get_args(argv)
+    rank, world, device = setup_distributed(args.device)
+    code = 0
+    try:
+        train(args, rank, world, device)
+    except KeyboardInterrupt:
+        last = output_paths(args.save_path)["last"]
+        if rank == 0:
+            hint = f"; resume with: --resume {last}" if last.exists() else ""
+            print(f"\ninterrupted: every finished epoch is saved{hint}", file=sys.stderr)
+        code = 130
+    except torch.OutOfMemoryError:
+        if rank == 0:
+            print(f"error: out of GPU memory at --batch_size {args.batch_size} --img_size {args.img_size}; "
+                  f"try a smaller --batch_size or --img_size", file=sys.stderr)
+        code = 1
+    except (TrainError, FERDataError, CheckpointError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        code = 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
