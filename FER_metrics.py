@@ -5,10 +5,16 @@ numbers are the same by construction. scikit-learn and krippendorff compute what
 CCC, which they do not provide, are defined below (and in the README).
 """
 import numpy as np
-from scipy.special import softmax
 from sklearn import metrics as skm
 
 VA_RANGE = (-1.0, 1.0)  # valence/arousal labels lie in [-1, 1]; predictions are clipped to it
+
+
+def softmax(logits):
+    """Class probabilities from logits (float64, rows sum to 1)."""
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
 
 
 def clip_va(pred):
@@ -37,15 +43,17 @@ def ccc(true, pred):
     None when undefined, i.e. when both series are constant (zero denominator).
     """
     mt, mp = true.mean(), pred.mean()
+    if np.ptp(true) == 0 and np.ptp(pred) == 0 and mt == mp:  # 0/0
+        return None
     vt, vp = true.var(), pred.var()
     cov = np.mean((true - mt) * (pred - mp))
     denom = vt + vp + (mt - mp) ** 2
-    return float(2 * cov / denom) if denom > 0 else None
+    return float(2 * cov / denom)
 
 
 def pearson(true, pred):
     """Pearson correlation; None when either series is constant."""
-    if np.std(true) == 0 or np.std(pred) == 0:
+    if np.ptp(true) == 0 or np.ptp(pred) == 0:  # exact test: np.std of a constant can be 1e-17
         return None
     return float(np.corrcoef(true, pred)[0, 1])
 
@@ -106,7 +114,7 @@ def evaluate(logits, va_pred, y_true, va_true, class_names):
 
     va_true may be None or all-NaN (a classification-only dataset): regression is then left out.
     """
-    probs = softmax(np.asarray(logits, np.float64), axis=1)
+    probs = softmax(logits)
     out, notes = classification_metrics(y_true, probs, class_names)
     out = {"n": int(len(y_true)), **out}
     has_va = va_true is not None and len(va_true) and not np.isnan(va_true).all()

@@ -1,0 +1,170 @@
+"""Evaluate a checkpoint on an indexed split: the metrics FER papers report, and pictures.
+
+    python eval_resnet50.py --checkpoint FER_resnet50.pth --meta metadata_val.parquet --out_dir .
+
+Writes <out_dir>/metrics_resnet50.json, ConfusionMatrix_resnet50.png, ValenceArousal_resnet50.png,
+and with --save_predictions FILE.csv one row per image with every value that was scored.
+Metric definitions are in the README.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+import FER_metrics
+from FER_model import CheckpointError, model_from_checkpoint, predict_batches
+from FER_transform import FERDataError, FERDataset, read_metadata
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="FER_resnet50.pth", help="checkpoint written by training")
+    p.add_argument("--meta", default="metadata_val.parquet", help="index parquet of the split to evaluate")
+    p.add_argument("--root", help="dataset folder, if not the one recorded in the index")
+    p.add_argument("--batch_size", type=int, default=32, help="images per batch")
+    p.add_argument("--img_size", type=int, default=None, help="input side (default: the checkpoint's)")
+    p.add_argument("--out_dir", default=".", help="where the report files go")
+    p.add_argument("--save_predictions", metavar="FILE.csv", help="also write per-image predictions here")
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
+    p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (faster; tiny differences)")
+    return p.parse_args(argv)
+
+
+def plot_confusion(cm, class_names, path):
+    """Counts with row-normalised percentages, sized to stay readable in a paper."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    rows = cm.sum(1, keepdims=True)
+    pct = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0) * 100
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    im = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]}\n{pct[i, j]:.0f}%", ha="center", va="center", fontsize=7.5,
+                    color="white" if pct[i, j] > 55 else "black")
+    fig.colorbar(im, ax=ax, label="% of true class", fraction=0.046, pad=0.04)
+    ax.set_title(f"Confusion matrix (n = {cm.sum()})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def plot_valence_arousal(va_true, va_pred, path):
+    """Predicted against true valence and arousal, with the identity line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
+    for k, (ax, name) in enumerate(zip(axes, ("valence", "arousal"))):
+        if len(va_true) > 2000:
+            ax.hexbin(va_true[:, k], va_pred[:, k], gridsize=50, extent=(-1, 1, -1, 1), mincnt=1, cmap="viridis")
+        else:
+            ax.scatter(va_true[:, k], va_pred[:, k], s=6, alpha=0.5)
+        ax.plot([-1, 1], [-1, 1], "r--", lw=1, label="identity")
+        ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xlabel=f"true {name}", ylabel=f"predicted {name}",
+               title=name, aspect="equal")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def format_report(m, class_names):
+    fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+    lines = [f"samples: {m['n']}", "classification:"]
+    for key, label in (("accuracy", "Accuracy"), ("f1_macro", "F1 (macro)"), ("kappa", "Cohen's kappa"),
+                       ("roc_auc", "ROC-AUC (OvR macro)"), ("pr_auc", "PR-AUC (macro AP)"),
+                       ("krippendorff_alpha", "Krippendorff's alpha")):
+        lines.append(f"  {label:<22}{fmt(m[key])}")
+    lines.append(f"  {'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+    for name in class_names:
+        c = m["per_class"][name]
+        lines.append(f"  {name:<10}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}")
+    for name in ("valence", "arousal"):
+        if name in m:
+            r = m[name]
+            lines.append(f"{name}: RMSE {fmt(r['rmse'])}  MAE {fmt(r['mae'])}  CORR {fmt(r['corr'])}  "
+                         f"SAGR {fmt(r['sagr'])}  CCC {fmt(r['ccc'])}")
+    lines += [f"note: {n}" for n in m["notes"]]
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(args):
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, meta = model_from_checkpoint(args.checkpoint, device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    class_names = meta["class_names"]
+    size = args.img_size or meta["img_size"]
+    has_va = {"valence", "arousal"} <= set(read_metadata(args.meta).columns)
+    ds = FERDataset(args.meta, train=False, size=size, root=args.root, require_va=has_va)
+    if len(ds) == 0:
+        raise FERDataError(f"{args.meta}: no usable rows")
+    loader = DataLoader(ds, args.batch_size, shuffle=False, num_workers=args.num_workers,
+                        pin_memory=device.type == "cuda")
+    out = predict_batches(model, loader, device, torch.bfloat16 if args.amp else None, tta=args.tta,
+                          progress=sys.stderr.isatty(), desc="evaluate")
+    va_true = out["y_reg"].astype(np.float64) if has_va else None
+    metrics = FER_metrics.evaluate(out["logits"], out["va"], out["y_cls"], va_true, class_names)
+    metrics["checkpoint"] = str(args.checkpoint)
+    metrics["meta"] = str(args.meta)
+    metrics["tta"] = args.tta
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "metrics_resnet50.json", "w") as fh:
+        json.dump(metrics, fh, indent=2)
+    plot_confusion(metrics["confusion_matrix"], class_names, out_dir / "ConfusionMatrix_resnet50.png")
+    written = ["metrics_resnet50.json", "ConfusionMatrix_resnet50.png"]
+    va_pred = FER_metrics.clip_va(out["va"])
+    if has_va:
+        plot_valence_arousal(va_true, va_pred, out_dir / "ValenceArousal_resnet50.png")
+        written.append("ValenceArousal_resnet50.png")
+    if args.save_predictions:
+        save_predictions(args.save_predictions, ds, out, va_pred, class_names, has_va)
+        written.append(str(args.save_predictions))
+    return metrics, class_names, out_dir, written
+
+
+def save_predictions(path, ds, out, va_pred, class_names, has_va):
+    probs = FER_metrics.softmax(out["logits"])
+    df = pd.DataFrame({"filename": [ds.filenames[i] for i in out["index"]], "y_true": out["y_cls"],
+                       "y_pred": probs.argmax(1)})
+    for k, name in enumerate(class_names):
+        df[f"prob_{name}"] = probs[:, k]
+    for k, name in enumerate(("valence", "arousal")):
+        df[f"{name}_true"] = out["y_reg"][:, k] if has_va else np.nan
+        df[f"{name}_pred"] = va_pred[:, k]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    try:
+        metrics, class_names, out_dir, written = evaluate_checkpoint(args)
+    except (CheckpointError, FERDataError) as e:
+        sys.exit(f"error: {e}")
+    print(format_report(metrics, class_names))
+    print(f"wrote {', '.join(written)} to {out_dir.resolve()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import make_demo_data  # noqa: E402
+import metadata_parallel  # noqa: E402
+
+
+def run_script(script, *args, cwd=None, timeout=300):
+    """Run one of the repository's scripts as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """A tiny demo dataset (64 images, 32 px) and its index: {'root', 'all', 'train', 'val'}."""
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_data.make_dataset(root / "data", n=64, size=32, seed=1, progress=False)
+    df, _ = metadata_parallel.build_index(root / "data" / "images", root / "data" / "annotations", progress=False)
+    train, val = metadata_parallel.stratified_split(df, 0.25, 42)
+    paths = {"root": root / "data"}
+    for name, part in (("all", df), ("train", train), ("val", val)):
+        paths[name] = root / f"metadata_{name}.parquet"
+        metadata_parallel.write_parquet(part, paths[name])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def trained(demo, tmp_path_factory):
+    """A checkpoint from a short real training run on the tiny demo set."""
+    out = tmp_path_factory.mktemp("trained")
+    r = run_script("train_vggface2_resnet50.py", "--train_meta", demo["train"], "--val_meta", demo["val"],
+                   "--arch", "resnet18", "--img_size", 32, "--batch_size", 8, "--no_pretrained", "--num_workers", 0,
+                   "--epochs", 1, "--save_path", out / "FER_resnet18.pth")
+    assert r.returncode == 0, r.stderr
+    return out / "FER_resnet18.pth"
