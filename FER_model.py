@@ -258,28 +258,30 @@ def autocast(device, amp_dtype):
     return torch.autocast("cuda", dtype=amp_dtype)
 
 
-@torch.inference_mode()
+def infer(model, images, device, amp_dtype=None, tta=False):
+    """Logits and valence/arousal (float32) for a batch of normalised images; tta adds the mirror image."""
+    device = torch.device(device)
+    x = images.to(device, non_blocking=True)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(device, amp_dtype):
+        logits, va = model(x)
+        if tta:  # average with the mirrored face
+            logits_f, va_f = model(x.flip(3))
+            logits, va = (logits + logits_f) / 2, (va + va_f) / 2
+    return logits.float(), va.float()
+
+
 def predict_batches(model, loader, device, amp_dtype=None, tta=False, progress=False, desc="predict"):
     """Run the model over a loader of FERDataset batches.
 
-    Returns numpy arrays: logits (N, C) float32, va (N, 2) predicted valence/arousal (unclipped),
-    y_cls, y_reg (targets) and index (dataset row of each sample).
+    Returns numpy arrays: logits (N, C), va (N, 2) predicted valence/arousal (unclipped), and the
+    batch's other entries (y_cls, y_reg targets, index: dataset row of each sample).
     """
     model.eval()
-    device = torch.device(device)
-    channels_last = device.type == "cuda"
-    out = {k: [] for k in ("logits", "va", "y_cls", "y_reg", "index")}
+    out = {}
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        x = batch["image"].to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            logits, va = model(x)
-            if tta:  # average with the mirrored face
-                logits_f, va_f = model(x.flip(3))
-                logits, va = (logits + logits_f) / 2, (va + va_f) / 2
-        out["logits"].append(logits.float().cpu())
-        out["va"].append(va.float().cpu())
-        for k in ("y_cls", "y_reg", "index"):
-            out[k].append(batch[k])
-    return {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in out.items()}
+        logits, va = infer(model, batch["image"], device, amp_dtype, tta)
+        for k, v in (("logits", logits.cpu()), ("va", va.cpu()), *((k, batch[k]) for k in batch if k != "image")):
+            out.setdefault(k, []).append(v)
+    return {k: torch.cat(v).numpy() for k, v in out.items()}

@@ -1,0 +1,284 @@
+"""Measure where the time goes: indexing, augmentation, data loading, training steps, end to end, evaluation.
+
+    python bench.py                      # CPU: about two minutes on 2 cores; CUDA figures when a GPU is present
+    python bench.py --json bench.json    # also write the table as JSON
+    python bench.py --quick              # tiny sizes, seconds (what the test suite runs)
+
+Each figure is the median of --reps timed repetitions after a warm-up; CUDA timings synchronise.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import make_demo_data
+import metadata_parallel
+from FER_model import FERNet, autocast, predict_batches
+from FER_transform import FERDataset, build_transforms, load_image
+from train_vggface2_resnet50 import TrainSampler, class_weights, make_criterion, train_one_epoch
+
+
+def get_args(argv=None):
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if cuda else "cpu", help="device of the model rows")
+    p.add_argument("--arch", default="resnet50", help="model of the training/evaluation rows")
+    p.add_argument("--img_size", type=int, default=224 if cuda else 112, help="model input side")
+    p.add_argument("--batch_size", type=int, default=256 if cuda else 16, help="batch of the model rows")
+    p.add_argument("--index_images", type=int, default=20000, help="size of the generated tree for the index rows")
+    p.add_argument("--workers", type=int, nargs="+", default=None,
+                   help="DataLoader worker counts to try (default: 0 1 2 ... up to the CPU count, at most 8)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per training/end-to-end repetition")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions (the median is reported)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compilation on a CPU)")
+    p.add_argument("--only", nargs="+", choices=("index", "transforms", "train_step", "end_to_end", "eval"),
+                   help="run only these sections")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks every row runs, in seconds")
+    p.add_argument("--json", help="write the results here as JSON")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.arch, args.img_size, args.batch_size, args.index_images, args.reps = "resnet18", 32, 4, 300, 1
+        args.workers = args.workers or [0, 1]
+    cpus = os.cpu_count() or 1
+    args.workers = args.workers or list(range(0, min(cpus, 8) + 1))
+    args.steps = args.steps or (2 if args.quick else 10 if args.device.startswith("cuda") else 3)
+    return args
+
+
+def timed(fn, reps, device, warmup=1):
+    """Median seconds of fn() over reps runs after warm-up runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_rss_mib():
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kb / 1024 / (1024 if platform.system() == "Darwin" else 1)
+
+
+# --- index --------------------------------------------------------------------------------------
+def write_index_tree(root, n):
+    """A tree in the real AffectNet format: a tiny jpg per image, string-typed scalars, 136 landmarks."""
+    import io
+    images, ann = root / "images", root / "annotations"
+    images.mkdir(parents=True)
+    ann.mkdir()
+    jpg = cv2.imencode(".jpg", np.full((8, 8, 3), 128, np.uint8))[1].tobytes()
+
+    def npy(arr):
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        return buf.getvalue()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        (images / f"{i}.jpg").write_bytes(jpg)
+        (ann / f"{i}_exp.npy").write_bytes(npy(np.array(str(i % 8))))
+        (ann / f"{i}_val.npy").write_bytes(npy(np.array(f"{rng.uniform(-1, 1):.6f}")))
+        (ann / f"{i}_aro.npy").write_bytes(npy(np.array(f"{rng.uniform(-1, 1):.6f}")))
+        (ann / f"{i}_lnd.npy").write_bytes(npy(rng.uniform(0, 224, 136)))
+
+
+def baseline_index(images_dir, ann_dir, workers=8):
+    """The straightforward indexer this project replaced: per image, four os.path.exists and np.load(mmap)."""
+    def one(fname):
+        stem = fname[:-4]
+        paths = {k: os.path.join(ann_dir, f"{stem}_{k}.npy") for k in ("exp", "val", "aro", "lnd")}
+        if not os.path.exists(paths["exp"]):
+            return None
+        row = {"filename": fname, "expression": int(np.load(paths["exp"], mmap_mode="r"))}
+        for k in ("val", "aro"):
+            row[k] = float(np.load(paths[k], mmap_mode="r")) if os.path.exists(paths[k]) else np.nan
+        row["lnd"] = np.load(paths["lnd"], mmap_mode="r").tolist() if os.path.exists(paths["lnd"]) else None
+        return row
+    names = [f for f in os.listdir(images_dir) if f.endswith(".jpg")]
+    with ThreadPoolExecutor(workers) as pool:
+        return [r for r in pool.map(one, names) if r is not None]
+
+
+def bench_index(args, rows, tmp):
+    root = tmp / "index_tree"
+    t = time.perf_counter()
+    write_index_tree(root, args.index_images)
+    print(f"  (generated {args.index_images} images + {4 * args.index_images} annotation files in "
+          f"{time.perf_counter() - t:.0f}s)", file=sys.stderr)
+    n = args.index_images
+    ours = timed(lambda: metadata_parallel.build_index(root / "images", root / "annotations", progress=False),
+                 args.reps, "cpu")
+    base = timed(lambda: baseline_index(root / "images", root / "annotations"), args.reps, "cpu")
+    rows.append(("index", "metadata_parallel.build_index", n / ours, "img/s", f"{n} images, warm page cache"))
+    rows.append(("index", "baseline: threads + exists + np.load(mmap)", n / base, "img/s", ""))
+    rows.append(("index", "speed-up over baseline", base / ours, "x", ""))
+
+
+# --- data ---------------------------------------------------------------------------------------
+def bench_transforms(args, rows, meta):
+    ds = FERDataset(meta, train=True, size=args.img_size, verbose=False)
+    n = min(len(ds), 64 if not args.quick else 16)
+    transform = build_transforms(True, args.img_size)
+    images = [load_image(ds.path(i)) for i in range(n)]
+    decode = timed(lambda: [load_image(ds.path(i)) for i in range(n)], args.reps, "cpu")
+    aug = timed(lambda: [transform(image=img) for img in images], args.reps, "cpu")
+    src = images[0].shape[0]
+    rows.append(("transforms", "decode (cv2.imread)", n / decode, "img/s", f"{src}px jpg, one process"))
+    rows.append(("transforms", "train augmentation", n / aug, "img/s", f"to {args.img_size}px, one process"))
+    iso = build_transforms(True, args.img_size)
+    iso.transforms = [t for t in iso.transforms if type(t).__name__ == "ISONoise"]
+    iso.transforms[0].p = 1.0
+    big = [cv2.resize(img, (args.img_size, args.img_size)) for img in images]
+    t_iso = timed(lambda: [iso(image=img) for img in big], args.reps, "cpu")
+    rows.append(("transforms", "ISONoise alone (p=1)", n / t_iso, "img/s", f"{args.img_size}px"))
+    batches = max(2, (4 if args.quick else 12) * 32 // args.batch_size)
+    for w in args.workers:
+        loader = DataLoader(ds, args.batch_size, sampler=TrainSampler(len(ds), seed=0), num_workers=w,
+                            persistent_workers=w > 0, prefetch_factor=4 if w else None)
+
+        def drain():
+            for k, _ in zip(range(batches), loader):
+                pass
+        t = timed(drain, args.reps, "cpu")
+        rows.append(("transforms", f"DataLoader, {w} workers", batches * args.batch_size / t, "img/s",
+                     f"decode + augment + collate, batch {args.batch_size}"))
+
+
+# --- model --------------------------------------------------------------------------------------
+def bench_train_step(args, rows):
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    variants = [("float32", False, None, False), ("channels_last", True, None, False)]
+    variants += [("bf16 autocast + channels_last", True, torch.bfloat16, False)]
+    if cuda:
+        variants += [("fp16 autocast + GradScaler + channels_last", True, torch.float16, False)]
+    if args.compile:
+        variants += [("torch.compile + channels_last" + (" + bf16" if cuda else ""), True,
+                      torch.bfloat16 if cuda else None, True)]
+    for name, cl, dtype, compiled in variants:
+        torch.manual_seed(0)
+        model = FERNet(args.arch).to(device)
+        if cl:
+            model = model.to(memory_format=torch.channels_last)
+        run_model = torch.compile(model) if compiled else model
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        scaler = torch.amp.GradScaler("cuda", enabled=cuda and dtype == torch.float16)
+        x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 8, (args.batch_size,), device=device)
+        v = torch.rand(args.batch_size, 2, device=device) * 2 - 1
+        criterion = make_criterion(None, device)
+
+        def step():
+            for _ in range(args.steps):
+                with (torch.autocast(device.type, dtype=dtype) if dtype is not None else autocast(device, None)):
+                    logits, va = run_model(x)
+                loss = criterion(logits.float(), va.float(), y, v)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t = timed(step, args.reps, device, warmup=2 if compiled else 1)
+        mem = f"max allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if cuda \
+            else f"peak RSS so far {peak_rss_mib():.0f} MiB"
+        rows.append(("train_step", name, args.steps * args.batch_size / t, "img/s",
+                     f"{args.arch} {args.img_size}px batch {args.batch_size}; {mem}"))
+
+
+def bench_end_to_end(args, rows, train_meta, val_meta):
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    amp = torch.bfloat16 if cuda else None
+    ds = FERDataset(train_meta, train=True, size=args.img_size, verbose=False)
+    workers = max(args.workers)
+    loader = DataLoader(ds, args.batch_size, sampler=TrainSampler(len(ds), seed=0), num_workers=workers,
+                        pin_memory=cuda, persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    model = FERNet(args.arch).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    criterion = make_criterion(class_weights(ds.labels), device)
+    steps = min(args.steps * 2, len(loader))
+    model.train()
+    train_one_epoch(model, loader, opt, scaler, criterion, device, amp, 2, False)  # warm-up
+    results = [train_one_epoch(model, loader, opt, scaler, criterion, device, amp, steps, False)
+               for _ in range(args.reps)]
+    speed = statistics.median(r["img_per_s"] for r in results)
+    wait = statistics.median(r["data_wait"] for r in results)
+    rows.append(("end_to_end", f"training with the loader ({workers} workers)", speed, "img/s",
+                 f"{100 * wait:.0f}% of the time waiting for data; {args.arch} {args.img_size}px "
+                 f"batch {args.batch_size}{', bf16' if amp else ''}"))
+
+    val = FERDataset(val_meta, train=False, size=args.img_size, verbose=False)
+    val_loader = DataLoader(val, args.batch_size, num_workers=workers, pin_memory=cuda)
+    t = timed(lambda: predict_batches(model, val_loader, device, amp), args.reps, device)
+    rows.append(("eval", "predict_batches over the validation loader", len(val) / t, "img/s",
+                 f"{len(val)} images, {workers} workers"))
+
+
+def main(argv=None):
+    args = get_args(argv)
+    rows = []
+    only = set(args.only or ("index", "transforms", "train_step", "end_to_end", "eval"))
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if {"transforms", "end_to_end", "eval"} & only:
+            n = 96 if args.quick else max(512, 8 * args.batch_size)
+            make_demo_data.make_dataset(tmp / "demo", n=n, size=max(64, args.img_size), seed=0, progress=False)
+            df, _ = metadata_parallel.build_index(tmp / "demo" / "images", tmp / "demo" / "annotations",
+                                                  workers=1, progress=False)
+            train, val = metadata_parallel.stratified_split(df, 0.25, 0)
+            for name, part in (("train", train), ("val", val)):
+                metadata_parallel.write_parquet(part, tmp / f"{name}.parquet")
+        sections = [("index", lambda: bench_index(args, rows, tmp)),
+                    ("transforms", lambda: bench_transforms(args, rows, tmp / "train.parquet")),
+                    ("train_step", lambda: bench_train_step(args, rows)),
+                    ("end_to_end", lambda: bench_end_to_end(args, rows, tmp / "train.parquet", tmp / "val.parquet"))]
+        for name, fn in sections:
+            if name in only or (name == "end_to_end" and "eval" in only):
+                print(f"[{name}] ...", file=sys.stderr, flush=True)
+                fn()
+    rows = [r for r in rows if r[0] in only]
+
+    env = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
+           "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+           "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
+    width = max(len(r[1]) for r in rows)
+    print(f"{'section':<11} {'what':<{width}} {'value':>10} {'unit':<6} notes")
+    for section, what, value, unit, notes in rows:
+        print(f"{section:<11} {what:<{width}} {value:>10.1f} {unit:<6} {notes}")
+    print(f"# {env['device']}, {env['cpus']} CPUs, torch {env['torch']}, {time.time() - t0:.0f}s")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"env": env, "rows": [dict(zip(("section", "what", "value", "unit", "notes"), r)) for r in rows]},
+                      fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
