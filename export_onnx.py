@@ -1,0 +1,92 @@
+"""Export a checkpoint to ONNX and check it against PyTorch in onnxruntime.
+
+    python export_onnx.py --checkpoint FER_resnet50.pth --out FER_resnet50.onnx
+
+Input `image`: N x 3 x S x S float32, RGB, ImageNet-normalised (any N). Outputs `logits` (N x 8) and
+`valence_arousal` (N x 2, unclipped). Class names, image size, normalisation and input format are in
+the model's metadata. After export the model runs in onnxruntime on random input; the script fails
+if the largest difference from PyTorch exceeds --tolerance.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from FER_model import CheckpointError, model_from_checkpoint
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="FER_resnet50.pth", help="checkpoint written by training")
+    p.add_argument("--out", default="FER_resnet50.onnx", help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |onnxruntime - PyTorch|")
+    return p.parse_args(argv)
+
+
+class _Named(torch.nn.Module):
+    """Gives the exported graph its input name `image`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        return self.model(image)
+
+
+def export(model, meta, out, opset=18):
+    import onnx
+
+    size = int(meta["img_size"])
+    example = torch.randn(2, 3, size, size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(_Named(model).eval(), (example,), dynamo=True, opset_version=opset,
+                                input_names=["image"], output_names=["logits", "valence_arousal"],
+                                dynamic_shapes={"image": {0: batch}}, verbose=False)
+    proto = program.model_proto
+    info = {"class_names": json.dumps(meta["class_names"]), "img_size": str(size), "arch": meta["arch"],
+            "input_format": "RGB, ImageNet-normalised: (pixel / 255 - mean) / std",
+            "normalization": json.dumps(meta.get("normalization", {})),
+            "outputs": "logits: softmax gives class probabilities; valence_arousal: clip to [-1, 1]"}
+    del proto.metadata_props[:]
+    for k, v in info.items():
+        proto.metadata_props.add(key=k, value=v)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(out), save_as_external_data=False)
+    onnx.checker.check_model(str(out))
+
+
+def parity(model, out, size, batch=3):
+    """Largest |onnxruntime - PyTorch| over both outputs, on random input of a batch size not exported with."""
+    import onnxruntime as ort
+
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = [t.numpy() for t in model(x)]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(["logits", "valence_arousal"], {"image": x.numpy()})
+    if [g.shape for g in got] != [r.shape for r in ref]:
+        return float("inf")  # a batch axis that did not stay dynamic
+    return max(float(np.abs(a - b).max()) for a, b in zip(got, ref))
+
+
+def main(argv=None):
+    args = get_args(argv)
+    try:
+        model, meta = model_from_checkpoint(args.checkpoint, "cpu")
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+    export(model, meta, args.out, args.opset)
+    diff = parity(model, args.out, int(meta["img_size"]))
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.1f} MiB, {meta['arch']}, "
+          f"{meta['img_size']}px, dynamic batch); onnxruntime vs PyTorch: max |diff| {diff:.2e}")
+    if not diff <= args.tolerance:
+        sys.exit(f"error: onnxruntime differs from PyTorch by {diff:.2e} > --tolerance {args.tolerance:g}")
+
+
+if __name__ == "__main__":
+    main()
