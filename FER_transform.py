@@ -15,6 +15,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from albucore import clipped, float32_io  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
@@ -25,6 +26,50 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class FERDataError(Exception):
     """Bad input data (unreadable image, malformed metadata); the message names the file."""
+
+
+def poisson(rng, lam, shape, tail=1e-12):
+    """Poisson(lam) samples as float32 by inversion of the CDF (exact but for a tail mass of 1e-12).
+
+    ISONoise's rates are small (std of the lightness x intensity, below 0.5), where a few comparisons
+    against the CDF are several times faster than Generator.poisson.
+    """
+    if lam > 10:
+        return rng.poisson(lam, shape).astype(np.float32)
+    cdf = [np.exp(-lam)]
+    pmf = cdf[0]
+    while 1 - cdf[-1] > tail and len(cdf) < 100:  # lam <= 10: the tail is below 1e-12 by k = 40
+        pmf *= lam / len(cdf)
+        cdf.append(cdf[-1] + pmf)
+    u = rng.random(shape)
+    if len(cdf) > 12:
+        return np.searchsorted(cdf[:-1], u, side="right").astype(np.float32)
+    k = np.zeros(shape, np.float32)
+    for c in cdf[:-1]:
+        k += u >= c
+    return k
+
+
+@float32_io
+@clipped
+def iso_noise(image, color_shift, intensity, rng):
+    """albumentations' iso_noise (2.x): Poisson lightness noise and Gaussian hue noise in HLS space,
+    with the noise drawn in float32 (the precision of the image it is added to) by the sampler above."""
+    hls = cv2.cvtColor(image, cv2.COLOR_RGB2HLS)
+    lightness_std = cv2.meanStdDev(hls)[1][1, 0]
+    lum = poisson(rng, lightness_std * intensity, hls.shape[:2])
+    hls[..., 0] += rng.standard_normal(hls.shape[:2], dtype=np.float32) * np.float32(color_shift * intensity)
+    lightness = hls[..., 1]
+    lightness += lum * np.float32(intensity) * (1 - lightness)
+    np.clip(lightness, 0, 1, out=lightness)
+    return cv2.cvtColor(hls, cv2.COLOR_HLS2RGB)  # @clipped clips to [0, 1]
+
+
+class FastISONoise(A.ISONoise):
+    """A.ISONoise with the same parameters and noise distribution, about 1.4x faster (see bench.py)."""
+
+    def apply(self, img, color_shift, intensity, random_seed, **params):
+        return iso_noise(img, color_shift, intensity, np.random.default_rng(random_seed))
 
 
 def build_transforms(train=True, size=224):
@@ -39,7 +84,7 @@ def build_transforms(train=True, size=224):
         A.Affine(translate_percent=(-0.05, 0.05), scale=(0.95, 1.05), rotate=(-10, 10),
                  border_mode=cv2.BORDER_REFLECT_101, p=0.4),
         A.CoarseDropout(num_holes_range=(1, 2), hole_height_range=(0.1, 0.2), hole_width_range=(0.1, 0.2), p=0.4),
-        A.ISONoise(color_shift=(0.01, 0.05), intensity=(0.1, 0.3), p=0.4),
+        FastISONoise(color_shift=(0.01, 0.05), intensity=(0.1, 0.3), p=0.4),
         A.MedianBlur(blur_limit=3, p=0.15),
         A.GaussianBlur(blur_limit=(3, 5), p=0.4),
         A.CLAHE(clip_limit=2.0, tile_grid_size=(8, 8), p=0.3),

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+import FER_transform
 import make_demo_data
 import metadata_parallel as mp
 from conftest import run_script
@@ -249,3 +250,41 @@ def test_transform_cli_grid(demo, tmp_path):
     r = run_script("FER_transform.py", "--meta", demo["train"], "--size", 32, "--n", 4, "--out", tmp_path / "g.png")
     assert r.returncode == 0, r.stderr
     assert "image (4, 3, 32, 32)" in r.stdout and (tmp_path / "g.png").stat().st_size > 1000
+
+
+# --- the faster ISONoise --------------------------------------------------------------------------
+@pytest.mark.parametrize("lam", [0.02, 0.4, 3.0, 25.0])
+def test_poisson_sampler_matches_pmf(lam):
+    from scipy.stats import poisson as exact
+
+    n = 400_000
+    k = FER_transform.poisson(np.random.default_rng(0), lam, n)
+    assert k.dtype == np.float32 and k.shape == (n,)
+    counts = np.bincount(k.astype(np.int64))
+    expected = n * exact.pmf(np.arange(len(counts)), lam)
+    big = expected > 50  # each bin within 5 binomial standard deviations
+    assert (np.abs(counts[big] - expected[big]) < 5 * np.sqrt(expected[big])).all()
+    assert abs(k.mean() - lam) < 5 * np.sqrt(lam / n) and abs(k.var() / lam - 1) < 0.02
+
+
+def test_fast_isonoise_matches_albumentations(demo):
+    """Same parameters, same noise model: the changes it makes to images have the same statistics."""
+    import albumentations as A
+
+    images = [load_image(demo["root"] / "images" / f"{i}.jpg") for i in range(8)]
+    kw = dict(color_shift=(0.01, 0.05), intensity=(0.1, 0.3), p=1.0)
+
+    def noise(t):
+        out = []
+        for s in range(300):
+            t.set_random_seed(s)
+            out.append(t(image=images[s % 8])["image"].astype(np.int16) - images[s % 8])
+        return np.stack(out)
+    ref, fast = noise(A.ISONoise(**kw)), noise(FER_transform.FastISONoise(**kw))
+    assert fast.dtype == ref.dtype and fast.shape == ref.shape
+    assert (ref != 0).mean() > 0.005  # the noise is visible at all on these images
+    np.testing.assert_allclose(fast.mean(axis=(0, 1, 2)), ref.mean(axis=(0, 1, 2)), rtol=0.05)
+    np.testing.assert_allclose(fast.std(), ref.std(), rtol=0.03)
+    np.testing.assert_allclose((fast != 0).mean(), (ref != 0).mean(), rtol=0.03)
+    np.testing.assert_allclose(np.percentile(np.abs(fast[fast != 0]), [25, 50, 75, 99]),
+                               np.percentile(np.abs(ref[ref != 0]), [25, 50, 75, 99]), rtol=0.1, atol=1)

@@ -1,0 +1,90 @@
+"""bench.py in quick mode, and the speed options: they change how fast, never what is computed."""
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import run_script
+from FER_model import FERNet
+
+TINY = ["--arch", "resnet18", "--img_size", 32, "--batch_size", 8, "--no_pretrained", "--epochs", 1]
+
+
+def assert_close_norm(a, b, rel, what=""):
+    """|a - b| small beside |a| (norms): float32 sums in another order differ in the last bits of each term."""
+    a, b = a.double(), b.double()
+    assert (a - b).norm() <= rel * a.norm() + 1e-8, f"{what}: {(a - b).norm():.3g} vs |a| {a.norm():.3g}"
+
+
+def test_bench_quick_produces_every_row(tmp_path):
+    r = run_script("bench.py", "--quick", "--json", tmp_path / "bench.json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    got = {(row["section"], row["what"].split(",")[0]) for row in rows}
+    expected = {("index", "metadata_parallel.build_index"), ("index", "baseline: threads + exists + np.load(mmap)"),
+                ("index", "speed-up over baseline"), ("transforms", "decode (cv2.imread)"),
+                ("transforms", "train augmentation"), ("transforms", "ISONoise (albumentations)"),
+                ("transforms", "FastISONoise (ours"), ("transforms", "DataLoader"), ("train_step", "float32"),
+                ("train_step", "channels_last"), ("train_step", "bf16 autocast + channels_last"),
+                ("end_to_end", "training with the loader (1 workers)"),
+                ("eval", "predict_batches over the validation loader")}
+    assert expected <= got, expected - got
+    assert sum(row["what"].startswith("DataLoader") for row in rows) == 2  # --quick tries 0 and 1 workers
+    for row in rows:
+        assert math.isfinite(row["value"]) and row["value"] > 0, row
+        assert row["what"] in r.stdout  # the printed table has the same rows
+    assert "% of the time waiting for data" in next(row["notes"] for row in rows if row["section"] == "end_to_end")
+
+
+def test_channels_last_gives_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    model = FERNet("resnet18")
+    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 48, 48)
+    outs = []
+    for m, inp in ((model, x), (fast, x.contiguous(memory_format=torch.channels_last))):
+        torch.manual_seed(1)  # the same dropout mask
+        logits, va = m(inp)
+        (logits.logsumexp(1).sum() + va.square().sum()).backward()
+        outs.append([logits, va] + [p.grad for p in m.parameters()])
+    for a, b in zip(*outs):
+        assert_close_norm(a, b, 1e-5)
+
+
+def test_loader_workers_do_not_change_training(demo, tmp_path):
+    """Each sample's augmentation is seeded from (seed, epoch, sample): any number of workers, same run."""
+    for name, extra in (("w0", ["--num_workers", 0]), ("w2", ["--num_workers", 2, "--prefetch_factor", 2])):
+        r = run_script("train_vggface2_resnet50.py", "--train_meta", demo["train"], "--val_meta", demo["val"], *TINY,
+                       *extra, "--save_path", tmp_path / name / "m.pth")
+        assert r.returncode == 0, r.stderr
+    a, b = (torch.load(tmp_path / name / "m_last.pth", weights_only=True)["model"] for name in ("w0", "w2"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_compile_does_not_change_training(demo, tmp_path, monkeypatch):
+    """torch.compile fuses kernels: the same training within float tolerance (about 40 s of compiling).
+
+    Inductor draws dropout masks from its own generator; fallback_random makes it use eager's, so
+    that the two runs see the same masks and can be compared.
+    """
+    import torch._inductor.config
+
+    import train_vggface2_resnet50 as T
+
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        args = ["--train_meta", demo["train"], "--val_meta", demo["val"], *TINY, "--num_workers", 0, *extra,
+                "--save_path", tmp_path / name / "m.pth"]
+        with pytest.raises(SystemExit) as e:
+            T.main([str(a) for a in args])
+        assert e.value.code == 0
+    runs = [torch.load(tmp_path / name / "m_last.pth", weights_only=True) for name in ("eager", "compiled")]
+    for key in ("train_loss", "val_loss", "val_rmse"):
+        a, b = (r["train_state"]["history"][-1][key] for r in runs)
+        assert abs(a - b) <= 1e-4 * abs(a), (key, a, b)
+    # All weights as one vector: Adam turns float noise in near-zero gradients into lr-sized steps
+    # of single weights, so tensor by tensor is the wrong scale for a tolerance.
+    a, b = (torch.cat([v.double().flatten() for v in r["model"].values() if v.is_floating_point()]) for r in runs)
+    assert_close_norm(a, b, 1e-4, "weights")
