@@ -6,6 +6,7 @@ Run it to look at what the model will see:
 """
 import argparse
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -172,7 +173,10 @@ class FERDataset(Dataset):
     def __getitem__(self, item):
         i, seed = item if isinstance(item, tuple) else (item, None)
         if seed is not None:
-            self.transform.set_random_seed(seed)
+            # One stream for the whole chain. (set_random_seed would give every transform its own
+            # generator with the same seed: each p-check would draw the same number, and flips,
+            # colour jitter, dropout, noise... would always come together.)
+            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         image = self.transform(image=load_image(self.path(i)))["image"]
         return {"image": image, "y_cls": torch.tensor(self.labels[i]),
                 "y_reg": torch.tensor(self.va[i]), "index": torch.tensor(i)}

@@ -179,6 +179,31 @@ def test_dataset_sample(demo):
     assert not torch.equal(ds[(0, 11)]["image"], ds[(0, 12)]["image"])
 
 
+def test_seeded_augmentations_are_independent(demo):
+    """Per-sample seeding must not tie the transforms together: each p-check is its own draw."""
+    import albumentations as A
+
+    calls = []
+
+    class Record(A.ImageOnlyTransform):
+        def __init__(self, name, p):
+            super().__init__(p=p)
+            self.name = name
+
+        def apply(self, img, **params):
+            calls[-1].add(self.name)
+            return img
+    ds = FERDataset(demo["train"], train=True, size=32, verbose=False)
+    ds.transform = A.Compose([Record("a", 0.5), Record("b", 0.5), Record("c", 0.4), A.ToFloat()])
+    for seed in range(1000):
+        calls.append(set())
+        ds[(seed % len(ds), seed)]
+    def share(*names):
+        return np.mean([set(names) <= c for c in calls])
+    assert 0.45 < share("a") < 0.55 and 0.35 < share("c") < 0.45
+    assert 0.2 < share("a", "b") < 0.3 and 0.15 < share("a", "c") < 0.25  # 0.25 and 0.2 when independent
+
+
 def test_dataset_filters_and_reports(tmp_path, demo, capsys):
     df = pd.read_parquet(demo["all"])
     df.loc[0, "valence"] = -2.0
