@@ -27,9 +27,10 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 import make_demo_data  # noqa: E402
 import metadata_parallel  # noqa: E402
-from FER_model import FERNet, autocast, predict_batches  # noqa: E402
+from FER_model import FERNet, predict_batches  # noqa: E402
 from FER_transform import FastISONoise, FERDataset, build_transforms, load_image  # noqa: E402
-from train_vggface2_resnet50 import TrainSampler, class_weights, make_criterion, train_one_epoch  # noqa: E402
+from train_vggface2_resnet50 import (TrainSampler, class_weights, make_criterion, train_one_epoch,  # noqa: E402
+                                     train_step)
 
 
 def get_args(argv=None):
@@ -199,13 +200,7 @@ def bench_train_step(args, rows):
 
         def step():
             for _ in range(args.steps):
-                with (torch.autocast(device.type, dtype=dtype) if dtype is not None else autocast(device, None)):
-                    logits, va = run_model(x)
-                loss = criterion(logits.float(), va.float(), y, v)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+                train_step(run_model, x, y, v, opt, scaler, criterion, dtype)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         t = timed(step, args.reps, device, warmup=2 if compiled else 1)

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 import FER_metrics
-from FER_model import (ARCHS, CheckpointError, FERNet, as_state_dict, autocast, checkpoint_payload,
+from FER_model import (ARCHS, CheckpointError, FERNet, as_state_dict, checkpoint_payload,
                        imagenet_state_dict, load_backbone_weights, predict_batches, read_weights, save_checkpoint)
 from FER_transform import CLASS_NAMES, FERDataError, FERDataset
 
@@ -58,7 +58,8 @@ def get_args(argv=None):
     g.add_argument("--img_size", type=int, default=224, help="input side in pixels")
     g.add_argument("--batch_size", type=int, default=8, help="batch size per process")
     g.add_argument("--num_workers", type=int, default=None,
-                   help="loader processes per training process (default: 0 on Windows, else up to 8 per GPU)")
+                   help="loader processes per training process "
+                        "(default: 0 on Windows, else the CPU cores per GPU, at most 16)")
     g.add_argument("--prefetch_factor", type=int, default=4, help="batches each loader worker prepares ahead")
     g.add_argument("--balanced_sampling", action="store_true",
                    help="draw training samples with inverse class-frequency weights (class weights in the "
@@ -169,8 +170,8 @@ def build_model(args, say):
     if path.is_file():
         caffe = args.vggface2_layout == "caffe"
         if caffe and args.arch != "resnet50":
-            raise TrainError(f"VGGFace2 weights in the Caffe layout are for resnet50; use --arch resnet50 or "
-                             f"--vggface2_layout torchvision")
+            raise TrainError("VGGFace2 weights in the Caffe layout are for resnet50; use --arch resnet50 or "
+                             "--vggface2_layout torchvision")
         model = FERNet(args.arch, input_format="caffe_bgr" if caffe else "imagenet")
         missing = load_backbone_weights(model.backbone, as_state_dict(read_weights(path), path),
                                         f"VGGFace2 ({path})", verbose=bool(say.enabled))
@@ -225,6 +226,18 @@ def class_weights(labels, num_classes=len(CLASS_NAMES)):
 
 
 # --- one epoch ----------------------------------------------------------------------------------
+def train_step(model, x, y_cls, y_reg, optimizer, scaler, criterion, amp_dtype=None):
+    """Forward under autocast (amp_dtype None: float32), loss in float32, scaled backward, step."""
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits, va = model(x)
+    loss = criterion(logits.float(), va.float(), y_cls, y_reg)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, logits
+
+
 def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dtype, steps, show):
     """Returns mean loss, accuracy, images/s and the share of wall time spent waiting for data."""
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n: one sync per epoch
@@ -240,13 +253,7 @@ def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dty
             x = x.contiguous(memory_format=torch.channels_last)
         y_cls = batch["y_cls"].to(device, non_blocking=True)
         y_reg = batch["y_reg"].to(device, non_blocking=True)
-        with autocast(device, amp_dtype):
-            logits, va = model(x)
-        loss = criterion(logits.float(), va.float(), y_cls, y_reg)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss, logits = train_step(model, x, y_cls, y_reg, optimizer, scaler, criterion, amp_dtype)
         with torch.no_grad():
             n = y_cls.numel()
             sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y_cls).sum().double(),
@@ -370,7 +377,7 @@ def train(args, rank, world, device):
     workers = args.num_workers
     if workers is None:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        workers = 0 if platform.system() == "Windows" else min(8, max(1, (os.cpu_count() or 1) // local_world))
+        workers = 0 if platform.system() == "Windows" else min(16, max(1, (os.cpu_count() or 1) // local_world))
     loader_kw = dict(num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
                      prefetch_factor=args.prefetch_factor if workers > 0 else None)
     sampler = TrainSampler(len(train_ds), sample_weights, rank, world, args.seed)
