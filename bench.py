@@ -1,6 +1,6 @@
 """Measure where the time goes: indexing, augmentation, data loading, training steps, end to end, evaluation.
 
-    python bench.py                      # CPU: about two minutes on 2 cores; CUDA figures when a GPU is present
+    python bench.py                      # CPU: two to three minutes on 2 cores; CUDA figures when a GPU is present
     python bench.py --json bench.json    # also write the table as JSON
     python bench.py --quick              # tiny sizes, seconds (what the test suite runs)
 
@@ -91,6 +91,14 @@ def timed_in_turns(fns, reps):
 def sync(device):
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "cpu"
 
 
 def peak_rss_mib():
@@ -293,7 +301,7 @@ def main(argv=None):
                 print(f"{time.time() - t:.0f}s", file=sys.stderr)
     rows = [r for r in rows if r[0] in only]
 
-    env = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
+    env = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name(),
            "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
            "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
     width = max(len(r[1]) for r in rows)
