@@ -92,6 +92,16 @@ def build_transforms(train=True, size=224):
     ] + tail)
 
 
+def seed_augmentation(transform, seed):
+    """Make the next call of an albumentations chain depend on seed only.
+
+    One random stream for the whole chain: Compose.set_random_seed would give every transform its
+    own generator with the same seed, so each p-check would draw the same number, and flips, colour
+    jitter, dropout, noise... would always come together.
+    """
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
 def load_image(path):
     """Read an image file as RGB uint8 (grayscale and alpha images become 3-channel)."""
     path = str(path)
@@ -173,10 +183,7 @@ class FERDataset(Dataset):
     def __getitem__(self, item):
         i, seed = item if isinstance(item, tuple) else (item, None)
         if seed is not None:
-            # One stream for the whole chain. (set_random_seed would give every transform its own
-            # generator with the same seed: each p-check would draw the same number, and flips,
-            # colour jitter, dropout, noise... would always come together.)
-            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+            seed_augmentation(self.transform, seed)
         image = self.transform(image=load_image(self.path(i)))["image"]
         return {"image": image, "y_cls": torch.tensor(self.labels[i]),
                 "y_reg": torch.tensor(self.va[i]), "index": torch.tensor(i)}

@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import resource
 import statistics
 import sys
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 import make_demo_data  # noqa: E402
 import metadata_parallel  # noqa: E402
 from FER_model import FERNet, predict_batches  # noqa: E402
-from FER_transform import FastISONoise, FERDataset, build_transforms, load_image  # noqa: E402
+from FER_transform import FastISONoise, FERDataset, build_transforms, load_image, seed_augmentation  # noqa: E402
 from train_vggface2_resnet50 import (TrainSampler, class_weights, make_criterion, train_one_epoch,  # noqa: E402
                                      train_step)
 
@@ -163,19 +162,24 @@ def bench_index(args, rows, tmp):
 
 
 # --- data ---------------------------------------------------------------------------------------
+def as_stock_isonoise(t, p=None):
+    """albumentations' own ISONoise with the settings of our FastISONoise t."""
+    return A.ISONoise(color_shift=t.color_shift, intensity=t.intensity, p=t.p if p is None else p)
+
+
 def bench_transforms(args, rows, meta):
     ds = FERDataset(meta, train=True, size=args.img_size, verbose=False)
     n = min(len(ds), 128 if not args.quick else 16)
     images = [load_image(ds.path(i)) for i in range(n)]
     decode = timed(lambda: [load_image(ds.path(i)) for i in range(n)], args.reps, "cpu")
     ours = build_transforms(True, args.img_size)
+    iso = next(t for t in ours.transforms if isinstance(t, FastISONoise))
     stock = build_transforms(True, args.img_size)
-    stock.transforms = [A.ISONoise(color_shift=t.color_shift, intensity=t.intensity, p=t.p)
-                        if isinstance(t, FastISONoise) else t for t in stock.transforms]
+    stock.transforms = [as_stock_isonoise(t) if isinstance(t, FastISONoise) else t for t in stock.transforms]
 
     def augment(transform):  # the same random draws on every call and for both chains
         for k, img in enumerate(images):
-            transform.set_random_state(np.random.default_rng(k), random.Random(k))
+            seed_augmentation(transform, k)
             transform(image=img)
     aug, aug_stock = timed_in_turns([lambda: augment(ours), lambda: augment(stock)], max(5, args.reps))
     src = images[0].shape[0]
@@ -184,8 +188,7 @@ def bench_transforms(args, rows, meta):
     rows.append(("transforms", "train augmentation, albumentations' ISONoise", n / aug_stock, "img/s",
                  f"ours is {aug_stock / aug:.2f}x faster"))
     big = [cv2.resize(img, (args.img_size, args.img_size)) for img in images]
-    kw = dict(color_shift=(0.01, 0.05), intensity=(0.1, 0.3), p=1.0)
-    ref, fast = A.ISONoise(**kw), FastISONoise(**kw)
+    ref, fast = as_stock_isonoise(iso, p=1.0), FastISONoise(color_shift=iso.color_shift, intensity=iso.intensity, p=1.0)
     t_ref, t_fast = timed_in_turns([lambda: [ref(image=img) for img in big],
                                     lambda: [fast(image=img) for img in big]], max(5, args.reps))
     rows.append(("transforms", "ISONoise (albumentations), p=1", n / t_ref, "img/s", f"{args.img_size}px"))

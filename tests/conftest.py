@@ -17,6 +17,15 @@ def run_script(script, *args, cwd=None, timeout=300):
                           text=True, timeout=timeout)
 
 
+TINY = ["--arch", "resnet18", "--img_size", 32, "--batch_size", 8, "--no_pretrained", "--num_workers", 0]
+
+
+def tiny_args(demo, out_dir, *extra):
+    """Training arguments for a seconds-long run on the demo fixture; later flags in extra win."""
+    return [str(a) for a in ["--train_meta", demo["train"], "--val_meta", demo["val"], *TINY,
+                             "--save_path", out_dir / "m.pth", *extra]]
+
+
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
     """A tiny demo dataset (64 images, 32 px) and its index: {'root', 'all', 'train', 'val'}."""
@@ -35,8 +44,7 @@ def demo(tmp_path_factory):
 def trained(demo, tmp_path_factory):
     """A checkpoint from a short real training run on the tiny demo set."""
     out = tmp_path_factory.mktemp("trained")
-    r = run_script("train_vggface2_resnet50.py", "--train_meta", demo["train"], "--val_meta", demo["val"],
-                   "--arch", "resnet18", "--img_size", 32, "--batch_size", 8, "--no_pretrained", "--num_workers", 0,
-                   "--epochs", 1, "--save_path", out / "FER_resnet18.pth")
+    r = run_script("train_vggface2_resnet50.py", *tiny_args(demo, out, "--epochs", 1,
+                                                            "--save_path", out / "FER_resnet18.pth"))
     assert r.returncode == 0, r.stderr
     return out / "FER_resnet18.pth"

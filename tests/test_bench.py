@@ -6,11 +6,8 @@ import math
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_script, tiny_args
 from FER_model import FERNet
-
-TINY = ["--arch", "resnet18", "--img_size", 32, "--batch_size", 8, "--no_pretrained", "--epochs", 1]
-
 
 def assert_close_norm(a, b, rel, what=""):
     """|a - b| small beside |a| (norms): float32 sums in another order differ in the last bits of each term."""
@@ -55,9 +52,8 @@ def test_channels_last_gives_the_same_outputs_and_gradients():
 
 def test_loader_workers_do_not_change_training(demo, tmp_path):
     """Each sample's augmentation is seeded from (seed, epoch, sample): any number of workers, same run."""
-    for name, extra in (("w0", ["--num_workers", 0]), ("w2", ["--num_workers", 2, "--prefetch_factor", 2])):
-        r = run_script("train_vggface2_resnet50.py", "--train_meta", demo["train"], "--val_meta", demo["val"], *TINY,
-                       *extra, "--save_path", tmp_path / name / "m.pth")
+    for name, extra in (("w0", []), ("w2", ["--num_workers", 2, "--prefetch_factor", 2])):
+        r = run_script("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path / name, "--epochs", 1, *extra))
         assert r.returncode == 0, r.stderr
     a, b = (torch.load(tmp_path / name / "m_last.pth", weights_only=True)["model"] for name in ("w0", "w2"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -75,10 +71,8 @@ def test_compile_does_not_change_training(demo, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     for name, extra in (("eager", []), ("compiled", ["--compile"])):
-        args = ["--train_meta", demo["train"], "--val_meta", demo["val"], *TINY, "--num_workers", 0, *extra,
-                "--save_path", tmp_path / name / "m.pth"]
         with pytest.raises(SystemExit) as e:
-            T.main([str(a) for a in args])
+            T.main(tiny_args(demo, tmp_path / name, "--epochs", 1, *extra))
         assert e.value.code == 0
     runs = [torch.load(tmp_path / name / "m_last.pth", weights_only=True) for name in ("eager", "compiled")]
     for key in ("train_loss", "val_loss", "val_rmse"):

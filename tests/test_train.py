@@ -11,17 +11,9 @@ import torchvision
 
 import FER_model
 import train_vggface2_resnet50 as T
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, tiny_args
 from FER_model import CheckpointError, FERNet, load_backbone_weights, read_weights
 from FER_transform import IMAGENET_MEAN, IMAGENET_STD
-
-TINY = ["--arch", "resnet18", "--img_size", 32, "--batch_size", 8, "--no_pretrained", "--num_workers", 0]
-
-
-def tiny_args(demo, tmp_path, *extra):
-    return [str(a) for a in ["--train_meta", demo["train"], "--val_meta", demo["val"], *TINY,
-                             "--save_path", tmp_path / "m.pth", *extra]]
-
 
 @pytest.mark.parametrize("arch,features", [("resnet18", 512), ("resnet50", 2048)])
 def test_model_outputs(arch, features):
