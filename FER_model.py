@@ -13,6 +13,7 @@ import torchvision
 from torch import nn
 from tqdm import tqdm
 
+from FER_io import FERError
 from FER_transform import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -21,7 +22,7 @@ VGGFACE2_MEAN_BGR = (91.4953, 103.8827, 131.0912)
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(Exception):
+class CheckpointError(FERError):
     """A weights file that cannot be used; the message names the file and the problem."""
 
 

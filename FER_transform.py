@@ -20,12 +20,14 @@ from albucore import clipped, float32_io  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
+from FER_io import FERError  # noqa: E402
+
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class FERDataError(Exception):
+class FERDataError(FERError):
     """Bad input data (unreadable image, malformed metadata); the message names the file."""
 
 

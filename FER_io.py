@@ -1,0 +1,225 @@
+"""Safe outputs, flag checks and one-line errors: the trust rules every script follows.
+
+- Outputs are staged: each file is written beside its target under a hidden temporary name and
+  renamed into place only when every file of the run is complete, so a failed or interrupted run
+  leaves earlier outputs byte-identical and no stray temporary file.
+- Output locations and numeric flags are checked before any expensive work.
+- Every expected failure is an FERError and ends the script with one line, never a traceback.
+
+Imports nothing heavy: every other module may import this one.
+"""
+import argparse
+import errno
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class FERError(Exception):
+    """A problem that ends a script with one line; the message names the file, flag or value."""
+
+
+# --- staged outputs -----------------------------------------------------------------------------
+def _disk_full(path):
+    """True when the filesystem that holds path has (almost) no room left."""
+    try:
+        st = os.statvfs(Path(path).parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
+class Stage:
+    """Temporary names for a run's outputs; commit() renames them all into place."""
+
+    def __init__(self):
+        self.files = {}  # target -> temporary path
+
+    def __call__(self, target):
+        """The temporary path to write instead of target (same folder and suffix, so writers that
+        pick a format from the suffix, e.g. cv2 and matplotlib, still do)."""
+        target = Path(target)
+        if target in self.files:
+            return self.files[target]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.stem}.{os.getpid()}.{len(self.files)}.tmp{target.suffix}")
+        self.files[target] = tmp
+        return tmp
+
+    def commit(self):
+        for target, tmp in self.files.items():
+            if not tmp.exists():
+                raise FERError(f"{target}: nothing was written")
+        for target, tmp in self.files.items():
+            os.replace(tmp, target)
+        self.files = {}
+
+    def discard(self):
+        for tmp in self.files.values():
+            try:
+                if tmp.is_dir():
+                    import shutil
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink()
+            except FileNotFoundError:
+                pass
+        self.files = {}
+
+
+@contextmanager
+def staged_outputs():
+    """with staged_outputs() as stage: write(stage(target)) ... -- all targets replaced at the end,
+    none on an exception (Ctrl-C included). A full disk becomes one FERError naming the file."""
+    stage = Stage()
+    try:
+        yield stage
+        stage.commit()
+    except BaseException as e:
+        full = [t for t, tmp in stage.files.items() if tmp.exists() and _disk_full(tmp)]
+        stage.discard()
+        if isinstance(e, FERError):
+            raise
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (isinstance(e, Exception) and full):
+            target = full[0] if full else Path(getattr(e, "filename", None) or "output")
+            raise FERError(f"no space left on device writing {target}") from None
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise FERError(f"cannot write {e.filename or 'output'}: {e.strerror}") from None
+        raise
+
+
+def write_text(text, target, stage=None):
+    """Write a text file atomically (alone, or as part of a stage)."""
+    if stage is None:
+        with staged_outputs() as stage:
+            return write_text(text, target, stage)
+    Path(stage(target)).write_text(text)
+
+
+# --- up-front checks ----------------------------------------------------------------------------
+def check_output(path, flag, folder=False):
+    """Fail now, not after an epoch, if path cannot be written: a path that is a folder (or a file,
+    for a folder), a parent that is a file, a read-only folder."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise FERError(f"{flag} {path}: is {'a file' if folder else 'a folder'}")
+    parent = path if folder else path.parent
+    while not parent.exists():
+        if parent.is_symlink():
+            raise FERError(f"{flag} {path}: {parent} is a broken link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FERError(f"{flag} {path}: {parent} is a file, not a folder")
+    # A real probe: os.access says yes to root even on a read-only filesystem.
+    try:
+        fd = os.open(parent / f".write-test.{os.getpid()}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        os.unlink(parent / f".write-test.{os.getpid()}")
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise FERError(f"{flag} {path}: no space left on device in {parent}") from None
+        raise FERError(f"{flag} {path}: folder {parent} is not writable ({e.strerror})") from None
+    return path
+
+
+def check_input(path, flag, folder=False):
+    """An input that must exist (a regular file, or a folder)."""
+    path = Path(path)
+    if folder:
+        if not path.is_dir():
+            raise FERError(f"{flag} {path}: {'not a folder' if path.exists() else 'folder not found'}")
+    elif not path.is_file():
+        raise FERError(f"{flag} {path}: {'not a regular file' if path.exists() else 'file not found'}")
+    return path
+
+
+def check_device(name):
+    """A torch.device for --device (None: cuda if available), or one line saying why not."""
+    import torch
+
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, ValueError):
+        raise FERError(f"--device {name}: unknown device (use cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise FERError(f"--device {name}: not supported (use cpu, cuda or cuda:N)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FERError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise FERError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here")
+    return device
+
+
+# --- flags --------------------------------------------------------------------------------------
+def _number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
+    """An argparse type: a finite number within [lo, hi] (or open ends), with a one-line error."""
+    def parse(text):
+        try:
+            x = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if x != x or x in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not finite")
+        if lo is not None and (x <= lo if lo_open else x < lo):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if lo_open else '>='} {lo}")
+        if hi is not None and (x >= hi if hi_open else x > hi):
+            raise argparse.ArgumentTypeError(f"{text} must be {'<' if hi_open else '<='} {hi}")
+        return x
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def int_at_least(lo, hi=None):
+    return _number(int, lo, hi)
+
+
+def float_in(lo=None, hi=None, lo_open=False, hi_open=False):
+    return _number(float, lo, hi, lo_open, hi_open)
+
+
+positive_int = int_at_least(1)
+nonneg_int = int_at_least(0)
+positive_float = float_in(0, lo_open=True)
+nonneg_float = float_in(0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block; --help still shows everything)."""
+
+    def __init__(self, *a, **k):
+        k.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*a, **k)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# --- one line -----------------------------------------------------------------------------------
+def one_line(e):
+    """The message of an exception without the worker traceback that DataLoader wraps around it."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(e).__name__
+    for prefix in ("FERError: ", "FERDataError: ", "CheckpointError: ", "TrainError: "):
+        last = last.split(prefix, 1)[-1]
+    return last
+
+
+def run_main(main, argv=None):
+    """Run a script's main(argv): expected failures end in one line on stderr, never a traceback."""
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was half-written (outputs are replaced only when complete)", file=sys.stderr)
+        code = 130
+    except FERError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        code = 1
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            print(f"error: no space left on device writing {e.filename or 'output'}", file=sys.stderr)
+        else:
+            print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        code = 1
+    sys.exit(code or 0)
