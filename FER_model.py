@@ -2,7 +2,6 @@
 
 Shared by train_vggface2_resnet50.py, eval_resnet50.py, predict.py, export_onnx.py and bench.py.
 """
-import os
 import pickle
 from contextlib import nullcontext
 from pathlib import Path
@@ -13,10 +12,11 @@ import torchvision
 from torch import nn
 from tqdm import tqdm
 
-from FER_io import FERError
+from FER_io import FERError, staged_outputs
 from FER_transform import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
+INPUT_FORMATS = ("imagenet", "caffe_bgr")
 # The VGGFace2 ResNet-50 (Cao et al. 2018) was trained in Caffe on BGR pixels 0-255 minus this mean.
 VGGFACE2_MEAN_BGR = (91.4953, 103.8827, 131.0912)
 CHECKPOINT_VERSION = 1
@@ -35,13 +35,14 @@ class FERNet(nn.Module):
     the Caffe ResNet-50 layout, so that frozen pretrained layers see their training distribution.
     """
 
-    def __init__(self, arch="resnet50", num_classes=len(CLASS_NAMES), dropout=0.7, input_format="imagenet"):
+    def __init__(self, arch="resnet50", class_names=CLASS_NAMES, dropout=0.7, input_format="imagenet"):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
-        if input_format not in ("imagenet", "caffe_bgr"):
+        if input_format not in INPUT_FORMATS:
             raise ValueError(f"unknown input_format {input_format!r}")
-        self.arch, self.input_format = arch, input_format
+        self.arch, self.input_format, self.class_names = arch, input_format, list(class_names)
+        num_classes = len(self.class_names)
         self.backbone = getattr(torchvision.models, arch)(weights=None)
         in_features = self.backbone.fc.in_features
         self.backbone.fc = nn.Identity()
@@ -189,13 +190,24 @@ def imagenet_state_dict(arch):
 
 
 # --- checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(obj, path):
-    """torch.save to a temporary file, then rename: a crash mid-save never breaks the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def nonfinite_tensor(state):
+    """The name of the first floating tensor holding NaN or inf, else None."""
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+            return k
+    return None
+
+
+def save_checkpoint(obj, path, stage=None):
+    """torch.save through a staged temporary file: a crash mid-save never breaks the old file, and
+    weights holding NaN or inf are never written."""
+    bad = nonfinite_tensor(obj.get("model", {}))
+    if bad:
+        raise CheckpointError(f"{path}: not saved, the weights hold non-finite values ({bad})")
+    if stage is None:
+        with staged_outputs() as stage:
+            return save_checkpoint(obj, path, stage)
+    torch.save(obj, stage(path))
 
 
 def unwrap(model):
@@ -209,7 +221,7 @@ def checkpoint_payload(model, img_size, **extra):
     """Everything needed to use a model without the command line that trained it."""
     model = unwrap(model)
     return {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "arch": model.arch,
-            "input_format": model.input_format, "class_names": list(CLASS_NAMES), "img_size": img_size,
+            "input_format": model.input_format, "class_names": list(model.class_names), "img_size": img_size,
             "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, **extra}
 
 
@@ -219,9 +231,31 @@ def _infer_arch(state):
     return "resnet34" if "backbone.layer3.5.conv1.weight" in state else "resnet18"
 
 
-def model_from_checkpoint(path, device="cpu"):
-    """Build the model a checkpoint describes. Accepts our checkpoints and the plain state dicts of the
-    original scripts. Returns (model in eval mode, checkpoint metadata)."""
+def check_metadata(meta, state, path):
+    """Refuse metadata that cannot describe these weights, naming the field. Returns the clean fields."""
+    arch = meta.get("arch") or _infer_arch(state)
+    input_format = meta.get("input_format", "imagenet")
+    img_size = meta.get("img_size", 224)
+    n_out = state["fc_cls.weight"].shape[0]
+    names = meta.get("class_names", list(CLASS_NAMES) if n_out == len(CLASS_NAMES) else None)
+    if arch not in ARCHS:
+        raise CheckpointError(f"{path}: field arch = {arch!r} is not one of {', '.join(ARCHS)}")
+    if input_format not in INPUT_FORMATS:
+        raise CheckpointError(f"{path}: field input_format = {input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
+    if input_format == "caffe_bgr" and arch != "resnet50":
+        raise CheckpointError(f"{path}: field input_format = caffe_bgr exists for resnet50 only, not {arch}")
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or not 32 <= img_size <= 4096:
+        raise CheckpointError(f"{path}: field img_size = {img_size!r} is not a whole number of pixels in 32-4096")
+    if (not isinstance(names, (list, tuple)) or len(names) != n_out or len(set(map(str, names))) != len(names)
+            or not all(isinstance(n, str) and n in CLASS_NAMES for n in names)):
+        raise CheckpointError(f"{path}: field class_names = {names!r} does not fit the {n_out}-way head "
+                              f"(expected {n_out} distinct names from {', '.join(CLASS_NAMES)})")
+    return {"arch": arch, "input_format": input_format, "img_size": img_size, "class_names": list(names)}
+
+
+def read_checkpoint(path):
+    """(metadata dict, state dict) of a FER checkpoint, ours or a plain state dict of the original
+    scripts, refusing files whose weights are non-finite or whose metadata does not fit them."""
     obj = read_weights(path)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         meta, state = obj, obj["model"]
@@ -230,24 +264,58 @@ def model_from_checkpoint(path, device="cpu"):
     else:
         raise CheckpointError(f"{path}: not a FER checkpoint (no model weights with an fc_cls head)")
     state = _strip(as_state_dict(state, path), ("module.", "_orig_mod."))
-    if "fc_cls.weight" not in state:
+    if "fc_cls.weight" not in state or state["fc_cls.weight"].ndim != 2:
         raise CheckpointError(f"{path}: not a FER checkpoint (no fc_cls head)")
-    arch = meta.get("arch") or _infer_arch(state)
-    model = FERNet(arch, num_classes=state["fc_cls.weight"].shape[0],
-                   input_format=meta.get("input_format", "imagenet"))
+    bad = nonfinite_tensor(state)
+    if bad:
+        raise CheckpointError(f"{path}: refused, the weights hold non-finite values (NaN or inf in {bad})")
+    return {**meta, **check_metadata(meta, state, path)}, state
+
+
+def build_from_state(meta, state, path):
+    """The FERNet that meta describes, with state loaded strictly."""
+    model = FERNet(meta["arch"], class_names=meta["class_names"], input_format=meta["input_format"])
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
-        raise CheckpointError(f"{path}: weights do not fit a {arch} FER model ({len(missing)} missing, "
+        raise CheckpointError(f"{path}: weights do not fit a {meta['arch']} FER model ({len(missing)} missing, "
                               f"{len(unexpected)} unexpected, {len(mismatched)} of another shape; "
                               f"e.g. {(missing + unexpected + mismatched)[0]})")
     model.load_state_dict(state)
-    meta = {"arch": arch, "input_format": model.input_format, "img_size": meta.get("img_size", 224),
-            "class_names": meta.get("class_names", list(CLASS_NAMES)),
-            **{k: v for k, v in meta.items() if k not in ("model", "optimizer", "scheduler", "scaler")}}
+    return model
+
+
+def model_from_checkpoint(path, device="cpu"):
+    """Build the model a checkpoint describes. Accepts our checkpoints and the plain state dicts of the
+    original scripts. Returns (model in eval mode, checkpoint metadata without the weights)."""
+    meta, state = read_checkpoint(path)
+    model = build_from_state(meta, state, path)
+    meta = {k: v for k, v in meta.items() if k not in ("model", "optimizer", "scheduler", "scaler")}
     return model.to(device).eval(), meta
+
+
+def model_initialised_from(path, arch, class_names, say=print):
+    """The model of a trained checkpoint as the start of a new run (fine-tuning, e.g. AffectNet -> RAF-DB).
+
+    Backbone, input format and valence/arousal head are kept; the expression head too when the
+    classes are the same, otherwise it is re-initialised for class_names, and we say so.
+    """
+    meta, state = read_checkpoint(path)
+    if meta["arch"] != arch:
+        raise CheckpointError(f"{path}: --init_from holds a {meta['arch']} model, this run builds {arch}; "
+                              f"use --arch {meta['arch']}")
+    model = build_from_state(meta, state, path)
+    if list(meta["class_names"]) == list(class_names):
+        head = "expression head too"
+    else:
+        model.class_names = list(class_names)
+        model.fc_cls = nn.Linear(model.fc_cls.in_features, len(class_names))
+        head = (f"expression head re-initialised: its classes ({', '.join(meta['class_names'])}) differ from this "
+                f"run's ({', '.join(class_names)})")
+    say(f"initialised from {path} (backbone, valence/arousal head; {head})")
+    return model
 
 
 # --- prediction ---------------------------------------------------------------------------------

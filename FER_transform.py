@@ -4,10 +4,8 @@ Run it to look at what the model will see:
 
     python FER_transform.py --meta metadata_train.parquet --out augmented_samples.png
 """
-import argparse
 import os
 import random
-import sys
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
@@ -20,11 +18,16 @@ from albucore import clipped, float32_io  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
-from FER_io import FERError  # noqa: E402
+from FER_io import (ArgumentParser, FERError, check_output, int_at_least, nonneg_int, run_main,  # noqa: E402
+                   staged_outputs)
 
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Face crops (AffectNet's CSV release, predict.py's detector): the box widened by this share of its
+# larger side on every edge, since detector/annotation boxes are tight and AffectNet's own crops
+# include forehead and chin.
+FACE_MARGIN = 0.2
 
 
 class FERDataError(FERError):
@@ -119,7 +122,7 @@ def read_metadata(path, columns=("filename", "expression")):
     """Read an index parquet, checking that it exists and has the required columns."""
     path = Path(path)
     if not path.is_file():
-        raise FERDataError(f"{path}: metadata file not found")
+        raise FERDataError(f"{path}: metadata file {'not found' if not path.exists() else 'is not a regular file'}")
     try:
         df = pd.read_parquet(path)
     except Exception as e:  # pyarrow raises several types for non-parquet input
@@ -142,51 +145,146 @@ def images_dir_of(df, metadata_path, root=None):
     return here / "images" if (here / "images").is_dir() else here
 
 
-class FERDataset(Dataset):
-    """Samples of an index parquet: {"image": 3xHxW float, "y_cls": long, "y_reg": float32 [v, a], "index"}.
+def integer_labels(values):
+    """(int64 labels, mask of values that are whole real numbers). Strings, 3.5, complex, NaN are not."""
+    values = pd.Series(values)
+    if values.dtype.kind in "iu":
+        return values.to_numpy(np.int64), np.ones(len(values), bool)
+    if values.dtype.kind != "f":  # object (strings from another tool), complex, bool, ...
+        numeric = np.array([float(v) if isinstance(v, (int, float, np.integer, np.floating))
+                            and not isinstance(v, (bool, np.bool_)) else np.nan for v in values], np.float64)
+    else:
+        numeric = values.to_numpy(np.float64)
+    ok = np.isfinite(numeric) & (numeric == np.round(numeric)) & (np.abs(numeric) < 2**31)
+    return np.where(ok, numeric, -1).astype(np.int64), ok
 
-    Rows with labels outside 0-7 are dropped; with require_va (the default) so are rows whose
-    valence or arousal is missing or marked invalid (AffectNet uses -2). An index without
-    valence/arousal columns can be read with require_va=False; y_reg is then NaN.
+
+def valence_arousal(df):
+    """(float32 (N, 2) values with NaN for "none", mask of rows with a value that is not allowed).
+
+    Allowed: finite numbers in [-1, 1]; NaN or AffectNet's -2 mean "none". Anything else (inf, 1.7,
+    strings) would put a wrong target into the loss.
+    """
+    raw = np.stack([pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) if c in df.columns
+                    else np.full(len(df), np.nan) for c in ("valence", "arousal")], 1)
+    unparsable = np.zeros(len(df), bool)
+    for k, c in enumerate(("valence", "arousal")):
+        if c in df.columns:
+            unparsable |= df[c].notna().to_numpy() & np.isnan(raw[:, k])
+    none = np.isnan(raw) | (raw == -2)
+    bad = (~none & ~((raw >= -1) & (raw <= 1))).any(1) | unparsable
+    return np.where(none, np.nan, raw).astype(np.float32), bad
+
+
+def face_boxes(df):
+    """(N, 4) float face boxes (x, y, w, h) where the index has them (AffectNet's CSV release), else NaN."""
+    cols = ("face_x", "face_y", "face_w", "face_h")
+    if not set(cols) <= set(df.columns):
+        return None
+    boxes = np.stack([pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) for c in cols], 1)
+    boxes[~(np.isfinite(boxes).all(1) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0))] = np.nan
+    return boxes
+
+
+def crop_face(image, box, margin=FACE_MARGIN):
+    """The face box widened by margin x its larger side on every edge, clipped to the image."""
+    x, y, w, h = box
+    m = margin * max(w, h)
+    x0, y0 = int(max(0, round(x - m))), int(max(0, round(y - m)))
+    x1, y1 = int(min(image.shape[1], round(x + w + m))), int(min(image.shape[0], round(y + h + m)))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    return image[y0:y1, x0:x1]
+
+
+def present_classes(labels):
+    """The canonical class names that occur among integer labels, in canonical order."""
+    found = set(np.asarray(labels).tolist())
+    return [name for k, name in enumerate(CLASS_NAMES) if k in found]
+
+
+class FERDataset(Dataset):
+    """Samples of one or more index parquets: {"image": 3xHxW float, "y_cls": long, "y_reg": float32
+    [v, a] (NaN where the dataset has none), "index"}.
+
+    Labels are canonical (0 Neutral ... 7 Contempt); y_cls is the position of the label in `classes`
+    (default: all eight), so a model with a 7-way head gets 0-6. Rows are dropped, counted and named
+    when the label is not a whole number, lies outside 0-7 or outside `classes`, or when valence or
+    arousal is set but not a finite number in [-1, 1]; with require_va, rows without valence/arousal
+    (NaN, or AffectNet's -2) are dropped too. Where the index has a face box (face_x, face_y, face_w,
+    face_h) the image is cropped to it with FACE_MARGIN before the transforms.
     Indexing with (i, seed) instead of i seeds the augmentation, which makes a training run
     reproducible regardless of the number of loader workers.
     """
 
-    def __init__(self, metadata_path, train=True, size=224, root=None, require_va=True, verbose=True):
-        df = read_metadata(metadata_path)
-        for col in ("valence", "arousal"):
-            if col not in df.columns:
-                if require_va:
-                    raise FERDataError(f"{metadata_path}: missing column {col}")
-                df[col] = np.nan
-        n_all = len(df)
-        keep = df["expression"].between(0, len(CLASS_NAMES) - 1)
-        n_bad_label = int((~keep).sum())
-        if require_va:
-            keep &= df["valence"].gt(-2) & df["arousal"].gt(-2)  # NaN compares False: dropped too
-        df = df[keep].reset_index(drop=True)
-        if verbose:
-            print(f"{Path(metadata_path).name}: kept {len(df)}/{n_all} rows "
-                  f"({n_bad_label} with labels outside 0-7, "
-                  f"{n_all - len(df) - n_bad_label} without valid valence/arousal)")
-        self.images_dir = images_dir_of(df, metadata_path, root)
-        self.filenames = df["filename"].astype(str).tolist()
-        self.labels = df["expression"].to_numpy(np.int64)
-        self.va = df[["valence", "arousal"]].to_numpy(np.float32)
-        self.size = size
+    def __init__(self, metadata_paths, train=True, size=224, root=None, require_va=False, classes=CLASS_NAMES,
+                 verbose=True):
+        paths = [metadata_paths] if isinstance(metadata_paths, (str, os.PathLike)) else list(metadata_paths)
+        self.classes = list(classes)
+        self.paths, self.labels, self.va, self.boxes, self.dropped = [], [], [], [], {}
+        for meta in paths:
+            self._add(meta, root, require_va, verbose)
+        self.labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
+        self.va = np.concatenate(self.va) if self.va else np.zeros((0, 2), np.float32)
+        self.boxes = np.concatenate(self.boxes) if self.boxes else np.zeros((0, 4))
+        self.has_boxes = bool(np.isfinite(self.boxes).any())
         self.transform = build_transforms(train, size)
+        self.size = size
+
+    def _add(self, meta, root, require_va, verbose):
+        df = read_metadata(meta)
+        labels, integral = integer_labels(df["expression"])
+        va, bad_va = valence_arousal(df)
+        names = df["filename"]
+        bad_name = ~names.map(lambda f: isinstance(f, str) and f != "").to_numpy(bool)
+        in_range = integral & (labels >= 0) & (labels < len(CLASS_NAMES))
+        wanted = np.isin(labels, [CLASS_NAMES.index(c) for c in self.classes]) & in_range
+        reasons = {"labels that are not whole numbers": ~integral,
+                   "labels outside 0-7": integral & ~in_range,
+                   f"classes not in {'+'.join(self.classes)}": in_range & ~wanted,
+                   "valence/arousal not a finite number in [-1, 1]": bad_va,
+                   "file names that are not text": bad_name}
+        if require_va:
+            reasons["rows without valence/arousal"] = np.isnan(va).any(1)
+        keep = np.ones(len(df), bool)
+        notes = []
+        for why, mask in reasons.items():
+            mask = mask & keep
+            keep &= ~mask
+            if mask.any():
+                self.dropped[why] = self.dropped.get(why, 0) + int(mask.sum())
+                shown = ["valence", "arousal"] if "valence" in why else ["expression"]
+                examples = ", ".join(f"{names.iloc[i]} ({', '.join(repr(df[c].iloc[i]) for c in shown if c in df)})"
+                                     for i in np.flatnonzero(mask)[:3])
+                notes.append(f"{int(mask.sum())} {why}, e.g. {examples}")
+        images_dir = images_dir_of(df, meta, root)
+        self.paths += [os.path.join(images_dir, f) for f in names[keep]]
+        head = {CLASS_NAMES.index(c): k for k, c in enumerate(self.classes)}
+        self.labels.append(np.array([head[c] for c in labels[keep]], np.int64))
+        self.va.append(va[keep])
+        boxes = face_boxes(df)
+        self.boxes.append(boxes[keep] if boxes is not None else np.full((int(keep.sum()), 4), np.nan))
+        if verbose:
+            print(f"{Path(meta).name}: kept {int(keep.sum())}/{len(df)} rows" + "".join(f"; dropped {n}" for n in notes))
 
     def __len__(self):
-        return len(self.filenames)
+        return len(self.paths)
 
     def path(self, i):
-        return os.path.join(self.images_dir, self.filenames[i])
+        return self.paths[i]
 
     def __getitem__(self, item):
         i, seed = item if isinstance(item, tuple) else (item, None)
         if seed is not None:
             seed_augmentation(self.transform, seed)
-        image = self.transform(image=load_image(self.path(i)))["image"]
+        image = load_image(self.paths[i])
+        if self.has_boxes and np.isfinite(self.boxes[i]).all():
+            face = crop_face(image, self.boxes[i])
+            if face is None:
+                raise FERDataError(f"{self.paths[i]}: face box {self.boxes[i].tolist()} lies outside the "
+                                   f"{image.shape[1]}x{image.shape[0]} image")
+            image = face
+        image = self.transform(image=image)["image"]
         return {"image": image, "y_cls": torch.tensor(self.labels[i]),
                 "y_reg": torch.tensor(self.va[i]), "index": torch.tensor(i)}
 
@@ -198,29 +296,27 @@ def denormalize(images):
     return ((images * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--meta", required=True, help="index parquet (e.g. metadata_train.parquet)")
+def main(argv=None):
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--meta", required=True, nargs="+", help="index parquet(s) (e.g. metadata_train.parquet)")
     p.add_argument("--root", help="dataset folder, if not the one recorded in the index")
-    p.add_argument("--size", type=int, default=224, help="image side after the transforms")
-    p.add_argument("--n", type=int, default=16, help="number of samples in the grid")
+    p.add_argument("--size", type=int_at_least(32), default=224, help="image side after the transforms (>= 32)")
+    p.add_argument("--n", type=int_at_least(1, 400), default=16, help="number of samples in the grid (1-400)")
     p.add_argument("--val", action="store_true", help="show the validation transform instead of augmentation")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample choice and the augmentation")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the sample choice and the augmentation")
     p.add_argument("--out", default="augmented_samples.png", help="where to save the PNG grid")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    check_output(args.out, "--out")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    try:
-        ds = FERDataset(args.meta, train=not args.val, size=args.size, root=args.root)
-        if len(ds) == 0:
-            raise FERDataError(f"{args.meta}: no usable rows")
-        rng = np.random.default_rng(args.seed)
-        picks = rng.choice(len(ds), size=min(args.n, len(ds)), replace=False)
-        batch = torch.utils.data.default_collate([ds[(int(i), args.seed + k)] for k, i in enumerate(picks)])
-    except FERDataError as e:
-        sys.exit(f"error: {e}")
+    ds = FERDataset(args.meta, train=not args.val, size=args.size, root=args.root)
+    if len(ds) == 0:
+        raise FERDataError(f"{', '.join(args.meta)}: no usable rows")
+    rng = np.random.default_rng(args.seed)
+    picks = rng.choice(len(ds), size=min(args.n, len(ds)), replace=False)
+    batch = torch.utils.data.default_collate([ds[(int(i), args.seed + k)] for k, i in enumerate(picks)])
     print(f"batch: image {tuple(batch['image'].shape)} {batch['image'].dtype}, "
           f"y_cls {tuple(batch['y_cls'].shape)} {batch['y_cls'].dtype}, "
           f"y_reg {tuple(batch['y_reg'].shape)} {batch['y_reg'].dtype}; "
@@ -230,13 +326,14 @@ def main():
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows), squeeze=False)
     for ax, img, y, (v, a) in zip(axes.flat, denormalize(batch["image"]), batch["y_cls"], batch["y_reg"].tolist()):
         ax.imshow(img)
-        ax.set_title(f"{CLASS_NAMES[y]}\nV {v:+.2f}  A {a:+.2f}", fontsize=8)
+        ax.set_title(f"{ds.classes[y]}\nV {v:+.2f}  A {a:+.2f}", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
+    with staged_outputs() as stage:
+        fig.savefig(stage(args.out), dpi=100)
     print(f"saved {len(picks)} samples to {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -14,7 +14,6 @@ Outputs, named after --save_path (default FER_resnet50.pth):
     FER_resnet50_last.pth     full training state after the latest epoch, for --resume
     FER_resnet50_history.csv  per-epoch metrics;  FER_resnet50_curves.png  their plots
 """
-import argparse
 import csv
 import math
 import os
@@ -33,34 +32,42 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 import FER_metrics
-from FER_model import (ARCHS, CheckpointError, FERNet, as_state_dict, checkpoint_payload,
-                       imagenet_state_dict, load_backbone_weights, predict_batches, read_weights, save_checkpoint)
-from FER_transform import CLASS_NAMES, FERDataError, FERDataset
+from FER_io import (ArgumentParser, FERError, check_device, check_input, check_output, float_in, int_at_least,
+                    nonneg_float, nonneg_int, one_line, positive_int, staged_outputs)
+from FER_model import (ARCHS, CheckpointError, FERNet, as_state_dict, checkpoint_payload, imagenet_state_dict,
+                       load_backbone_weights, model_initialised_from, predict_batches, read_checkpoint, read_weights,
+                       save_checkpoint)
+from FER_transform import CLASS_NAMES, FERDataset, integer_labels, present_classes, read_metadata
 
 DEFAULT_VGGFACE2 = "weight/resnet50_vggface2.pth"
 REG_WEIGHT = 0.5
 LABEL_SMOOTHING = 0.1
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-# Arguments that define a run: a resume with different values is not the same run, so we say so.
-RUN_DEFINING = ("train_meta", "val_meta", "arch", "epochs", "freeze_epochs", "unfreeze_all_at", "batch_size",
-                "lr", "weight_decay", "img_size", "seed", "balanced_sampling", "keep_class_weights")
+# Flags a resumed run may change: they change speed or where files go, not what is computed.
+# Every other flag defines the run, so a resume with another value is refused.
+RESUMABLE_CHANGES = ("num_workers", "prefetch_factor", "device", "amp_dtype", "compile", "deterministic",
+                     "resume", "overwrite", "save_path")
+NONFINITE_CHECK_EVERY = 16  # steps between looks at the loss: one device sync each time, not every step
 
 
-class TrainError(Exception):
+class TrainError(FERError):
     """A problem that ends the run with a one-line message."""
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     g = p.add_argument_group("data")
-    g.add_argument("--train_meta", default="metadata_train.parquet", help="training index (metadata_parallel.py)")
-    g.add_argument("--val_meta", default="metadata_val.parquet", help="validation index")
-    g.add_argument("--img_size", type=int, default=224, help="input side in pixels")
-    g.add_argument("--batch_size", type=int, default=8, help="batch size per process")
-    g.add_argument("--num_workers", type=int, default=None,
-                   help="loader processes per training process "
+    g.add_argument("--train_meta", nargs="+", default=["metadata_train.parquet"],
+                   help="training index file(s) from metadata_parallel.py; several files train jointly")
+    g.add_argument("--val_meta", nargs="+", default=["metadata_val.parquet"], help="validation index file(s)")
+    g.add_argument("--img_size", type=int_at_least(32, 4096), default=224,
+                   help="input side in pixels (32-4096: the ResNet downsamples 32x)")
+    g.add_argument("--batch_size", type=positive_int, default=8, help="batch size per process")
+    g.add_argument("--num_workers", type=nonneg_int, default=None,
+                   help="loader processes per training process; 0 loads in the training process itself "
                         "(default: 0 on Windows, else the CPU cores per GPU, at most 16)")
-    g.add_argument("--prefetch_factor", type=int, default=4, help="batches each loader worker prepares ahead")
+    g.add_argument("--prefetch_factor", type=positive_int, default=4,
+                   help="batches each loader worker prepares ahead (ignored with --num_workers 0)")
     g.add_argument("--balanced_sampling", action="store_true",
                    help="draw training samples with inverse class-frequency weights (class weights in the "
                         "loss are then off unless --keep_class_weights)")
@@ -76,15 +83,21 @@ def get_args(argv=None):
                         "input, stride on the 1x1 conv), as in resnet50_ft_weight.pkl; torchvision: weights "
                         "trained in torchvision's layout on ImageNet-normalised RGB")
     g.add_argument("--no_pretrained", action="store_true", help="start from random weights (nothing is loaded)")
+    g.add_argument("--init_from", metavar="CKPT", default=None,
+                   help="start from a trained FER checkpoint's weights (fine-tuning, e.g. AffectNet -> RAF-DB); "
+                        "its expression head is re-initialised if its classes differ from this run's")
     g = p.add_argument_group("schedule")
-    g.add_argument("--epochs", type=int, default=100, help="number of epochs (also the cosine schedule's T_max)")
-    g.add_argument("--freeze_epochs", type=int, default=3, help="epochs in which only layer4 of the backbone trains")
-    g.add_argument("--unfreeze_all_at", type=int, default=None, help="1-based epoch from which the whole backbone trains")
-    g.add_argument("--patience", type=int, default=15,
+    g.add_argument("--epochs", type=positive_int, default=100, help="number of epochs (also the cosine schedule's T_max)")
+    g.add_argument("--freeze_epochs", type=nonneg_int, default=3,
+                   help="epochs in which only layer4 of the backbone trains")
+    g.add_argument("--unfreeze_all_at", type=positive_int, default=None,
+                   help="1-based epoch from which the whole backbone trains")
+    g.add_argument("--patience", type=positive_int, default=15,
                    help="stop when neither validation accuracy nor RMSE improved for this many epochs")
-    g.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
-    g.add_argument("--weight_decay", type=float, default=1e-3, help="AdamW weight decay")
-    g.add_argument("--steps_per_epoch", type=int, default=None, help="cut each epoch after this many steps (quick runs)")
+    g.add_argument("--lr", type=float_in(0, 10), default=1e-4, help="AdamW learning rate (0-10)")
+    g.add_argument("--weight_decay", type=nonneg_float, default=1e-3, help="AdamW weight decay (>= 0)")
+    g.add_argument("--steps_per_epoch", type=positive_int, default=None,
+                   help="cut each epoch after this many steps (quick runs)")
     g = p.add_argument_group("speed")
     g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     g.add_argument("--amp_dtype", default="fp16", choices=AMP_DTYPES,
@@ -93,29 +106,32 @@ def get_args(argv=None):
     g.add_argument("--deterministic", action="store_true", help="deterministic cuDNN kernels (slower)")
     g = p.add_argument_group("output")
     g.add_argument("--save_path", default="FER_resnet50.pth", help="best checkpoint; other outputs are named after it")
-    g.add_argument("--resume", default=None, help="continue from a *_last.pth training state")
-    g.add_argument("--seed", type=int, default=42, help="seed of initialisation, sampling and augmentation")
+    g.add_argument("--resume", metavar="LAST_PTH", default=None, help="continue from a *_last.pth training state")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run at --save_path (otherwise training refuses to start)")
+    g.add_argument("--seed", type=nonneg_int, default=42, help="seed of initialisation, sampling and augmentation")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "img_size", "patience"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1")
-    if args.img_size < 32:
-        p.error("--img_size must be >= 32 (the ResNet downsamples 32x)")
+    if args.resume and args.overwrite:
+        p.error("--resume continues the run at --save_path, --overwrite replaces it: give one of them")
+    if args.init_from and (args.no_pretrained or args.vggface2_ckpt):
+        p.error("--init_from gives the starting weights: leave out --no_pretrained / --vggface2_ckpt")
+    # Absolute paths: a resume from another working directory is still the same run.
+    args.train_meta = [str(Path(m).resolve()) for m in args.train_meta]
+    args.val_meta = [str(Path(m).resolve()) for m in args.val_meta]
     return args
 
 
 # --- distributed --------------------------------------------------------------------------------
 def setup_distributed(device_arg):
     """(rank, world, device). Under torchrun: one process per GPU (NCCL) or per CPU process (gloo)."""
+    device = check_device(device_arg)
     if "RANK" not in os.environ:
-        device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
         return 0, 1, device
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    use_cuda = (device_arg or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if use_cuda:
+    if device.type == "cuda":
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return rank, world, torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, torch.device(f"cuda:{local}" if device.type == "cuda" else "cpu")
 
 
 def gather_predictions(out, world):
@@ -160,19 +176,74 @@ class TrainSampler(Sampler):
         return self.per_rank
 
 
+# --- before any work ----------------------------------------------------------------------------
+def output_paths(save_path):
+    save_path = Path(save_path)
+    stem = save_path.with_suffix("")
+    return {"best": save_path, "last": Path(f"{stem}_last.pth"), "history": Path(f"{stem}_history.csv"),
+            "curves": Path(f"{stem}_curves.png")}
+
+
+def preflight(args):
+    """Everything that can be checked in the first second: inputs exist, outputs can be written, and
+    no earlier run is silently replaced."""
+    for flag in ("train_meta", "val_meta"):
+        for path in getattr(args, flag):
+            check_input(path, f"--{flag}")
+    for flag in ("resume", "init_from", "vggface2_ckpt"):
+        if getattr(args, flag):
+            check_input(getattr(args, flag), f"--{flag}")
+    paths = output_paths(args.save_path)
+    for path in paths.values():
+        check_output(path, "--save_path")
+    existing = [p for p in paths.values() if p.exists()]
+    if existing and not (args.resume or args.overwrite):
+        raise TrainError(f"{existing[0]} exists (an earlier run); continue it with --resume {paths['last']}, "
+                         f"or replace it with --overwrite")
+
+
+def training_classes(metas):
+    """The canonical classes present in the training index(es): the model's head, in canonical order."""
+    labels = [integer_labels(read_metadata(m)["expression"]) for m in metas]
+    return present_classes(np.concatenate([lab[ok] for lab, ok in labels]))
+
+
+def check_resume(ckpt_path, args, class_names):
+    """The training state of a *_last.pth that continues exactly this run, or one line saying why not."""
+    meta, _ = read_checkpoint(ckpt_path)  # weights finite, metadata consistent
+    ckpt = read_weights(ckpt_path)
+    for field in ("optimizer", "scheduler", "scaler", "train_state", "args"):
+        if not isinstance(ckpt.get(field), dict):
+            raise TrainError(f"{ckpt_path}: field {field} missing: not a training state (resume from the *_last.pth file)")
+    if meta["arch"] != args.arch:
+        raise TrainError(f"{ckpt_path}: field arch = {meta['arch']}, but this run is --arch {args.arch}")
+    if meta["class_names"] != class_names:
+        raise TrainError(f"{ckpt_path}: field class_names = {meta['class_names']}, but the training index has "
+                         f"{class_names}")
+    old = ckpt["args"]
+    changed = [f"--{k} {old.get(k)} -> {v}" for k, v in vars(args).items()
+               if k not in RESUMABLE_CHANGES and old.get(k) != v]
+    if changed:
+        raise TrainError(f"{ckpt_path}: resuming would change the run ({'; '.join(changed)}); resume with the "
+                         f"original flags, or start a new run with another --save_path")
+    return ckpt
+
+
 # --- model --------------------------------------------------------------------------------------
-def build_model(args, say):
+def build_model(args, say, class_names=CLASS_NAMES):
     """The initial model, loaded as the flags ask, with a line saying exactly what was loaded."""
+    if args.init_from:
+        return model_initialised_from(args.init_from, args.arch, class_names, say)
     if args.no_pretrained:
         say(f"{args.arch}: random initialisation (--no_pretrained)")
-        return FERNet(args.arch)
+        return FERNet(args.arch, class_names)
     path = Path(args.vggface2_ckpt or DEFAULT_VGGFACE2)
     if path.is_file():
         caffe = args.vggface2_layout == "caffe"
         if caffe and args.arch != "resnet50":
             raise TrainError("VGGFace2 weights in the Caffe layout are for resnet50; use --arch resnet50 or "
                              "--vggface2_layout torchvision")
-        model = FERNet(args.arch, input_format="caffe_bgr" if caffe else "imagenet")
+        model = FERNet(args.arch, class_names, input_format="caffe_bgr" if caffe else "imagenet")
         missing = load_backbone_weights(model.backbone, as_state_dict(read_weights(path), path),
                                         f"VGGFace2 ({path})", verbose=bool(say.enabled))
         if missing:
@@ -187,7 +258,7 @@ def build_model(args, say):
     if args.vggface2_ckpt is not None:
         raise TrainError(f"--vggface2_ckpt {path}: file not found")
     say(f"{path} not found: starting from ImageNet weights (see weight/README.md for VGGFace2)")
-    model = FERNet(args.arch)
+    model = FERNet(args.arch, class_names)
     load_backbone_weights(model.backbone, imagenet_state_dict(args.arch), "ImageNet", verbose=bool(say.enabled))
     return model
 
@@ -238,9 +309,23 @@ def train_step(model, x, y_cls, y_reg, optimizer, scaler, criterion, amp_dtype=N
     return loss, logits
 
 
-def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dtype, steps, show):
-    """Returns mean loss, accuracy, images/s and the share of wall time spent waiting for data."""
+def stop_if_nonfinite(first_bad, epoch, amp_dtype, lr):
+    """Raise at the first step whose loss was NaN or inf (first_bad: a device scalar, -1 if none)."""
+    if dist.is_initialized():
+        dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
+    step = int(first_bad)
+    if step >= 0:
+        cause = ("fp16 overflow (try --amp_dtype bf16) or " if amp_dtype == torch.float16 else "") + \
+            f"a learning rate too high for this batch size (--lr {lr:g})"
+        raise TrainError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: likely {cause}; "
+                         f"nothing of this epoch was saved")
+
+
+def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dtype, steps, show, epoch=0):
+    """Returns mean loss, accuracy, images/s and the share of wall time spent waiting for data.
+    Stops with a TrainError at the first non-finite loss."""
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n: one sync per epoch
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
     wait, start = 0.0, time.perf_counter()
     bar = tqdm(total=steps or len(loader), desc="train", unit="batch", disable=not show, leave=False)
     end = start
@@ -258,9 +343,13 @@ def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dty
             n = y_cls.numel()
             sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y_cls).sum().double(),
                                  torch.tensor(n, device=device, dtype=torch.float64)])
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+        if (step + 1) % NONFINITE_CHECK_EVERY == 0:
+            stop_if_nonfinite(first_bad, epoch, amp_dtype, optimizer.param_groups[0]["lr"])
         bar.update()
         end = time.perf_counter()
     bar.close()
+    stop_if_nonfinite(first_bad, epoch, amp_dtype, optimizer.param_groups[0]["lr"])
     if dist.is_initialized():
         dist.all_reduce(sums)
     loss_sum, correct, n = sums.tolist()
@@ -270,39 +359,37 @@ def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dty
 
 
 def make_criterion(weights, device):
+    """Cross-entropy + REG_WEIGHT x MSE over the valence/arousal values that exist (NaN: the dataset has
+    none, e.g. RAF-DB), so classification-only and joint datasets train with the same loss."""
     ce = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), label_smoothing=LABEL_SMOOTHING)
-    mse = nn.MSELoss()
 
     def criterion(logits, va, y_cls, y_reg):
-        return ce(logits, y_cls) + REG_WEIGHT * mse(va, y_reg)
+        has = ~torch.isnan(y_reg)  # no .any() here: that would sync the device every step
+        sq = torch.where(has, va - torch.nan_to_num(y_reg), torch.zeros_like(va)) ** 2
+        return ce(logits, y_cls) + REG_WEIGHT * sq.sum() / has.sum().clamp(min=1)
     return criterion
 
 
 def validate(model, loader, criterion, device, amp_dtype, world, show):
     out = gather_predictions(predict_batches(model, loader, device, amp_dtype, progress=show, desc="val"), world)
+    if not (np.isfinite(out["logits"]).all() and np.isfinite(out["va"]).all()):
+        raise TrainError("validation predictions are not finite: the weights diverged; nothing of this epoch was saved")
     logits, va = torch.from_numpy(out["logits"]), torch.from_numpy(out["va"])
     y_cls, y_reg = torch.from_numpy(out["y_cls"]), torch.from_numpy(out["y_reg"])
     loss = float(criterion(logits.to(device), va.to(device), y_cls.to(device), y_reg.to(device)))
-    rmse = FER_metrics.rmse(out["y_reg"], out["va"])  # the same code as eval_resnet50.py
+    has_va = ~np.isnan(out["y_reg"]).any(1)
+    rmse = FER_metrics.rmse(out["y_reg"][has_va], out["va"][has_va]) if has_va.any() else \
+        dict.fromkeys(("combined", "valence", "arousal"), float("nan"))  # the same code as eval_resnet50.py
     return {"val_loss": loss, "val_acc": FER_metrics.accuracy(out["y_cls"], out["logits"].argmax(1)),
             "val_rmse": rmse["combined"], "val_rmse_valence": rmse["valence"], "val_rmse_arousal": rmse["arousal"]}
 
 
 # --- outputs ------------------------------------------------------------------------------------
-def output_paths(save_path):
-    save_path = Path(save_path)
-    stem = save_path.with_suffix("")
-    return {"best": save_path, "last": Path(f"{stem}_last.pth"), "history": Path(f"{stem}_history.csv"),
-            "curves": Path(f"{stem}_curves.png")}
-
-
-def write_history(history, paths):
-    tmp = paths["history"].with_name(paths["history"].name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+def write_history(history, paths, stage):
+    with open(stage(paths["history"]), "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, paths["history"])
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -318,10 +405,20 @@ def write_history(history, paths):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = paths["curves"].with_name(paths["curves"].stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(stage(paths["curves"]), dpi=110)
     plt.close(fig)
-    os.replace(tmp, paths["curves"])
+
+
+def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler):
+    """The epoch's checkpoints, history and curves, replaced together or not at all."""
+    meta = dict(epoch=row["epoch"], metrics={k: v for k, v in row.items() if k.startswith("val")}, args=vars(args))
+    with staged_outputs() as stage:
+        if better_acc:
+            save_checkpoint(checkpoint_payload(model, args.img_size, **meta), paths["best"], stage)
+        save_checkpoint(checkpoint_payload(model, args.img_size, optimizer=optimizer.state_dict(),
+                                           scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+                                           train_state=state, **meta), paths["last"], stage)
+        write_history(state["history"], paths, stage)
 
 
 def seed_epoch(seed, epoch):
@@ -330,15 +427,6 @@ def seed_epoch(seed, epoch):
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
-
-
-def one_line(e):
-    """The message of an exception, without the worker traceback DataLoader wraps around it."""
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    last = lines[-1] if lines else type(e).__name__
-    for prefix in ("FERDataError: ", "CheckpointError: "):
-        last = last.split(prefix, 1)[-1]
-    return last
 
 
 class Say:
@@ -352,28 +440,16 @@ class Say:
             print(*a, **k, flush=True)
 
 
+def fmt(x, spec=".4f"):
+    return "n/a" if x != x else format(x, spec)
+
+
 # --- main ---------------------------------------------------------------------------------------
-def train(args, rank, world, device):
-    say = Say(rank == 0)
-    paths = output_paths(args.save_path)
-    cuda = device.type == "cuda"
-    amp_dtype = AMP_DTYPES[args.amp_dtype] if cuda else None
-    if cuda:
-        torch.backends.cudnn.benchmark = not args.deterministic
-        torch.backends.cudnn.deterministic = args.deterministic
-    seed_epoch(args.seed, -1)
-
-    train_ds = FERDataset(args.train_meta, train=True, size=args.img_size, verbose=rank == 0)
-    val_ds = FERDataset(args.val_meta, train=False, size=args.img_size, verbose=rank == 0)
-    for name, ds in ((args.train_meta, train_ds), (args.val_meta, val_ds)):
-        if len(ds) == 0:
-            raise TrainError(f"{name}: no rows left after filtering (labels 0-7 with valid valence/arousal)")
-    counts = np.bincount(train_ds.labels, minlength=len(CLASS_NAMES))
-    say("train classes: " + ", ".join(f"{c} {n}" for c, n in zip(CLASS_NAMES, counts)))
+def make_loaders(args, train_ds, val_ds, rank, world, cuda):
     use_class_weights = not args.balanced_sampling or args.keep_class_weights
-    weights = class_weights(train_ds.labels) if use_class_weights else None
+    weights = class_weights(train_ds.labels, len(train_ds.classes)) if use_class_weights else None
+    counts = np.bincount(train_ds.labels, minlength=len(train_ds.classes))
     sample_weights = 1.0 / counts[train_ds.labels] if args.balanced_sampling else None
-
     workers = args.num_workers
     if workers is None:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -385,8 +461,35 @@ def train(args, rank, world, device):
     train_loader = DataLoader(train_ds, args.batch_size, sampler=sampler, generator=torch.Generator(), **loader_kw)
     val_sampler = DistributedSampler(val_ds, world, rank, shuffle=False) if world > 1 else None
     val_loader = DataLoader(val_ds, args.batch_size, sampler=val_sampler, shuffle=False, **loader_kw)
+    return train_loader, val_loader, sampler, weights, workers
 
-    model = build_model(args, say).to(device)
+
+def train(args, rank, world, device):
+    say = Say(rank == 0)
+    paths = output_paths(args.save_path)
+    cuda = device.type == "cuda"
+    amp_dtype = AMP_DTYPES[args.amp_dtype] if cuda else None
+    if cuda:
+        torch.backends.cudnn.benchmark = not args.deterministic
+        torch.backends.cudnn.deterministic = args.deterministic
+    seed_epoch(args.seed, -1)
+
+    class_names = training_classes(args.train_meta)
+    if len(class_names) < 2:
+        raise TrainError(f"{', '.join(args.train_meta)}: {len(class_names)} expression class(es) with labels 0-7; "
+                         f"at least 2 are needed")
+    resumed = check_resume(args.resume, args, class_names) if args.resume else None
+    train_ds = FERDataset(args.train_meta, train=True, size=args.img_size, classes=class_names, verbose=rank == 0)
+    val_ds = FERDataset(args.val_meta, train=False, size=args.img_size, classes=class_names, verbose=rank == 0)
+    for metas, ds in ((args.train_meta, train_ds), (args.val_meta, val_ds)):
+        if len(ds) == 0:
+            raise TrainError(f"{', '.join(metas)}: no rows left after filtering (labels of the trained classes "
+                             f"{', '.join(class_names)} with valid values)")
+    counts = np.bincount(train_ds.labels, minlength=len(class_names))
+    say("train classes: " + ", ".join(f"{c} {n}" for c, n in zip(class_names, counts)))
+    train_loader, val_loader, sampler, weights, workers = make_loaders(args, train_ds, val_ds, rank, world, cuda)
+
+    model = build_model(args, say, class_names).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -394,20 +497,12 @@ def train(args, rank, world, device):
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     criterion = make_criterion(weights, device)
     state = {"epoch": 0, "best_acc": -1.0, "best_rmse": math.inf, "bad_epochs": 0, "stopped": False, "history": []}
-
-    if args.resume:
-        ckpt = read_weights(args.resume)
-        if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "train_state" not in ckpt:
-            raise TrainError(f"{args.resume}: not a training state (resume from the *_last.pth file)")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        state = ckpt["train_state"]
-        changed = [f"--{k} {ckpt['args'].get(k)} -> {getattr(args, k)}" for k in RUN_DEFINING
-                   if ckpt["args"].get(k) != getattr(args, k)]
-        if changed:
-            say("warning: resuming with different settings: " + "; ".join(changed))
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        scaler.load_state_dict(resumed["scaler"])
+        state = resumed["train_state"]
         say(f"resumed from {args.resume} after epoch {state['epoch']}")
         if state["stopped"] or state["epoch"] >= args.epochs:
             say("that run is already complete; nothing to do")
@@ -431,7 +526,7 @@ def train(args, rank, world, device):
         sampler.set_epoch(epoch)
         train_mode(model, frozen)
         stats = train_one_epoch(train_model, train_loader, optimizer, scaler, criterion, device, amp_dtype,
-                                args.steps_per_epoch, show)
+                                args.steps_per_epoch, show, epoch)
         stats.update(validate(model, val_loader, criterion, device, amp_dtype, world, show))
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -447,16 +542,11 @@ def train(args, rank, world, device):
         row = {"epoch": epoch + 1, "lr": lr, "trainable": stage_name, **stats, "time_s": time.time() - t0}
         state["history"].append(row)
         if rank == 0:
-            meta = dict(epoch=epoch + 1, metrics={k: v for k, v in row.items() if k.startswith("val")}, args=vars(args))
-            if better_acc:
-                save_checkpoint(checkpoint_payload(model, args.img_size, **meta), paths["best"])
-            save_checkpoint(checkpoint_payload(model, args.img_size, optimizer=optimizer.state_dict(),
-                                               scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                                               train_state=state, **meta), paths["last"])
-            write_history(state["history"], paths)
+            save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler)
         say(f"epoch {epoch + 1}/{args.epochs} [{stage_name}] lr {lr:.2e} | train loss {stats['train_loss']:.4f} "
             f"acc {stats['train_acc']:.4f} | val loss {stats['val_loss']:.4f} acc {stats['val_acc']:.4f} "
-            f"rmse {stats['val_rmse']:.4f} (V {stats['val_rmse_valence']:.3f} A {stats['val_rmse_arousal']:.3f}) | "
+            f"rmse {fmt(stats['val_rmse'])} (V {fmt(stats['val_rmse_valence'], '.3f')} "
+            f"A {fmt(stats['val_rmse_arousal'], '.3f')}) | "
             f"{stats['img_per_s']:.0f} img/s, data wait {100 * stats['data_wait']:.0f}% | {row['time_s']:.0f}s"
             f"{' | best, saved' if better_acc else ''}")
         if state["stopped"]:
@@ -468,9 +558,10 @@ def train(args, rank, world, device):
 
 def main(argv=None):
     args = get_args(argv)
-    rank, world, device = setup_distributed(args.device)
-    code = 0
+    code, rank = 0, 0
     try:
+        preflight(args)
+        rank, world, device = setup_distributed(args.device)
         train(args, rank, world, device)
     except KeyboardInterrupt:
         last = output_paths(args.save_path)["last"]
@@ -483,7 +574,7 @@ def main(argv=None):
             print(f"error: out of GPU memory at --batch_size {args.batch_size} --img_size {args.img_size}; "
                   f"try a smaller --batch_size or --img_size", file=sys.stderr)
         code = 1
-    except (TrainError, FERDataError, CheckpointError) as e:
+    except FERError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         code = 1
     finally:

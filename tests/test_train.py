@@ -247,12 +247,14 @@ def test_bad_image_ends_with_one_line(demo, tmp_path):
 def test_empty_split_is_an_error(demo, tmp_path):
     import pandas as pd
     df = pd.read_parquet(demo["train"])
-    df["valence"] = -2.0
+    df.loc[df.index[:4], "expression"] = 1
+    df.loc[df.index[4:], "expression"] = 9  # AffectNet's "Uncertain": indexed, never trained
     df.to_parquet(tmp_path / "train.parquet")
     args = tiny_args(demo, tmp_path, "--epochs", 1)
     args[1] = str(tmp_path / "train.parquet")
     r = run_script("train_vggface2_resnet50.py", *args)
-    assert r.returncode == 1 and "no rows left after filtering" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "1 expression class(es) with labels 0-7; at least 2 are needed" in r.stderr
 
 
 def test_torchrun_two_processes(demo, tmp_path):
