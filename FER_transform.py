@@ -221,7 +221,7 @@ class FERDataset(Dataset):
                  verbose=True):
         paths = [metadata_paths] if isinstance(metadata_paths, (str, os.PathLike)) else list(metadata_paths)
         self.classes = list(classes)
-        self.paths, self.labels, self.va, self.boxes, self.dropped = [], [], [], [], {}
+        self.paths, self.filenames, self.labels, self.va, self.boxes, self.dropped = [], [], [], [], [], {}
         for meta in paths:
             self._add(meta, root, require_va, verbose)
         self.labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
@@ -258,7 +258,9 @@ class FERDataset(Dataset):
                                      for i in np.flatnonzero(mask)[:3])
                 notes.append(f"{int(mask.sum())} {why}, e.g. {examples}")
         images_dir = images_dir_of(df, meta, root)
-        self.paths += [os.path.join(images_dir, f) for f in names[keep]]
+        kept = names[keep].tolist()
+        self.filenames += kept
+        self.paths += [os.path.join(images_dir, f) for f in kept]
         head = {CLASS_NAMES.index(c): k for k, c in enumerate(self.classes)}
         self.labels.append(np.array([head[c] for c in labels[keep]], np.int64))
         self.va.append(va[keep])

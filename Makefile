@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(PY) train_vggface2_resnet50.py --train_meta $(DEMO)/metadata_train.parquet \
 		--val_meta $(DEMO)/metadata_val.parquet --arch resnet18 --no_pretrained --img_size 64 \
 		--batch_size 32 --epochs 6 --unfreeze_all_at 1 --lr 3e-3 --num_workers 1 \
-		--save_path $(DEMO)/FER_resnet50.pth
+		--save_path $(DEMO)/FER_resnet50.pth --overwrite
 	$(PY) eval_resnet50.py --checkpoint $(DEMO)/FER_resnet50.pth --meta $(DEMO)/metadata_val.parquet \
 		--out_dir $(DEMO) --save_predictions $(DEMO)/predictions_val.csv
 	$(PY) predict.py --checkpoint $(DEMO)/FER_resnet50.pth data/demo/images/0.jpg data/demo/images/1.jpg \

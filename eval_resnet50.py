@@ -6,7 +6,6 @@ Writes <out_dir>/metrics_resnet50.json, ConfusionMatrix_resnet50.png, ValenceAro
 and with --save_predictions FILE.csv one row per image with every value that was scored.
 Metric definitions are in the README.
 """
-import argparse
 import json
 import os
 import sys
@@ -18,22 +17,33 @@ import torch
 from torch.utils.data import DataLoader
 
 import FER_metrics
-from FER_model import CheckpointError, model_from_checkpoint, predict_batches
-from FER_transform import FERDataError, FERDataset, read_metadata
+from FER_io import (ArgumentParser, check_device, check_input, check_output, int_at_least, nonneg_int,
+                    positive_int, run_main, staged_outputs, write_text)
+from FER_model import model_from_checkpoint, predict_batches
+from FER_transform import FERDataError, FERDataset, integer_labels, present_classes, read_metadata
+
+OUTPUTS = ("metrics_resnet50.json", "ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png")
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", default="FER_resnet50.pth", help="checkpoint written by training")
-    p.add_argument("--meta", default="metadata_val.parquet", help="index parquet of the split to evaluate")
+    p.add_argument("--meta", nargs="+", default=["metadata_val.parquet"],
+                   help="index parquet(s) of the split to evaluate (any dataset: classes are matched by name)")
     p.add_argument("--root", help="dataset folder, if not the one recorded in the index")
-    p.add_argument("--batch_size", type=int, default=32, help="images per batch")
-    p.add_argument("--img_size", type=int, default=None, help="input side (default: the checkpoint's)")
+    p.add_argument("--all_classes", action="store_true",
+                   help="predict with the argmax over every class of the checkpoint (default: over the classes "
+                        "present in both the evaluation set and the checkpoint, as papers report an 8-class "
+                        "model on a 7-class set)")
+    p.add_argument("--batch_size", type=positive_int, default=32, help="images per batch")
+    p.add_argument("--img_size", type=int_at_least(32, 4096), default=None,
+                   help="input side (default: the checkpoint's)")
     p.add_argument("--out_dir", default=".", help="where the report files go")
     p.add_argument("--save_predictions", metavar="FILE.csv", help="also write per-image predictions here")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
-    p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
+    p.add_argument("--num_workers", type=nonneg_int, default=min(4, os.cpu_count() or 1),
+                   help="loader processes (0: load in this process)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (faster; tiny differences)")
     return p.parse_args(argv)
 
@@ -88,7 +98,7 @@ def plot_valence_arousal(va_true, va_pred, path):
 
 def format_report(m, class_names):
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
-    lines = [f"samples: {m['n']}", "classification:"]
+    lines = [f"samples: {m['n']}", f"classification over {len(class_names)} classes: {', '.join(class_names)}"]
     for key, label in (("accuracy", "Accuracy"), ("f1_macro", "F1 (macro)"), ("kappa", "Cohen's kappa"),
                        ("roc_auc", "ROC-AUC (OvR macro)"), ("pr_auc", "PR-AUC (macro AP)"),
                        ("krippendorff_alpha", "Krippendorff's alpha")):
@@ -106,65 +116,92 @@ def format_report(m, class_names):
     return "\n".join(lines)
 
 
+def scored_classes(checkpoint_classes, metas, all_classes):
+    """(classes scored, eval-set classes left out, checkpoint classes left out of the argmax)."""
+    labels = [integer_labels(read_metadata(m)["expression"]) for m in metas]
+    present = present_classes(np.concatenate([lab[ok] for lab, ok in labels]))
+    scored = list(checkpoint_classes) if all_classes else [c for c in checkpoint_classes if c in present]
+    if not scored:
+        raise FERDataError(f"{', '.join(map(str, metas))}: no class in common with the checkpoint "
+                           f"({', '.join(checkpoint_classes)})")
+    return scored, [c for c in present if c not in scored], [c for c in checkpoint_classes if c not in scored]
+
+
 def evaluate_checkpoint(args):
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """Predict the index with the checkpoint and score it. Writes nothing."""
+    device = check_device(args.device)
+    for m in args.meta:
+        check_input(m, "--meta")
     model, meta = model_from_checkpoint(args.checkpoint, device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    class_names = meta["class_names"]
-    size = args.img_size or meta["img_size"]
-    has_va = {"valence", "arousal"} <= set(read_metadata(args.meta).columns)
-    ds = FERDataset(args.meta, train=False, size=size, root=args.root, require_va=has_va)
+    scored, set_only, ckpt_only = scored_classes(meta["class_names"], args.meta, args.all_classes)
+    ds = FERDataset(args.meta, train=False, size=args.img_size or meta["img_size"], root=args.root, classes=scored)
     if len(ds) == 0:
-        raise FERDataError(f"{args.meta}: no usable rows")
+        raise FERDataError(f"{', '.join(args.meta)}: no usable rows")
     loader = DataLoader(ds, args.batch_size, shuffle=False, num_workers=args.num_workers,
                         pin_memory=device.type == "cuda")
     out = predict_batches(model, loader, device, torch.bfloat16 if args.amp else None, tta=args.tta,
                           progress=sys.stderr.isatty(), desc="evaluate")
-    va_true = out["y_reg"].astype(np.float64) if has_va else None
-    metrics = FER_metrics.evaluate(out["logits"], out["va"], out["y_cls"], va_true, class_names)
-    metrics["checkpoint"] = str(args.checkpoint)
-    metrics["meta"] = str(args.meta)
-    metrics["tta"] = args.tta
+    out["logits"] = out["logits"][:, [meta["class_names"].index(c) for c in scored]]
+    metrics = FER_metrics.evaluate(out["logits"], out["va"], out["y_cls"], out["y_reg"].astype(np.float64), scored)
+    if set_only:
+        metrics["notes"].insert(0, f"classes of the evaluation set not in the checkpoint, left out: "
+                                   f"{', '.join(set_only)} ({sum(ds.dropped.values())} rows not scored)")
+    if ckpt_only:
+        metrics["notes"].insert(0, f"checkpoint classes absent from the evaluation set, left out of the argmax: "
+                                   f"{', '.join(ckpt_only)} (--all_classes keeps them)")
+    metrics.update(classes_scored=scored, classes_left_out={"evaluation_set": set_only, "checkpoint": ckpt_only},
+                   rows_not_scored=ds.dropped, checkpoint=str(args.checkpoint), meta=list(map(str, args.meta)),
+                   tta=args.tta, all_classes=args.all_classes)
+    return metrics, scored, ds, out
 
+
+def write_report(args, metrics, class_names, ds, out):
+    """Every report file of the run, replaced together once all are written."""
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "metrics_resnet50.json", "w") as fh:
-        json.dump(metrics, fh, indent=2)
-    plot_confusion(metrics["confusion_matrix"], class_names, out_dir / "ConfusionMatrix_resnet50.png")
-    written = ["metrics_resnet50.json", "ConfusionMatrix_resnet50.png"]
+    written = list(OUTPUTS[:2])
     va_pred = FER_metrics.clip_va(out["va"])
-    if has_va:
-        plot_valence_arousal(va_true, va_pred, out_dir / "ValenceArousal_resnet50.png")
-        written.append("ValenceArousal_resnet50.png")
-    if args.save_predictions:
-        save_predictions(args.save_predictions, ds, out, va_pred, class_names, has_va)
-        written.append(str(args.save_predictions))
-    return metrics, class_names, out_dir, written
+    has_va = "valence" in metrics
+    with staged_outputs() as stage:
+        write_text(json.dumps(metrics, indent=2), out_dir / OUTPUTS[0], stage)
+        plot_confusion(metrics["confusion_matrix"], class_names, stage(out_dir / OUTPUTS[1]))
+        if has_va:
+            ok = ~np.isnan(out["y_reg"]).any(1)
+            plot_valence_arousal(out["y_reg"][ok], va_pred[ok], stage(out_dir / OUTPUTS[2]))
+            written.append(OUTPUTS[2])
+        if args.save_predictions:
+            save_predictions(stage(args.save_predictions), ds, out, va_pred, class_names)
+            written.append(str(args.save_predictions))
+    return written
 
 
-def save_predictions(path, ds, out, va_pred, class_names, has_va):
+def save_predictions(path, ds, out, va_pred, class_names):
     probs = FER_metrics.softmax(out["logits"])
+    y_pred = probs.argmax(1)
     df = pd.DataFrame({"filename": [ds.filenames[i] for i in out["index"]], "y_true": out["y_cls"],
-                       "y_pred": probs.argmax(1)})
+                       "y_pred": y_pred, "expression_true": np.asarray(class_names)[out["y_cls"]],
+                       "expression_pred": np.asarray(class_names)[y_pred]})
     for k, name in enumerate(class_names):
         df[f"prob_{name}"] = probs[:, k]
     for k, name in enumerate(("valence", "arousal")):
-        df[f"{name}_true"] = out["y_reg"][:, k] if has_va else np.nan
+        df[f"{name}_true"] = out["y_reg"][:, k]
         df[f"{name}_pred"] = va_pred[:, k]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(path, index=False)
 
 
 def main(argv=None):
     args = get_args(argv)
-    try:
-        metrics, class_names, out_dir, written = evaluate_checkpoint(args)
-    except (CheckpointError, FERDataError) as e:
-        sys.exit(f"error: {e}")
+    out_dir = check_output(args.out_dir, "--out_dir", folder=True)
+    for name in OUTPUTS:
+        check_output(out_dir / name, "--out_dir")
+    if args.save_predictions:
+        check_output(args.save_predictions, "--save_predictions")
+    metrics, class_names, ds, out = evaluate_checkpoint(args)
+    written = write_report(args, metrics, class_names, ds, out)
     print(format_report(metrics, class_names))
     print(f"wrote {', '.join(written)} to {out_dir.resolve()}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

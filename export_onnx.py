@@ -2,28 +2,36 @@
 
     python export_onnx.py --checkpoint FER_resnet50.pth --out FER_resnet50.onnx
 
-Input `image`: N x 3 x S x S float32, RGB, ImageNet-normalised (any N). Outputs `logits` (N x 8) and
+Input `image`: N x 3 x S x S float32, RGB, ImageNet-normalised (any N). Outputs `logits` (N x classes) and
 `valence_arousal` (N x 2, unclipped). Class names, image size, normalisation and input format are in
 the model's metadata. After export the model runs in onnxruntime on random input; the script fails
 if the largest difference from PyTorch exceeds --tolerance.
 """
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from FER_model import CheckpointError, model_from_checkpoint
+from FER_io import (ArgumentParser, FERError, check_output, float_in, int_at_least, run_main,
+                    staged_outputs)
+from FER_model import model_from_checkpoint
+
+MIN_OPSET = 18  # the oldest opset torch.onnx's dynamo exporter writes
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", default="FER_resnet50.pth", help="checkpoint written by training")
-    p.add_argument("--out", default="FER_resnet50.onnx", help="ONNX file to write")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
-    p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |onnxruntime - PyTorch|")
+    p.add_argument("--out", default="FER_resnet50.onnx",
+                   help="ONNX file to write (an existing file is replaced only after the new one passed the check)")
+    p.add_argument("--opset", type=int_at_least(MIN_OPSET, newest), default=18,
+                   help=f"ONNX opset version ({MIN_OPSET}-{newest})")
+    p.add_argument("--tolerance", type=float_in(0, 1, lo_open=True), default=1e-3,
+                   help="largest allowed |onnxruntime - PyTorch| (0-1)")
     return p.parse_args(argv)
 
 
@@ -55,7 +63,6 @@ def export(model, meta, out, opset=18):
     del proto.metadata_props[:]
     for k, v in info.items():
         proto.metadata_props.add(key=k, value=v)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(out), save_as_external_data=False)
     onnx.checker.check_model(str(out))
 
@@ -76,17 +83,19 @@ def parity(model, out, size, batch=3):
 
 def main(argv=None):
     args = get_args(argv)
-    try:
-        model, meta = model_from_checkpoint(args.checkpoint, "cpu")
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
-    export(model, meta, args.out, args.opset)
-    diff = parity(model, args.out, int(meta["img_size"]))
-    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.1f} MiB, {meta['arch']}, "
-          f"{meta['img_size']}px, dynamic batch); onnxruntime vs PyTorch: max |diff| {diff:.2e}")
-    if not diff <= args.tolerance:
-        sys.exit(f"error: onnxruntime differs from PyTorch by {diff:.2e} > --tolerance {args.tolerance:g}")
+    check_output(args.out, "--out")
+    model, meta = model_from_checkpoint(args.checkpoint, "cpu")
+    with staged_outputs() as stage:  # the old file stays unless the new one passes the parity check
+        tmp = stage(args.out)
+        export(model, meta, tmp, args.opset)
+        diff = parity(model, tmp, int(meta["img_size"]))
+        if not diff <= args.tolerance:
+            raise FERError(f"onnxruntime differs from PyTorch by {diff:.2e} > --tolerance {args.tolerance:g}; "
+                           f"{args.out} not written")
+        size_mib = Path(tmp).stat().st_size / 2**20
+    print(f"wrote {args.out} ({size_mib:.1f} MiB, {meta['arch']}, {meta['img_size']}px, "
+          f"{len(meta['class_names'])} classes, dynamic batch); onnxruntime vs PyTorch: max |diff| {diff:.2e}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

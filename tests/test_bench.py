@@ -36,18 +36,32 @@ def test_bench_quick_produces_every_row(tmp_path):
 
 
 def test_channels_last_gives_the_same_outputs_and_gradients():
+    """channels_last is as exact as the default layout.
+
+    Which kernels oneDNN runs (and so the order of each float32 sum) depends on the CPU's instruction
+    set, so a fixed tolerance measured on one CPU is not one that follows from the arithmetic. Both
+    layouts are compared with a float64 reference instead: the channels_last error must stay within
+    a small multiple of the default layout's own float32 rounding error (with a floor of 16 float32
+    ulps of the value's norm, for tensors the default layout happens to get almost exact).
+    """
     torch.manual_seed(0)
     model = FERNet("resnet18")
-    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    model.dropout.p = 0.0  # no random masks: float64 and float32 draw them differently
     x = torch.randn(4, 3, 48, 48)
-    outs = []
-    for m, inp in ((model, x), (fast, x.contiguous(memory_format=torch.channels_last))):
-        torch.manual_seed(1)  # the same dropout mask
+
+    def outputs_and_grads(m, inp):
         logits, va = m(inp)
         (logits.logsumexp(1).sum() + va.square().sum()).backward()
-        outs.append([logits, va] + [p.grad for p in m.parameters()])
-    for a, b in zip(*outs):
-        assert_close_norm(a, b, 1e-5)
+        return [logits, va] + [p.grad for p in m.parameters()]
+
+    ref = outputs_and_grads(copy.deepcopy(model).double(), x.double())
+    plain = outputs_and_grads(copy.deepcopy(model), x)
+    fast = outputs_and_grads(copy.deepcopy(model).to(memory_format=torch.channels_last),
+                             x.contiguous(memory_format=torch.channels_last))
+    eps = torch.finfo(torch.float32).eps
+    for k, (r, a, b) in enumerate(zip(ref, plain, fast)):
+        err_plain, err_fast = (a.double() - r).norm(), (b.double() - r).norm()
+        assert err_fast <= 8 * err_plain + 16 * eps * r.norm(), (k, float(err_fast), float(err_plain))
 
 
 def test_loader_workers_do_not_change_training(demo, tmp_path):
