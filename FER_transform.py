@@ -18,6 +18,8 @@ from albucore import clipped, float32_io  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our errors name the file; no [ WARN ] lines
+
 from FER_io import (ArgumentParser, FERError, check_output, int_at_least, nonneg_int, run_main,  # noqa: E402
                    staged_outputs)
 
@@ -110,11 +112,11 @@ def seed_augmentation(transform, seed):
 def load_image(path):
     """Read an image file as RGB uint8 (grayscale and alpha images become 3-channel)."""
     path = str(path)
-    img = cv2.imread(path, cv2.IMREAD_COLOR)  # None, not an exception, on a missing or broken file
+    if not os.path.isfile(path):  # also keeps FIFOs and devices (which would block) away from imread
+        raise FERDataError(f"{path}: {'not a regular file' if os.path.exists(path) else 'file not found'}")
+    img = cv2.imread(path, cv2.IMREAD_COLOR)  # None, not an exception, on a broken file
     if img is None or img.size == 0:
-        why = "file not found" if not os.path.exists(path) else \
-            "empty file" if os.path.getsize(path) == 0 else "cannot be decoded as an image"
-        raise FERDataError(f"{path}: {why}")
+        raise FERDataError(f"{path}: {'empty file' if os.path.getsize(path) == 0 else 'cannot be decoded as an image'}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
