@@ -47,6 +47,7 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Every other flag defines the run, so a resume with another value is refused.
 RESUMABLE_CHANGES = ("num_workers", "prefetch_factor", "device", "amp_dtype", "compile", "deterministic",
                      "resume", "overwrite", "save_path")
+HANDLES_ERRORS = True  # main() turns errors into one line itself (rank-aware), without FER_io.run_main
 NONFINITE_CHECK_EVERY = 16  # steps between looks at the loss: one device sync each time, not every step
 
 

@@ -1,5 +1,8 @@
+import importlib
+import io
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,28 @@ def run_script(script, *args, cwd=None, timeout=300):
     """Run one of the repository's scripts as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def run_here(script, *args):
+    """Run a script's main() inside this process, as run_script would run it (exit code, stdout,
+    stderr), without an interpreter start-up and imports: for the many quick checks of flags and paths."""
+    from FER_io import run_main
+
+    module = importlib.import_module(Path(script).stem)
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            if getattr(module, "HANDLES_ERRORS", False):  # training reports its own errors (DDP, Ctrl-C hint)
+                module.main(argv)
+            else:
+                run_main(module.main, argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) or e.code is None else 1
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+    return subprocess.CompletedProcess([script, *argv], code or 0, out.getvalue(), err.getvalue())
 
 
 TINY = ["--arch", "resnet18", "--img_size", 32, "--batch_size", 8, "--no_pretrained", "--num_workers", 0]

@@ -13,7 +13,7 @@ import torch
 
 import FER_io
 import train_vggface2_resnet50 as T
-from conftest import run_script, tiny_args
+from conftest import run_here, run_script, tiny_args
 from FER_transform import FERDataset, integer_labels
 
 TRAIN = "train_vggface2_resnet50.py"
@@ -209,7 +209,7 @@ def test_nonfinite_weights_are_refused(trained, demo, tmp_path, script):
 def test_training_flags_are_checked_first(demo, tmp_path, flag, value, needle):
     if flag == "--device" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = run_script(TRAIN, *tiny_args(demo, tmp_path, flag, value))
+    r = run_here(TRAIN, *tiny_args(demo, tmp_path, flag, value))
     one_error_line(r, needle)
     assert list(tmp_path.iterdir()) == [] and "epoch" not in r.stdout
 
@@ -224,7 +224,7 @@ def test_unusable_save_path_fails_before_training(demo, tmp_path, mount, case):
         save.mkdir()
     else:
         save = mount("64k", ro=True) / "m.pth"
-    r = run_script(TRAIN, *tiny_args(demo, tmp_path, "--epochs", 1, "--save_path", save))
+    r = run_here(TRAIN, *tiny_args(demo, tmp_path, "--epochs", 1, "--save_path", save))
     one_error_line(r, "--save_path", {"parent_is_file": "is a file", "is_folder": "is a folder",
                                       "read_only": "not writable"}[case])
     assert "epoch" not in r.stdout
@@ -251,7 +251,7 @@ def test_other_scripts_check_flags_and_paths(trained, demo, tmp_path, script, ar
             "export_onnx.py": ["--checkpoint", trained, "--out", tmp_path / "m.onnx"],
             "FER_transform.py": ["--meta", demo["train"], "--out", tmp_path / "g.png"]}[script]
     before = snapshot(tmp_path)
-    one_error_line(run_script(script, *base, *args), needle)
+    one_error_line(run_here(script, *base, *args), needle)
     assert snapshot(tmp_path) == before
 
 
@@ -274,7 +274,7 @@ def test_inconsistent_checkpoint_metadata_is_refused(trained, demo, tmp_path, fi
     ckpt[field] = value
     bad = tmp_path / "bad.pth"
     torch.save(ckpt, bad)
-    r = run_script("eval_resnet50.py", "--checkpoint", bad, "--meta", demo["val"], "--out_dir", tmp_path)
+    r = run_here("eval_resnet50.py", "--checkpoint", bad, "--meta", demo["val"], "--out_dir", tmp_path)
     one_error_line(r, "bad.pth", f"field {field}")
 
 
