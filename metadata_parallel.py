@@ -145,14 +145,14 @@ def scan_files(folder, suffixes, recursive=False, problems=None):
 # AffectNet has over a million tiny .npy files whose headers are almost all identical, so parsing
 # each header once and reading the body with one read() is several times faster than np.load.
 _HEADERS = {}
+NPY_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 def read_npy(path):
     """Read a .npy file (never pickled objects); raises ValueError on anything malformed.
 
     Opened non-blocking and checked with fstat: a FIFO or a device named *.npy never hangs the run."""
-    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
-    fd = os.open(path, flags)  # raw fd: no buffered-file object per read
+    fd = os.open(path, NPY_OPEN_FLAGS)  # raw fd: no buffered-file object per read
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError("not a regular file")
@@ -194,39 +194,36 @@ class NotAClass(ValueError):
 
 
 def read_value(path):
-    """The single value of a scalar .npy file: (numpy scalar, its text as stored)."""
+    """The single value of a scalar .npy file as a Python str, int, float or complex."""
     arr = read_npy(path)
     if arr.size != 1:
         raise ValueError(f"expected one value, found {arr.size}")
-    if arr.dtype.kind not in "iufcUS":  # datetime, structured, bool... are not annotations
+    kind = arr.dtype.kind
+    if kind not in "iufcUS":  # datetime, structured, bool... are not annotations
         raise ValueError(f"unexpected dtype {arr.dtype}")
-    value = arr.reshape(-1)[0]
-    return value, value.decode("latin1") if arr.dtype.kind == "S" else str(value)
+    value = arr.item()
+    return value.decode("latin1") if kind == "S" else value
 
 
 def read_scalar(path):
     """A scalar annotation as float, whether stored as a number or (AffectNet) as a string."""
-    value, text = read_value(path)
-    if value.dtype.kind == "c":
-        raise ValueError(f"complex value {text}")
+    value = read_value(path)
     try:
-        return float(text if value.dtype.kind in "US" else value)
-    except ValueError:
-        raise ValueError(f"not a number: {text!r}") from None
+        return float(value)
+    except (TypeError, ValueError):  # TypeError: complex
+        raise ValueError(f"not a number: {value!r}") from None
 
 
 def read_label(path):
     """An AffectNet class code 0-10: (int, text as stored). NotAClass for anything else readable."""
-    value, text = read_value(path)
+    value = read_value(path)
     try:
-        if value.dtype.kind == "c":
-            raise ValueError
-        number = float(text if value.dtype.kind in "US" else value)
-    except ValueError:
-        raise NotAClass(f"class {text!r} is not a number") from None
+        number = float(value)
+    except (TypeError, ValueError):
+        raise NotAClass(f"class {value!r} is not a number") from None
     if not number.is_integer() or not 0 <= number <= 10:
-        raise NotAClass(f"class {text} is not an AffectNet class code (0-10)")
-    return int(number), text
+        raise NotAClass(f"class {value} is not an AffectNet class code (0-10)")
+    return int(number), str(value)
 
 
 # --- parallel work ------------------------------------------------------------------------------
