@@ -96,9 +96,9 @@ def printable(name):
 # --- files: regular ones only -------------------------------------------------------------------
 def why_irregular(entry):
     """Why a directory entry cannot be read as a file (FIFO, device, broken link...), or None."""
-    if entry.is_file():  # d_type answers this without a system call for plain files
-        return None
     try:
+        if entry.is_file():  # d_type answers this without a system call for plain files
+            return None
         mode = entry.stat().st_mode
     except OSError:
         return "broken or looping link" if entry.is_symlink() else "cannot be read"
@@ -252,6 +252,11 @@ def run_chunks(fn, tasks, workers, sizes, desc, progress):
 
 
 # --- affectnet: images/ + annotations/*.npy -----------------------------------------------------
+def why(e):
+    """An exception as a short reason (an OSError without its errno and path)."""
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+
+
 def _index_chunk(task):
     """Worker: read the annotations of a chunk of images. Returns (columns, problems)."""
     ann_dir, items = task
@@ -267,7 +272,7 @@ def _index_chunk(task):
             problems.append(("invalid_label", f"{stem}_exp.npy", str(e)))
             continue
         except (OSError, ValueError) as e:
-            problems.append(("corrupt_npy", f"{stem}_exp.npy", str(e)))
+            problems.append(("corrupt_npy", f"{stem}_exp.npy", why(e)))
             continue
         row = len(names)
         values = [np.nan, np.nan]
@@ -276,7 +281,7 @@ def _index_chunk(task):
                 try:
                     values[i] = read_scalar(f"{base}_{key}.npy")
                 except (OSError, ValueError) as e:
-                    problems.append(("corrupt_npy", f"{stem}_{key}.npy", str(e)))
+                    problems.append(("corrupt_npy", f"{stem}_{key}.npy", why(e)))
         if has["lnd"]:
             try:
                 lnd = read_npy(base + "_lnd.npy")
@@ -287,7 +292,7 @@ def _index_chunk(task):
                 landmarks[row] = lnd.reshape(-1).astype(np.float64)  # also parses string-typed files
                 has_landmarks[row] = True
             except (OSError, ValueError) as e:
-                problems.append(("corrupt_npy", f"{stem}_lnd.npy", str(e)))
+                problems.append(("corrupt_npy", f"{stem}_lnd.npy", why(e)))
         names.append(fname)
         labels.append(label)
         texts.append(text)
@@ -352,7 +357,7 @@ def build_index(images_dir, annotations_dir, ext="jpg", workers=None, verify_ima
 def read_csv(path, required, what):
     """A CSV file as strings, or one line saying why it is not the expected file."""
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise IndexError_(f"{path}: not a text file (not a {what})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
