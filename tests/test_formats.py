@@ -274,8 +274,9 @@ def test_end_to_end_fer2013(tmp_path):
     assert first.tolist() == np.array(raw["pixels"][0].split(), int).reshape(48, 48).tolist()
     # A second run leaves the identical PNG files alone.
     stamp = (out / "images" / df["filename"][0]).stat().st_mtime_ns
-    r = run_script("metadata_parallel.py", "--root", data, "--out_dir", out, "--quiet")  # recognised
-    assert r.returncode == 0 and "format: fer2013" in r.stdout
+    r = run_script("metadata_parallel.py", "--root", data, "--out_dir", out, "--quiet", "--verify_images")
+    assert r.returncode == 0 and "format: fer2013" in r.stdout  # recognised
+    assert pd.read_parquet(out / "metadata_all.parquet")["filename"].tolist() == df["filename"].tolist()
     assert (out / "images" / df["filename"][0]).stat().st_mtime_ns == stamp
 
 
@@ -347,3 +348,34 @@ def test_demo_rerun_replaces_only_its_own_folders(tmp_path, capsys):
         err = capsys.readouterr().err
         assert e.value.code == code and needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_demo_interrupted_or_disk_full_keeps_the_old_folder(tmp_path, monkeypatch):
+    import subprocess
+
+    out = make_demo_data.make_dataset(tmp_path / "d", n=8, size=32, progress=False)
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    def interrupted(folder, *args):
+        make_demo_data.write_affectnet(folder, *args)
+        raise KeyboardInterrupt
+    monkeypatch.setitem(make_demo_data.WRITERS, "affectnet", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_demo_data.make_dataset(out, n=16, size=32, seed=3, progress=False)
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporary folder left
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        r = run_script("make_demo_data.py", "--out", small / "d", "--n", 8, "--size", 32)
+        assert r.returncode == 0, r.stderr
+        before = {p: p.read_bytes() for p in sorted(small.rglob("*")) if p.is_file()}
+        r = run_script("make_demo_data.py", "--out", small / "d", "--n", 400, "--size", 32)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert r.stderr.strip().splitlines()[-1] == f"error: no space left on device writing {small / 'd'}"
+        assert {p: p.read_bytes() for p in sorted(small.rglob("*")) if p.is_file()} == before
+    finally:
+        subprocess.run(["umount", str(small)])
