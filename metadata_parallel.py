@@ -47,8 +47,10 @@ FORMATS = ("affectnet", "affectnet_csv", "rafdb", "fer2013", "ferplus", "folders
 
 # Each dataset's own label codes -> the canonical class (from the datasets' documentation).
 AFFECTNET_DROPPED = {8: "None", 9: "Uncertain", 10: "Non-Face"}
-RAFDB_LABELS = {"1": 3, "2": 4, "3": 5, "4": 1, "5": 2, "6": 6, "7": 0}  # Surprise Fear Disgust Happiness Sadness Anger Neutral
-FER2013_LABELS = {"0": 6, "1": 5, "2": 4, "3": 1, "4": 2, "5": 3, "6": 0}  # Angry Disgust Fear Happy Sad Surprise Neutral
+# RAF-DB: 1 Surprise, 2 Fear, 3 Disgust, 4 Happiness, 5 Sadness, 6 Anger, 7 Neutral.
+RAFDB_LABELS = {"1": 3, "2": 4, "3": 5, "4": 1, "5": 2, "6": 6, "7": 0}
+# FER2013: 0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad, 5 Surprise, 6 Neutral.
+FER2013_LABELS = {"0": 6, "1": 5, "2": 4, "3": 1, "4": 2, "5": 3, "6": 0}
 FER2013_SPLITS = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 FERPLUS_VOTES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF"]
 FERPLUS_LABELS = [0, 1, 3, 2, 6, 5, 4, 7]  # canonical class of each emotion column (unknown, NF: dropped)

@@ -241,7 +241,8 @@ def test_end_to_end_affectnet_csv(tmp_path):
     df = t["all"].set_index("filename")
     assert (df["expression"] == kept.loc[df.index, "expression"]).all()  # AffectNet's codes are canonical
     assert (df["source_label"] == kept.loc[df.index, "expression"].astype(str)).all()
-    assert (df["face_x"] == kept.loc[df.index, "face_x"]).all() and (df["face_h"] == kept.loc[df.index, "face_height"]).all()
+    assert (df["face_x"] == kept.loc[df.index, "face_x"]).all()
+    assert (df["face_h"] == kept.loc[df.index, "face_height"]).all()
     # The face lies inside the photo at the recorded box.
     row = t["all"].iloc[0]
     photo = cv2.imread(str(data / "Manually_Annotated_Images" / row["filename"]))
