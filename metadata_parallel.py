@@ -147,6 +147,7 @@ def scan_files(folder, suffixes, recursive=False, problems=None):
 # AffectNet has over a million tiny .npy files whose headers are almost all identical, so parsing
 # each header once and reading the body with one read() is several times faster than np.load.
 _HEADERS = {}
+MAX_NPY_BYTES = 1 << 20  # an annotation is a scalar or 136 landmarks: never read a huge file whole
 NPY_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
@@ -156,8 +157,11 @@ def read_npy(path):
     Opened non-blocking and checked with fstat: a FIFO or a device named *.npy never hangs the run."""
     fd = os.open(path, NPY_OPEN_FLAGS)  # raw fd: no buffered-file object per read
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise ValueError("not a regular file")
+        if st.st_size > MAX_NPY_BYTES:
+            raise ValueError(f"{st.st_size} bytes: too large for an annotation")
         data = os.read(fd, 1 << 16)
         while len(data) % (1 << 16) == 0 and data:  # only files over 64 KiB need more reads
             more = os.read(fd, 1 << 20)
