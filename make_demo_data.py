@@ -320,7 +320,7 @@ def written_by_us(out):
 @contextmanager
 def replaced_folder(out):
     """Yield a temporary folder beside out; it replaces out only when the block succeeds."""
-    out = check_output(out, "--out", folder=True)
+    out = check_output(out, "--out", folder=True).resolve()  # a link to a folder: swap the folder, not the link
     if out.exists() and any(out.iterdir()) and not written_by_us(out):
         raise FERError(f"--out {out}: folder is not empty and was not written by make_demo_data.py "
                        "(choose a new folder, or remove it)")

@@ -349,6 +349,14 @@ def test_demo_rerun_replaces_only_its_own_folders(tmp_path, capsys):
         err = capsys.readouterr().err
         assert e.value.code == code and needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as e:
+        run_main(make_demo_data.main, ["--out", str(mine / "notes.txt")])
+    assert e.value.code == 1 and "--out" in capsys.readouterr().err
+    # Through a link the linked folder is replaced, and the link stays.
+    (tmp_path / "link").symlink_to(out)
+    make_demo_data.make_dataset(tmp_path / "link", n=8, size=32, fmt="folders", progress=False)
+    assert (tmp_path / "link").is_symlink() and (out / "train").is_dir() and not (out / "Image").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_demo_interrupted_or_disk_full_keeps_the_old_folder(tmp_path, monkeypatch):
