@@ -695,13 +695,14 @@ def read_folders(root, opts):
     problems = new_problems()
     names, labels, sources, splits = [], [], [], []
     for (split, name), prefix in classes.items():
-        files = scan_files(groups[split][1] / name, IMAGE_SUFFIXES, recursive=True, problems=problems)
+        found = new_problems()
+        files = scan_files(groups[split][1] / name, IMAGE_SUFFIXES, recursive=True, problems=found)
         names += [f"{prefix}{name}/{f}" for f in files]
         labels += [mapping[name.casefold()]] * len(files)
         sources += [name] * len(files)
         splits += [split] * len(files)
-    for kind in ("not_regular", "bad_name"):
-        problems[kind] = [(f"{root.name}/.../{n}", why) for n, why in problems[kind]]
+        for kind in ("not_regular", "bad_name"):
+            problems[kind] += [(f"{prefix}{name}/{n}", why) for n, why in found[kind]]
     df = table_of(names, labels, sources, splits if None not in groups else None)
     df.attrs["images_dir"] = str(root.resolve())
     return df, problems

@@ -198,7 +198,7 @@ def test_folders_skip_special_files(tmp_path):
     os.symlink("/dev/zero", tmp_path / "ds" / "happy" / "zero.png")
     r = index("--root", tmp_path / "ds", "--out_dir", tmp_path / "out", "--val_fraction", "0.5")
     assert r.returncode == 0, r.stderr
-    assert "2 not regular files" in r.stdout and "pipe.jpg: a FIFO" in r.stdout and "zero.png: a device" in r.stdout
+    assert "2 not regular files" in r.stdout and "sad/pipe.jpg: a FIFO" in r.stdout and "happy/zero.png: a device" in r.stdout
 
 
 # --- 5. bad paths and flags fail at once, in one line ------------------------------------------------
