@@ -874,7 +874,8 @@ def parse_args(argv):
                    help="random_state of the stratified split (default 42)")
     p.add_argument("--workers", type=nonneg_int, default=0, help="worker processes (default 0: one per CPU core)")
     p.add_argument("--verify_images", action="store_true",
-                   help="decode every image completely and skip (and name) unreadable or truncated ones (slower)")
+                   help="decode every image completely (Pillow) and skip, and name, unreadable or truncated ones "
+                        "and formats OpenCV cannot read (slower)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("affectnet (.npy layout) only")
     g.add_argument("--images_dir", help="images folder, if not <root>/images")
