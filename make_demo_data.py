@@ -358,7 +358,8 @@ def main(argv=None):
     p.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
     p.add_argument("--n", type=positive_int, default=4000,
                    help="number of faces, balanced over the format's classes (default 4000; affectnet_csv adds "
-                        "n/20 rows coded 8-10, ferplus marks every 20th row of each kind it drops)")
+                        "n/20 rows coded 8-10; in ferplus 1 row in 5 has no majority, a tie, an unknown majority or no "
+                        "image name)")
     p.add_argument("--size", type=int_at_least(16, 1024),
                    help="face side in pixels, 16-1024 (default 64; rafdb 100; fer2013 and ferplus are always 48)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed; the same seed writes the same files")
