@@ -667,8 +667,10 @@ def subfolders(folder):
 
 def read_folders(root, opts):
     """One folder per class, optionally under train/, val/ or test/ (test is the validation split
-    when there is no val/)."""
-    top = subfolders(root)
+    when there is no val/). An --out_dir inside --root is not a class."""
+    def folders(parent):
+        return [n for n in subfolders(parent) if (parent / n).resolve() != Path(opts.out_dir).resolve()]
+    top = folders(root)
     by_split = {}
     for name in top:
         if name.casefold() in SPLIT_FOLDERS:
@@ -682,7 +684,7 @@ def read_folders(root, opts):
         groups = {split: (f"{folder}/", root / folder) for split, folder in by_split.items()}
     else:
         groups = {None: ("", root)}
-    classes = {(split, name): prefix for split, (prefix, folder) in groups.items() for name in subfolders(folder)}
+    classes = {(split, name): prefix for split, (prefix, folder) in groups.items() for name in folders(folder)}
     if not classes:
         raise IndexError_(f"--root {root}: no class folders")
     mapping = opts.class_map or CLASS_OF_NAME

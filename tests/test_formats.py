@@ -315,10 +315,11 @@ def test_end_to_end_folders_and_stratified_fallback(tmp_path):
         dest = flat / f.split("/", 1)[1]
         dest.parent.mkdir(parents=True, exist_ok=True)
         (data / f).rename(dest)
-    r = run_script("metadata_parallel.py", "--root", flat, "--out_dir", tmp_path / "o2", "--val_fraction", "0.25",
-                   "--quiet")
-    assert r.returncode == 0, r.stderr
-    assert "format: folders" in r.stdout and "train 30, val 10" in r.stdout
+    for _ in range(2):  # the second run finds its own --out_dir inside --root, and leaves it out
+        r = run_script("metadata_parallel.py", "--root", flat, "--out_dir", flat / "index", "--val_fraction", "0.25",
+                       "--quiet")
+        assert r.returncode == 0, r.stderr
+        assert "format: folders" in r.stdout and "train 30, val 10" in r.stdout
 
 
 def test_end_to_end_affectnet_default_unchanged(tmp_path):
