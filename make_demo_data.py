@@ -1,24 +1,46 @@
-"""Write a synthetic dataset in the AffectNet layout, so the whole pipeline can run anywhere.
+"""Write a synthetic dataset in the layout of a real FER dataset, so the whole pipeline can run anywhere.
 
+--format affectnet (default; what `make demo` uses):
     images/<n>.jpg
     annotations/<n>_exp.npy   class 0-7 as a numpy string array, like the real files ('3', dtype <U1)
     annotations/<n>_val.npy   valence in [-1, 1], string array ('-0.176846', dtype <U9)
     annotations/<n>_aro.npy   arousal in [-1, 1], string array
     annotations/<n>_lnd.npy   68 (x, y) landmarks as 136 floats, in pixels
+--format affectnet_csv: training.csv, validation.csv (AffectNet's header, ';'-separated landmarks) and
+    Manually_Annotated_Images/<sub>/<hash>.jpg: full photos with the face at the recorded box; extra
+    rows coded 8 None, 9 Uncertain, 10 Non-Face (valence/arousal -2 for 9 and 10).
+--format rafdb: EmoLabel/list_patition_label.txt ('train_00001.jpg 5', 'test_0001.jpg 7') and
+    Image/aligned/train_00001_aligned.jpg (100x100 by default); RAF-DB's 7 classes.
+--format fer2013: fer2013.csv (emotion,pixels,Usage: 48x48 grey pixels as text; Training / PublicTest /
+    PrivateTest); FER2013's 7 classes.
+--format ferplus: fer2013.csv and fer2013new.csv (Usage,Image name + ten vote counts per image), with
+    some rows that have no majority, an 'unknown' majority, or no image name (not a face).
+--format folders: train/<class>/<n>.jpg and val/<class>/<n>.jpg (angry, disgust, fear, happy, ...).
 
 Faces are drawn procedurally. Each class has its own facial configuration (mouth curvature, mouth
 opening and width, eye opening, brow height and slant, asymmetry), and valence/arousal are drawn
 around per-class centres and then *drive* the features within the class (mouth curvature follows
 valence, eye and mouth opening follow arousal), so a small network can learn both tasks.
+An existing output folder is replaced only when the new dataset is complete, and only if this script
+wrote it (or it is empty).
 """
-import argparse
+import errno
+import hashlib
+import io
 import os
+import re
+import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
+
+from FER_io import ArgumentParser, FERError, check_output, int_at_least, positive_int, run_main
+from metadata_parallel import FER2013_LABELS, FERPLUS_LABELS, FERPLUS_VOTES, RAFDB_LABELS
 
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 
@@ -146,42 +168,206 @@ def draw_face(rng, label, size):
     return img, v, a, px(lm)
 
 
-def write_sample(root, name, img, label, v, a, landmarks):
-    cv2.imwrite(str(root / "images" / f"{name}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
-    ann = root / "annotations"
-    # Scalars as string arrays, exactly like AffectNet's files.
-    np.save(ann / f"{name}_exp.npy", np.array(str(label)))
-    np.save(ann / f"{name}_val.npy", np.array(f"{v:.6f}"))
-    np.save(ann / f"{name}_aro.npy", np.array(f"{a:.6f}"))
-    np.save(ann / f"{name}_lnd.npy", landmarks.reshape(-1).astype(np.float64))
+def jpeg(img):
+    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
 
 
-def make_dataset(out, n, size=64, seed=0, progress=True):
-    """Write n samples, balanced over the 8 classes, deterministic for a seed."""
-    out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
-    labels = np.random.default_rng(seed).permutation(np.arange(n) % len(CLASS_NAMES))
+def npy(arr):
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def write(path, data):
+    """Write bytes (parents created); a full disk raises OSError, where cv2.imwrite would return False."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def faces(n, size, seed, classes=8, progress=True):
+    """(i, canonical class, BGR image, valence, arousal, landmarks) for n faces balanced over classes,
+    deterministic for a seed (per image: independent of n and of order)."""
+    labels = np.random.default_rng(seed).permutation(np.arange(n) % classes)
     for i in tqdm(range(n), desc="demo data", unit="img", disable=not progress):
-        rng = np.random.default_rng([seed, i])  # per image: independent of n and of order
-        img, v, a, lm = draw_face(rng, int(labels[i]), size)
-        write_sample(out, str(i), img, int(labels[i]), v, a, lm)
+        rng = np.random.default_rng([seed, i])
+        yield (i, int(labels[i]), *draw_face(rng, int(labels[i]), size))
+
+
+def inverse(mapping):
+    return {canonical: code for code, canonical in mapping.items()}
+
+
+def write_affectnet(out, n, size, seed, progress):
+    for i, label, img, v, a, lm in faces(n, size, seed, progress=progress):
+        write(out / "images" / f"{i}.jpg", jpeg(img))
+        # Scalars as string arrays, exactly like AffectNet's files.
+        write(out / "annotations" / f"{i}_exp.npy", npy(np.array(str(label))))
+        write(out / "annotations" / f"{i}_val.npy", npy(np.array(f"{v:.6f}")))
+        write(out / "annotations" / f"{i}_aro.npy", npy(np.array(f"{a:.6f}")))
+        write(out / "annotations" / f"{i}_lnd.npy", npy(lm.reshape(-1).astype(np.float64)))
+
+
+def write_affectnet_csv(out, n, size, seed, progress):
+    """Full photos with the face somewhere inside, and the two CSV files of the original release.
+    Beyond the n faces of classes 0-7, n // 20 (at least 3) rows carry the codes 8, 9, 10."""
+    extra = max(3, n // 20)
+    rows = {"training.csv": [], "validation.csv": []}
+    for i, label, img, v, a, lm in faces(n + extra, size, seed, progress=progress):
+        rng = np.random.default_rng([seed, i, 1])
+        code = label if i < n else 8 + (i - n) % 3
+        if code in (9, 10):
+            v = a = -2.0  # AffectNet has no valence/arousal for Uncertain and Non-Face
+        h, w = (rng.uniform(1.3, 2.2, 2) * size).astype(int)
+        x, y = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
+        photo = np.clip(rng.uniform(40, 200, 3) + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+        photo[y:y + size, x:x + size] = img
+        name = f"{i % 7 + 1}/{hashlib.sha1(f'{seed}-{i}'.encode()).hexdigest()}.jpg"
+        write(out / "Manually_Annotated_Images" / name, jpeg(photo))
+        rows["validation.csv" if i % 5 == 0 else "training.csv"].append({
+            "subDirectory_filePath": name, "face_x": x, "face_y": y, "face_width": size, "face_height": size,
+            "facial_landmarks": ";".join(f"{c:.2f}" for c in (lm + (x, y)).reshape(-1)),
+            "expression": code, "valence": f"{v:.6f}", "arousal": f"{a:.6f}"})
+    for fname, table in rows.items():
+        write(out / fname, pd.DataFrame(table).to_csv(index=False).encode())
+
+
+def write_rafdb(out, n, size, seed, progress):
+    """RAF-DB basic: aligned faces and the label list, 7 classes (no contempt), 80 % train_, 20 % test_."""
+    code_of = inverse(RAFDB_LABELS)
+    lines, counts = {"train": [], "test": []}, {"train": 0, "test": 0}
+    for i, label, img, v, a, lm in faces(n, size, seed, classes=7, progress=progress):
+        split = "test" if i % 5 == 0 else "train"
+        counts[split] += 1
+        stem = f"train_{counts[split]:05d}" if split == "train" else f"test_{counts[split]:04d}"
+        write(out / "Image" / "aligned" / f"{stem}_aligned.jpg", jpeg(img))
+        lines[split].append(f"{stem}.jpg {code_of[label]}\n")
+    write(out / "EmoLabel" / "list_patition_label.txt", "".join(lines["train"] + lines["test"]).encode())
+
+
+def fer_rows(n, seed, classes, progress):
+    """fer2013.csv rows: (canonical class, emotion code, pixels as text, Usage); 80/10/10 % Usage."""
+    code_of = inverse(FER2013_LABELS)
+    for i, label, img, v, a, lm in faces(n, 48, seed, classes=classes, progress=progress):
+        grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        usage = {8: "PublicTest", 9: "PrivateTest"}.get(i % 10, "Training")
+        yield label, code_of.get(label, 6), " ".join(map(str, grey.reshape(-1))), usage  # contempt: "Neutral"
+
+
+def write_fer2013(out, n, size, seed, progress):
+    table = pd.DataFrame([row[1:] for row in fer_rows(n, seed, 7, progress)], columns=["emotion", "pixels", "Usage"])
+    write(out / "fer2013.csv", table.to_csv(index=False).encode())
+
+
+def ferplus_votes(rng, label, kind):
+    """Ten votes over FERPlus's columns for a face of the canonical class label."""
+    col = FERPLUS_LABELS.index(label)
+    others = [c for c in range(8) if c != col]
+    votes = np.zeros(10, int)
+    if kind == "no majority":  # 4 / 3 / 3: the majority rule drops it, plurality keeps the 4
+        votes[[col, others[0], others[1]]] = 4, 3, 3
+    elif kind == "tie":  # 4 / 4 / 2: both rules drop it
+        votes[[col, others[2], others[3]]] = 4, 4, 2
+    elif kind == "unknown":
+        votes[[8, col]] = 6, 4
+    elif kind == "not a face":
+        votes[9] = 10
+    else:  # a clear majority, the rest scattered (votes of 1 are the outliers the rule removes)
+        votes[col] = rng.integers(6, 11)
+        np.add.at(votes, rng.choice(others, 10 - votes[col]), 1)
+    return votes
+
+
+FERPLUS_KINDS = {7: "no majority", 11: "tie", 13: "unknown", 17: "not a face"}  # by i % 20; else majority
+
+
+def write_ferplus(out, n, size, seed, progress):
+    """fer2013.csv plus fer2013new.csv, same rows in the same order; not-a-face rows have no image name."""
+    fer, plus = [], []
+    for i, (label, code, pixels, usage) in enumerate(fer_rows(n, seed, 8, progress)):
+        kind = FERPLUS_KINDS.get(i % 20, "majority")
+        votes = ferplus_votes(np.random.default_rng([seed, i, 2]), label, kind)
+        fer.append((code, pixels, usage))
+        plus.append([usage, "" if kind == "not a face" else f"fer{i:07d}.png", *votes])
+    write(out / "fer2013.csv", pd.DataFrame(fer, columns=["emotion", "pixels", "Usage"]).to_csv(index=False).encode())
+    table = pd.DataFrame(plus, columns=["Usage", "Image name"] + FERPLUS_VOTES)
+    write(out / "fer2013new.csv", table.to_csv(index=False).encode())
+
+
+FOLDER_NAMES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "angry", "contempt"]
+
+
+def write_folders(out, n, size, seed, progress):
+    for i, label, img, v, a, lm in faces(n, size, seed, progress=progress):
+        write(out / ("val" if i % 5 == 0 else "train") / FOLDER_NAMES[label] / f"{i}.jpg", jpeg(img))
+
+
+WRITERS = {"affectnet": write_affectnet, "affectnet_csv": write_affectnet_csv, "rafdb": write_rafdb,
+           "fer2013": write_fer2013, "ferplus": write_ferplus, "folders": write_folders}
+DEFAULT_SIZE = {"rafdb": 100, "fer2013": 48, "ferplus": 48}  # others: 64
+MARKER = ".make_demo_data"
+
+
+def written_by_us(out):
+    """True for a folder this script wrote: its marker, or (before the marker) the demo's own names."""
+    if (out / MARKER).is_file():
+        return True
+    if set(os.listdir(out)) != {"images", "annotations"}:
+        return False
+    return (all(re.fullmatch(r"\d+\.jpg", f) for f in os.listdir(out / "images")) and
+            all(re.fullmatch(r"\d+_(exp|val|aro|lnd)\.npy", f) for f in os.listdir(out / "annotations")))
+
+
+@contextmanager
+def replaced_folder(out):
+    """Yield a temporary folder beside out; it replaces out only when the block succeeds."""
+    out = check_output(out, "--out", folder=True).resolve()  # a link to a folder: swap the folder, not the link
+    if out.exists() and any(out.iterdir()) and not written_by_us(out):
+        raise FERError(f"--out {out}: folder is not empty and was not written by make_demo_data.py "
+                       "(choose a new folder, or remove it)")
+    tmp, old = (out.with_name(f".{out.name}.{os.getpid()}.{what}") for what in ("tmp", "old"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise FERError(f"no space left on device writing {out}") from None
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def make_dataset(out, n, size=None, seed=0, progress=True, fmt="affectnet"):
+    """Write n samples (balanced over the format's classes), deterministic for a seed; returns out."""
+    out = Path(out)
+    size = size or DEFAULT_SIZE.get(fmt, 64)
+    if fmt in ("fer2013", "ferplus") and size != 48:
+        raise FERError(f"--size {size}: {fmt} images are 48x48")
+    with replaced_folder(out) as tmp:
+        WRITERS[fmt](tmp, n, size, seed, progress)
+        (tmp / MARKER).write_text(f"format={fmt} n={n} size={size} seed={seed}\n")
     return out
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="data/demo", help="output folder (gets images/ and annotations/)")
-    p.add_argument("--n", type=int, default=4000, help="number of images, balanced over the 8 classes")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same files")
-    args = p.parse_args()
-    if args.n < 1 or args.size < 16:
-        p.error("--n must be >= 1 and --size >= 16")
+def main(argv=None):
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--format", choices=list(WRITERS), default="affectnet", help="dataset layout (default affectnet)")
+    p.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
+    p.add_argument("--n", type=positive_int, default=4000,
+                   help="number of faces, balanced over the format's classes (default 4000; affectnet_csv adds "
+                        "n/20 rows coded 8-10; in ferplus 1 row in 5 has no majority, a tie, an unknown majority or no "
+                        "image name)")
+    p.add_argument("--size", type=int_at_least(16, 1024),
+                   help="face side in pixels, 16-1024 (default 64; rafdb 100; fer2013 and ferplus are always 48)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed; the same seed writes the same files")
+    args = p.parse_args(argv)
     t0 = time.time()
-    make_dataset(args.out, args.n, args.size, args.seed)
-    print(f"wrote {args.n} images ({args.size}px) to {os.path.abspath(args.out)} in {time.time() - t0:.1f}s")
+    out = make_dataset(args.out, args.n, args.size, args.seed, fmt=args.format)
+    print(f"wrote {args.n} {args.format} faces to {out.resolve()} in {time.time() - t0:.1f}s")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -54,8 +54,11 @@ def test_demo_valence_follows_class(tmp_path):
 # --- index --------------------------------------------------------------------------------------
 def test_index_columns_and_dtypes(demo):
     df = pd.read_parquet(demo["all"])
-    assert list(df.columns) == ["filename", "expression", "valence", "arousal", "landmarks"]
+    assert list(df.columns) == ["filename", "expression", "valence", "arousal", "landmarks", "source_label"]
     assert df["expression"].dtype == np.int64
+    # source_label is the label text exactly as the _exp.npy file holds it.
+    assert (df["source_label"] == [str(np.load(demo["root"] / "annotations" / f.replace(".jpg", "_exp.npy")))
+                                   for f in df["filename"]]).all()
     assert df["valence"].dtype == np.float64 and df["arousal"].dtype == np.float64
     assert len(df) == 64 and len(df["landmarks"].iloc[0]) == 136
     assert df["filename"].tolist() == sorted(df["filename"])
@@ -155,7 +158,8 @@ def test_cli_bad_input_is_one_line(tmp_path, case):
     r = run_script("metadata_parallel.py", "--root", root, "--out_dir", tmp_path, "--quiet")
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    expected = {"no_root": "dataset root not found", "no_images": "images folder not found",
+    expected = {"no_root": "folder not found",  # FER_io.check_input: "--root DIR: folder not found"
+                "no_images": "images folder not found",
                 "too_few": "too few rows to stratify"}[case]
     assert expected in r.stderr and ("ds" in r.stderr or case == "too_few")
 
