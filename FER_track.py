@@ -126,7 +126,7 @@ def plot_timeline(video, summary, class_names, path, title, max_tracks=8):
 
     smoothed = "smooth_valence" in video.columns
     pre = "smooth_" if smoothed else ""
-    shown = summary.nlargest(max_tracks, "frames").sort_values("track_id")
+    shown = summary.nlargest(max_tracks, "frames").sort_values("track_id") if len(summary) else summary
     times = video.drop_duplicates("frame").set_index("frame")["time_s"].sort_index()
     n = max(len(shown), 1)
     fig = Figure(figsize=(10, 1.2 + 2.4 * n))
