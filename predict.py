@@ -15,6 +15,7 @@ Outputs are written only when the whole run succeeded, and replace earlier files
 import errno
 import os
 import queue
+import re
 import stat
 import threading
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from FER_io import (ArgumentParser, FERError, check_device, check_input, check_o
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our messages name the file; not OpenCV's warnings
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # nor FFmpeg's ("moov atom not found")
 FACE_MARGIN = 0.2  # detector boxes are tight; AffectNet crops include some forehead and chin
 BOX = ["face_x", "face_y", "face_w", "face_h"]
 FIRST_COLUMNS = ["filename", "frame", "time_s", "face_index", "track_id", *BOX, "expression", "confidence"]
@@ -207,7 +210,7 @@ def open_video(path):
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not cap.isOpened():
         from FER_transform import FERDataError
-        raise FERDataError(f"{path}: cannot be opened as a video")
+        raise FERDataError(f"{path}: cannot be opened as a video (damaged, truncated or not a video)")
     fps = cap.get(cv2.CAP_PROP_FPS)
     return cap, fps if fps and 0 < fps < 1000 else 25.0
 
@@ -487,9 +490,11 @@ def main(argv=None):
     # Everything that can be checked without the model, first: a bad path fails in a second.
     out = check_output(args.out, "--out")
     annotate = check_output(args.annotate, "--annotate", folder=True) if args.annotate else None
-    check_input(args.checkpoint, "--checkpoint")
     inputs, skipped = collect_inputs(args.paths)
     plan = plan_outputs(inputs, out, annotate)
+    if args.device and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):  # without waiting for torch
+        raise FERError(f"--device {args.device}: unknown device (use cpu, cuda or cuda:N)")
+    check_input(args.checkpoint, "--checkpoint")
     device = check_device(args.device)
     if not inputs:
         raise FERError(f"nothing to predict: {'; '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}")
