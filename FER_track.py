@@ -61,9 +61,9 @@ def assign_tracks(df, min_iou=0.3, max_gap=10):
 
     Without face boxes (no --detect_faces) each frame is one face: track 0.
     """
-    df["track_id"] = pd.array([pd.NA] * len(df), dtype="Int64")
-    if "frame" not in df.columns:
+    if "frame" not in df.columns:  # images only
         return df
+    df["track_id"] = pd.array([pd.NA] * len(df), dtype="Int64")
     faces = df[df["frame"].notna() & df["expression"].notna()]
     if not all(c in df.columns for c in BOX):
         df.loc[faces.index, "track_id"] = 0

@@ -166,13 +166,26 @@ def plan_outputs(inputs, out, annotate):
             if free(*files.values()):
                 break
         for t in files.values():
+            replaceable(t, "--annotate" if t.parent == annotate or annotate in t.parents else "--out")
             taken.add(str(t.resolve()).lower())
             if t.resolve() in sources:
                 raise FERError(f"--annotate {annotate}: would overwrite the input {shown(t)}")
         plan[inp.name] = files
     if out.resolve() in sources:
         raise FERError(f"--out {out}: is one of the inputs")
+    replaceable(out, "--out")
     return plan
+
+
+def replaceable(target, flag):
+    """Outputs are renamed into place: an existing target must be a regular file, not a link (renaming
+    onto /dev/stdout or a FIFO would replace the special file itself; onto a folder, fail half-way)."""
+    if os.path.islink(target):  # os.replace would replace the link (think of /dev/stdout), not its target
+        raise FERError(f"{flag}: {shown(target)} is a symbolic link; give the path it points to")
+    why = why_not_readable(target) if os.path.lexists(target) else None
+    if why and why != "file name is not valid UTF-8 (rename it)":
+        raise FERError(f"{flag}: {shown(target)} exists and is {why.removeprefix('not a regular file (')[:-1]}"
+                       if why.startswith("not a regular") else f"{flag}: {shown(target)}: {why}")
 
 
 # --- decoding and detection (the producer thread) -----------------------------------------------
@@ -334,7 +347,12 @@ def predict(inputs, args, model, meta, device, detector=None):
     worker.start()
     try:
         while True:
-            item = out_q.get()
+            try:
+                item = out_q.get(timeout=1)
+            except queue.Empty:
+                if worker.is_alive():
+                    continue
+                raise FERError("the decode/detect thread ended without a word") from None
             if item is DONE:
                 break
             if isinstance(item, WorkerFailed):
@@ -517,7 +535,7 @@ def main(argv=None):
         raise FERError("nothing could be predicted: every input was skipped (listed above)")
 
     df = FER_track.assign_tracks(to_frame(rows, class_names), args.track_iou, args.track_gap)
-    if args.smooth is not None:
+    if args.smooth is not None and "track_id" in df.columns:  # tracks exist in videos only
         df = FER_track.smooth(df, args.smooth, class_names)
     with staged_outputs() as stage:
         report = write_outputs(df, inputs, plan, args, class_names, stage)

@@ -81,6 +81,9 @@ def test_bad_output_locations_fail_before_the_checkpoint_is_read(tmp_path, old_o
     read_only = mount_tmpfs("ro", "ro,size=64k")
     image = tmp_path / "x.jpg"
     image.write_bytes(OLD)
+    os.mkfifo(tmp_path / "fifo.csv")
+    (tmp_path / "link.csv").symlink_to(old_out)  # renaming onto it would replace the link (as with /dev/stdout)
+    (tmp_path / "ann" / "x.jpg").mkdir(parents=True)  # where the annotated copy would go
     cases = [(["--out", tmp_path / "a_folder"], ["--out", "is a folder"]),
              (["--out", tmp_path / "a_file" / "p.csv"], ["--out", "is a file, not a folder"]),
              (["--out", read_only / "p.csv"], ["--out", "not writable"]),
@@ -89,6 +92,9 @@ def test_bad_output_locations_fail_before_the_checkpoint_is_read(tmp_path, old_o
              (["--out", image], ["--out", "is one of the inputs"]),
              (["--annotate", tmp_path], ["--annotate", "would overwrite the input", "x.jpg"]),
              (["--checkpoint", tmp_path / "a_folder"], ["--checkpoint", "not a regular file"]),
+             (["--out", tmp_path / "fifo.csv"], ["--out", "fifo.csv exists and is a FIFO"]),
+             (["--out", tmp_path / "link.csv"], ["--out", "link.csv is a symbolic link"]),
+             (["--annotate", tmp_path / "ann"], ["--annotate", "x.jpg exists and is a folder"]),
              (["--device", "tpu"], ["--device tpu", "unknown device"])]
     for extra, words in cases:
         r = run_script("predict.py", image, "--checkpoint", tmp_path / "missing.pth", "--out", old_out, *extra,
