@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 import make_demo_data  # noqa: E402
 import metadata_parallel  # noqa: E402
 from FER_model import FERNet, predict_batches  # noqa: E402
-from FER_transform import FastISONoise, FERDataset, build_transforms, load_image, seed_augmentation  # noqa: E402
+from FER_transform import CLASS_NAMES, FastISONoise, FERDataset, build_transforms, load_image, seed_augmentation  # noqa: E402
 from train_vggface2_resnet50 import (TrainSampler, class_weights, make_criterion, train_one_epoch,  # noqa: E402
                                      train_step)
 
@@ -46,7 +46,8 @@ def get_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="timed steps per training/end-to-end repetition")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (the median is reported)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compilation on a CPU)")
-    p.add_argument("--only", nargs="+", choices=("index", "transforms", "train_step", "end_to_end", "eval"),
+    p.add_argument("--only", nargs="+", choices=("index", "transforms", "train_step", "end_to_end", "eval",
+                                                 "video"),
                    help="run only these sections")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks every row runs, in seconds")
     p.add_argument("--json", help="write the results here as JSON")
@@ -277,10 +278,65 @@ def bench_end_to_end(args, rows, train_meta, val_meta):
                  f"{len(val)} images, {workers} workers"))
 
 
+# --- video -------------------------------------------------------------------------------------
+def write_face_clip(path, n, size=(640, 480)):
+    """Two copies of scikit-image's astronaut face crossing a gradient background (what the Haar
+    cascade finds in every frame)."""
+    from skimage import data
+
+    width, height = size
+    side = width * 90 // 320
+    face = cv2.resize(data.astronaut()[20:230, 120:300], (side, side * 210 // 180), interpolation=cv2.INTER_AREA)
+    face = cv2.cvtColor(face, cv2.COLOR_RGB2BGR)
+    background = np.tile(np.linspace(40, 200, width).astype(np.uint8)[None, :, None], (height, 1, 3))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (width, height))
+    for i in range(n):
+        frame = background.copy()
+        x = i * (width - side) // max(n - 1, 1)
+        frame[height // 12:height // 12 + face.shape[0], x:x + side] = face
+        y = height - face.shape[0] - height // 24
+        frame[y:y + face.shape[0], width - side - x:width - x] = face
+        writer.write(frame)
+    writer.release()
+
+
+def bench_video(args, rows, tmp):
+    """predict.py's pipeline (decode and detection in a thread, the model on batches of faces) on a
+    640x480 clip with two faces, beside decode + detection alone: the pipeline is as fast as its
+    slower half when the two overlap."""
+    import predict
+
+    n = 16 if args.quick else 100
+    clip = tmp / "two_faces.mp4"
+    write_face_clip(clip, n)
+    device = torch.device(args.device)
+    model = FERNet(args.arch).to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    meta = {"class_names": list(CLASS_NAMES), "img_size": args.img_size}
+    pargs = predict.get_args([str(clip), "--detect_faces", "--batch_size", str(args.batch_size)])
+    inputs, _ = predict.collect_inputs([clip])
+    detector = predict.FaceDetector()
+    faces = []
+
+    def pipeline():
+        faces[:] = [r for r in predict.predict(inputs, pargs, model, meta, device, detector)[0] if "face_x" in r]
+
+    def decode_detect():
+        for _, _, rgb in predict.video_frames(clip, 1):
+            detector(rgb)
+    t = timed(pipeline, args.reps, device)
+    rows.append(("video", "predict.py on a 640x480 video with two faces", n / t, "frame/s",
+                 f"{len(faces) / n:.1f} faces per frame; decode + Haar detection + {args.arch} {args.img_size}px "
+                 f"batch {args.batch_size}"))
+    t = timed(decode_detect, args.reps, "cpu")
+    rows.append(("video", "decode + face detection alone", n / t, "frame/s", f"{n} frames, one thread"))
+
+
 def main(argv=None):
     args = get_args(argv)
     rows = []
-    only = set(args.only or ("index", "transforms", "train_step", "end_to_end", "eval"))
+    only = set(args.only or ("index", "transforms", "train_step", "end_to_end", "eval", "video"))
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -295,7 +351,8 @@ def main(argv=None):
         sections = [("index", lambda: bench_index(args, rows, tmp)),
                     ("transforms", lambda: bench_transforms(args, rows, tmp / "train.parquet")),
                     ("train_step", lambda: bench_train_step(args, rows)),
-                    ("end_to_end", lambda: bench_end_to_end(args, rows, tmp / "train.parquet", tmp / "val.parquet"))]
+                    ("end_to_end", lambda: bench_end_to_end(args, rows, tmp / "train.parquet", tmp / "val.parquet")),
+                    ("video", lambda: bench_video(args, rows, tmp))]
         for name, fn in sections:
             if name in only or (name == "end_to_end" and "eval" in only):
                 print(f"[{name}] ...", end=" ", file=sys.stderr, flush=True)

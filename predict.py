@@ -1,88 +1,241 @@
-"""Predict expression and valence/arousal for images, folders of images and videos.
+"""Predict expression and valence/arousal for images, folders and videos: every face, tracked over time.
 
     python predict.py --checkpoint FER_resnet50.pth photo.jpg faces/ clip.mp4 --out predictions.csv
-    python predict.py --checkpoint FER_resnet50.pth group.jpg --detect_faces --annotate annotated/
+    python predict.py --checkpoint FER_resnet50.pth group.jpg class.mp4 --detect_faces --smooth 0.3 --annotate ann/
 
 Preprocessing is exactly eval_resnet50.py's, so the probabilities match its --save_predictions.
 The model expects face crops (as in AffectNet); for wider pictures use --detect_faces, which crops
-the largest face found by OpenCV's Haar cascade (shipped inside opencv-python-headless; nothing is
-downloaded).
+every face found by OpenCV's Haar cascade (shipped inside opencv-python-headless; nothing is
+downloaded). In videos, faces are linked into tracks (see FER_track.py for the rule) and each video
+gets a per-track summary CSV and a timeline plot beside --out.
+
+Decoding and detection run in a thread that feeds the model batches through a bounded queue.
+Outputs are written only when the whole run succeeded, and replace earlier files all at once.
 """
-import argparse
-import sys
+import errno
+import os
+import queue
+import re
+import stat
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import pandas as pd
-import torch
-from tqdm import tqdm
-
-from FER_metrics import clip_va, softmax
-from FER_model import CheckpointError, infer, model_from_checkpoint
-from FER_transform import FERDataError, build_transforms, load_image
+from FER_io import (ArgumentParser, FERError, check_device, check_input, check_output, float_in, int_at_least,
+                    positive_int, run_main, staged_outputs)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our messages name the file; not OpenCV's warnings
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # nor FFmpeg's ("moov atom not found")
 FACE_MARGIN = 0.2  # detector boxes are tight; AffectNet crops include some forehead and chin
+BOX = ["face_x", "face_y", "face_w", "face_h"]
+FIRST_COLUMNS = ["filename", "frame", "time_s", "face_index", "track_id", *BOX, "expression", "confidence"]
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", help="images, folders (searched recursively for images) and videos")
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("paths", nargs="+", help="images, folders (searched recursively for images and videos) and videos")
     p.add_argument("--checkpoint", default="FER_resnet50.pth", help="checkpoint written by training")
-    p.add_argument("--out", default="predictions.csv", help="CSV with one row per image or video frame")
-    p.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
-    p.add_argument("--detect_faces", action="store_true", help="crop the largest face (Haar cascade) first")
-    p.add_argument("--annotate", metavar="DIR", help="write copies with face box, expression and valence/arousal")
-    p.add_argument("--frame_step", type=int, default=1, help="use every N-th video frame")
-    p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
+    p.add_argument("--out", default="predictions.csv",
+                   help="CSV with one row per face (per image or frame without --detect_faces); the per-video "
+                        "track summaries and timelines are written beside it as <out>_<video>_tracks.csv and "
+                        "<out>_<video>_timeline.png")
+    p.add_argument("--batch_size", type=int_at_least(1, 4096), default=32, help="faces per forward pass")
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped face")
+    p.add_argument("--detect_faces", action="store_true",
+                   help="predict every face found by the Haar cascade (crop with a 20%% margin) instead of the "
+                        "whole picture")
+    p.add_argument("--largest_face", action="store_true", help="with face detection, keep only the largest face "
+                                                               "(implies --detect_faces)")
+    p.add_argument("--annotate", metavar="DIR",
+                   help="write copies of the images (same name and format) and <video>_annotated.mp4 with every "
+                        "face's box, track id, expression and valence/arousal")
+    p.add_argument("--frame_step", type=positive_int, default=1, help="use every N-th video frame")
+    p.add_argument("--smooth", type=float_in(0, 1, lo_open=True), metavar="ALPHA",
+                   help="add smooth_* columns: exponential moving average along each video track, "
+                        "s = ALPHA * new + (1 - ALPHA) * s (smaller: smoother; 1: none). Default: off")
+    p.add_argument("--track_iou", type=float_in(0, 1, lo_open=True), default=0.3,
+                   help="a face continues a track when its box overlaps the track's last box by at least this "
+                        "IoU (default 0.3)")
+    p.add_argument("--track_gap", type=int_at_least(0, 10**6), default=10,
+                   help="a track missed for up to this many analysed frames in a row keeps its id (default 10)")
+    p.add_argument("--prefetch", type=int_at_least(1, 4096), default=64,
+                   help="images or frames decoded and detected ahead of the model (bounded queue; default 64)")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or args.frame_step < 1:
-        p.error("--batch_size and --frame_step must be >= 1")
+    args.detect_faces = args.detect_faces or args.largest_face
     return args
 
 
+# --- inputs -------------------------------------------------------------------------------------
+@dataclass
+class Input:
+    kind: str  # "image" or "video"
+    path: Path
+    name: str  # the filename column
+    rel: Path  # where its annotated copy goes under --annotate
+
+
+def shown(path):
+    """A printable path, also for names that are not valid UTF-8."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def why_not_readable(path):
+    """None for a regular file we may open; else why it is skipped. Opening anything else can block
+    forever (a FIFO, a device) or fail in ways that say nothing."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8 (rename it)"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if e.errno == errno.ENOENT:
+            return "broken symbolic link" if os.path.islink(path) else "file not found"
+        return e.strerror
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
+            if stat.S_ISSOCK(mode) else "a device file" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special")
+    return f"not a regular file ({kind})"
+
+
+def kind_of(path):
+    suffix = path.suffix.lower()
+    return "video" if suffix in VIDEO_EXTS else "image" if suffix in IMAGE_EXTS else None
+
+
+def collect_inputs(paths):
+    """The inputs in command-line order (folders: their images and videos, sorted, without following
+    links to folders), and the skipped ones with the reason. The same file twice is read once."""
+    inputs, skipped, seen = [], [], set()
+
+    def add(path, rel, kind):
+        why = why_not_readable(path)
+        if why:
+            skipped.append(f"{shown(path)}: {why}")
+        elif path.resolve() in seen:
+            skipped.append(f"{shown(path)}: given twice (read once)")
+        else:
+            seen.add(path.resolve())
+            inputs.append(Input(kind, path, str(path), rel))
+
+    for p in map(Path, paths):
+        if p.is_dir():
+            top = p.resolve().name or "root"
+            for folder, dirs, files in os.walk(p, onerror=lambda e: skipped.append(f"{shown(e.filename)}: "
+                                                                                   f"{e.strerror}")):
+                dirs.sort()
+                for f in sorted(files):
+                    f = Path(folder) / f
+                    if kind_of(f):
+                        add(f, Path(top) / f.relative_to(p), kind_of(f))
+        else:
+            add(p, Path(p.name), kind_of(p) or "image")
+    return inputs, skipped
+
+
+def plan_outputs(inputs, out, annotate):
+    """Every file the run will write: {input name: {"annotated", "tracks", "timeline"}}.
+
+    Names that would collide (a/face.jpg and b/face.jpg, two clip.mp4, names differing in case only)
+    get _2, _3, ...; an output that is one of the inputs is refused.
+    """
+    taken = {str(out.resolve()).lower()}
+    sources = {inp.path.resolve() for inp in inputs}
+
+    def free(*targets):
+        return not any(str(t.resolve()).lower() in taken for t in targets)
+
+    plan = {}
+    for inp in inputs:
+        stem = inp.rel.stem if inp.kind == "image" else inp.path.stem
+        for k in range(1, 10**6):
+            label = stem if k == 1 else f"{stem}_{k}"
+            files = {}
+            if annotate:
+                files["annotated"] = annotate / (inp.rel.with_name(label + inp.rel.suffix) if inp.kind == "image"
+                                                 else inp.rel.with_name(f"{label}_annotated.mp4"))
+            if inp.kind == "video":
+                files["tracks"] = out.with_name(f"{out.stem}_{label}_tracks.csv")
+                files["timeline"] = out.with_name(f"{out.stem}_{label}_timeline.png")
+            if free(*files.values()):
+                break
+        for t in files.values():
+            replaceable(t, "--annotate" if t.parent == annotate or annotate in t.parents else "--out")
+            taken.add(str(t.resolve()).lower())
+            if t.resolve() in sources:
+                raise FERError(f"--annotate {annotate}: would overwrite the input {shown(t)}")
+        plan[inp.name] = files
+    if out.resolve() in sources:
+        raise FERError(f"--out {out}: is one of the inputs")
+    replaceable(out, "--out")
+    return plan
+
+
+def replaceable(target, flag):
+    """Outputs are renamed into place: an existing target must be a regular file, not a link (renaming
+    onto /dev/stdout or a FIFO would replace the special file itself; onto a folder, fail half-way)."""
+    if os.path.islink(target):  # os.replace would replace the link (think of /dev/stdout), not its target
+        raise FERError(f"{flag}: {shown(target)} is a symbolic link; give the path it points to")
+    why = why_not_readable(target) if os.path.lexists(target) else None
+    if why and why != "file name is not valid UTF-8 (rename it)":
+        raise FERError(f"{flag}: {shown(target)} exists and is {why.removeprefix('not a regular file (')[:-1]}"
+                       if why.startswith("not a regular") else f"{flag}: {shown(target)}: {why}")
+
+
+# --- decoding and detection (the producer thread) -----------------------------------------------
 class FaceDetector:
-    """Largest frontal face by OpenCV's Haar cascade, expanded by FACE_MARGIN."""
+    """Every frontal face by OpenCV's Haar cascade, expanded by FACE_MARGIN, largest first."""
 
     def __init__(self):
+        import cv2
+
         path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
         self.cascade = cv2.CascadeClassifier(str(path))
         if self.cascade.empty():
-            raise RuntimeError(f"cannot load the face detector from {path}")
+            raise FERError(f"cannot load the face detector from {path}")
 
     def __call__(self, rgb):
+        import cv2
+
         gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
         side = min(gray.shape)
         faces = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
                                               minSize=(max(24, side // 10),) * 2)
-        if len(faces) == 0:
-            return None
-        x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
-        m = int(round(FACE_MARGIN * max(w, h)))
-        x0, y0 = max(0, x - m), max(0, y - m)
-        x1, y1 = min(rgb.shape[1], x + w + m), min(rgb.shape[0], y + h + m)
-        return int(x0), int(y0), int(x1 - x0), int(y1 - y0)
+        boxes = []
+        for x, y, w, h in sorted(faces, key=lambda f: -f[2] * f[3]):
+            m = int(round(FACE_MARGIN * max(w, h)))
+            x0, y0 = max(0, x - m), max(0, y - m)
+            x1, y1 = min(rgb.shape[1], x + w + m), min(rgb.shape[0], y + h + m)
+            boxes.append((int(x0), int(y0), int(x1 - x0), int(y1 - y0)))
+        return boxes
 
 
-def expand(paths):
-    """(kind, path, name for the CSV, relative path for --annotate) of each input; folders give their images."""
-    for p in map(Path, paths):
-        if p.is_dir():
-            top = p.resolve().name
-            for f in sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file()):
-                yield "image", f, str(f), Path(top) / f.relative_to(p)
-        else:
-            yield "video" if p.suffix.lower() in VIDEO_EXTS else "image", p, str(p), Path(p.name)
+def open_video(path):
+    import cv2
 
-
-def video_frames(path, step):
-    """(frame index, time in s, RGB frame, fps) of every step-th frame."""
-    cap = cv2.VideoCapture(str(path))
+    # FFmpeg explicitly: the image-sequence backend would read "%d" in a file name as a pattern.
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not cap.isOpened():
-        raise FERDataError(f"{path}: cannot be opened as a video")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        from FER_transform import FERDataError
+        raise FERDataError(f"{path}: cannot be opened as a video (damaged, truncated or not a video)")
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    return cap, fps if fps and 0 < fps < 1000 else 25.0
+
+
+def video_frames(path, step, notes=None):
+    """(frame index, time in s, RGB frame) of every step-th decodable frame; a video that stops
+    early is noted with the frames it read."""
+    import cv2
+
+    from FER_transform import FERDataError
+    cap, fps = open_video(path)
+    expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     i = 0
     try:
         while True:
@@ -90,143 +243,316 @@ def video_frames(path, step):
             if not ok:
                 break
             if i % step == 0:
-                yield i, i / fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), fps
+                yield i, i / fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
             i += 1
     finally:
         cap.release()
     if i == 0:
-        raise FERDataError(f"{path}: no frames could be decoded")
+        raise FERDataError(f"{path}: no frame could be decoded")
+    if notes is not None and i < expected - 1:
+        notes.append(f"{shown(path)}: decoding stopped after {i} of {expected} frames (truncated or damaged); "
+                     f"the rows of those {i} frames are kept")
 
 
-def draw(rgb, row, box):
-    """A BGR copy of the image with the face box and the prediction written on it."""
-    img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    x, y, w, h = box or (0, 0, img.shape[1], img.shape[0])
-    scale = max(0.35, min(img.shape[:2]) / 600)
-    thick = max(1, int(round(2 * scale)))
-    if box:
-        cv2.rectangle(img, (x, y), (x + w, y + h), (0, 200, 0), thick)
-    lines = [f"{row['expression']} {row['confidence']:.2f}", f"V {row['valence']:+.2f} A {row['arousal']:+.2f}"]
-    ty = y + 4 if box is None else max(0, y - int(34 * scale * len(lines)))
-    for k, text in enumerate(lines):
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        top = ty + k * (th + base + 4)
-        cv2.rectangle(img, (x, top), (x + tw + 4, top + th + base + 4), (0, 0, 0), -1)
-        cv2.putText(img, text, (x + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick,
-                    cv2.LINE_AA)
-    return img
+def units(inp, args, detector, transform, notes):
+    """(rows, crops) for each image or analysed frame: one row per face, or one row without a
+    prediction when no face was found."""
+    from FER_transform import load_image
+
+    frames = [(None, None, load_image(inp.path))] if inp.kind == "image" else \
+        video_frames(inp.path, args.frame_step, notes)
+    for frame, t, rgb in frames:
+        where = {"filename": inp.name} if frame is None else {"filename": inp.name, "frame": frame,
+                                                              "time_s": round(t, 3)}
+        if detector is None:
+            yield [dict(where)], [transform(image=rgb)["image"]]
+            continue
+        boxes = detector(rgb)[:1 if args.largest_face else None]
+        if not boxes:
+            yield [dict(where)], []
+            continue
+        rows = [dict(where, face_index=k, **dict(zip(BOX, box))) for k, box in enumerate(boxes)]
+        yield rows, [transform(image=rgb[y:y + h, x:x + w])["image"] for x, y, w, h in boxes]
 
 
-class Predictor:
-    """Batches preprocessed crops, runs the model, and fills in the rows (and annotations) in order."""
-
-    def __init__(self, args, model, meta, device):
-        self.args, self.model, self.device = args, model, device
-        self.class_names = meta["class_names"]
-        self.transform = build_transforms(False, meta["img_size"])
-        self.detector = FaceDetector() if args.detect_faces else None
-        self.pending, self.rows, self.no_face = [], [], []
-        self.bar = tqdm(unit="img", desc="predict", disable=not sys.stderr.isatty())
-
-    def add(self, row, rgb, sink=None):
-        """Queue one image; sink(annotated BGR image) is called after its prediction."""
-        box = None
-        if self.detector is not None:
-            box = self.detector(rgb)
-            row.update(dict(zip(("face_x", "face_y", "face_w", "face_h"), box or (None,) * 4)))
-            if box is None:
-                self.no_face.append(row["filename"] + (f" frame {row['frame']}" if "frame" in row else ""))
-                self.rows.append(row)
-                if sink:
-                    sink(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-                return
-        crop = rgb if box is None else rgb[box[1]:box[1] + box[3], box[0]:box[0] + box[2]]
-        self.pending.append((row, self.transform(image=crop)["image"], rgb if sink else None, box, sink))
-        if len(self.pending) >= self.args.batch_size:
-            self.flush()
-
-    def flush(self):
-        if not self.pending:
-            return
-        logits, va = infer(self.model, torch.stack([p[1] for p in self.pending]), self.device, tta=self.args.tta)
-        probs, va = softmax(logits.cpu().numpy()), clip_va(va.cpu().numpy())
-        for (row, _, rgb, box, sink), p, (v, a) in zip(self.pending, probs, va):
-            k = int(p.argmax())
-            row.update(expression=self.class_names[k], confidence=float(p[k]),
-                       **{f"prob_{n}": float(x) for n, x in zip(self.class_names, p)}, valence=float(v), arousal=float(a))
-            self.rows.append(row)
-            if sink:
-                sink(draw(rgb, row, box))
-        self.bar.update(len(self.pending))
-        self.pending = []
+class WorkerFailed:
+    def __init__(self, inp, error):
+        self.inp, self.error = inp, error
 
 
-def run(args):
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, meta = model_from_checkpoint(args.checkpoint, device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    pred = Predictor(args, model, meta, device)
-    skipped = []
-    annotate = Path(args.annotate) if args.annotate else None
-    for kind, path, name, rel in expand(args.paths):
+DONE = object()
+
+
+def produce(inputs, args, detector, transform, out_q, stop, skipped, notes):
+    """Decode and detect in order, feeding out_q; bad inputs are skipped, anything unexpected is
+    handed to the consumer, which ends the run with one line."""
+    import cv2
+
+    from FER_transform import FERDataError
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                out_q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    inp = None
+    try:
+        for inp in inputs:
+            try:
+                for unit in units(inp, args, detector, transform, notes):
+                    if not put(unit):
+                        return
+            except FERDataError as e:
+                skipped.append(str(e))
+            except cv2.error as e:  # a damaged file the decoder gave up on
+                skipped.append(f"{shown(inp.path)}: cannot be decoded ({str(e).strip().splitlines()[-1]})")
+        put(DONE)
+    except BaseException as e:  # noqa: BLE001 -- reported by the consumer, in one line
+        put(WorkerFailed(inp, e))
+
+
+def predict(inputs, args, model, meta, device, detector=None):
+    """Rows (dicts, in input order) for every face, and (skipped, notes). Decoding and detection run
+    in a thread; the model runs here on full batches."""
+    import torch
+
+    from FER_metrics import clip_va, softmax
+    from FER_model import infer
+    from FER_transform import build_transforms
+
+    class_names = meta["class_names"]
+    transform = build_transforms(False, meta["img_size"])
+    out_q, stop, skipped, notes = queue.Queue(maxsize=args.prefetch), threading.Event(), [], []
+    worker = threading.Thread(target=produce, args=(inputs, args, detector, transform, out_q, stop, skipped, notes),
+                              name="decode-detect", daemon=True)
+    rows, pending = [], []
+
+    def run_batch(batch):
         try:
-            if not path.exists():
-                raise FERDataError(f"{path}: file not found")
-            if kind == "image":
-                sink = None
-                if annotate:
-                    target = annotate / rel.with_suffix(".jpg")
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    sink = lambda img, t=target: cv2.imwrite(str(t), img)  # noqa: E731
-                pred.add({"filename": name}, load_image(path), sink)
-                continue
-            writer = None
-            for frame, t, rgb, fps in video_frames(path, args.frame_step):
-                sink = None
-                if annotate:
-                    if writer is None:
-                        annotate.mkdir(parents=True, exist_ok=True)
-                        writer = cv2.VideoWriter(str(annotate / f"{path.stem}_annotated.mp4"),
-                                                 cv2.VideoWriter_fourcc(*"mp4v"), fps / args.frame_step,
-                                                 (rgb.shape[1], rgb.shape[0]))
-                    sink = writer.write
-                pred.add({"filename": name, "frame": frame, "time_s": round(t, 3)}, rgb, sink)
-            pred.flush()  # the video's last frames reach its writer before it closes
-            if writer is not None:
-                writer.release()
-        except FERDataError as e:
-            skipped.append(str(e))
-    pred.flush()
-    pred.bar.close()
-    return pred, skipped
+            logits, va = infer(model, torch.stack([c for _, c in batch]), device, tta=args.tta)
+        except (RuntimeError, MemoryError) as e:  # e.g. out of GPU memory
+            raise FERError(f"the model failed on a batch of {len(batch)} faces ({type(e).__name__}: "
+                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); try a smaller "
+                           f"--batch_size") from None
+        probs, va = softmax(logits.cpu().numpy()), clip_va(va.cpu().numpy())
+        for (row, _), p, (v, a) in zip(batch, probs, va):
+            k = int(p.argmax())
+            row.update(expression=class_names[k], confidence=float(p[k]),
+                       **{f"prob_{n}": float(x) for n, x in zip(class_names, p)}, valence=float(v), arousal=float(a))
+
+    worker.start()
+    try:
+        while True:
+            try:
+                item = out_q.get(timeout=1)
+            except queue.Empty:
+                if worker.is_alive():
+                    continue
+                raise FERError("the decode/detect thread ended without a word") from None
+            if item is DONE:
+                break
+            if isinstance(item, WorkerFailed):
+                where = f" reading {shown(item.inp.path)}" if item.inp else ""
+                raise FERError(f"the decode/detect thread failed{where}: {type(item.error).__name__}: "
+                               f"{str(item.error).strip().splitlines()[-1] if str(item.error).strip() else ''}")
+            unit_rows, crops = item
+            rows.extend(unit_rows)
+            pending.extend(zip(unit_rows, crops))
+            while len(pending) >= args.batch_size:
+                run_batch(pending[:args.batch_size])
+                del pending[:args.batch_size]
+        if pending:
+            run_batch(pending)
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+    return rows, skipped, notes
+
+
+# --- outputs ------------------------------------------------------------------------------------
+def to_frame(rows, class_names):
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    for c in ("expression", "confidence", *[f"prob_{n}" for n in class_names], "valence", "arousal"):
+        if c not in df.columns:
+            df[c] = None if c == "expression" else float("nan")
+    for c in ("frame", "face_index", *BOX):
+        if c in df.columns:
+            df[c] = df[c].astype("Int64")
+    return df
+
+
+def ordered(df):
+    return df[[c for c in FIRST_COLUMNS if c in df.columns] + [c for c in df.columns if c not in FIRST_COLUMNS]]
+
+
+def track_color(track):
+    palette = [(0, 200, 0), (0, 140, 255), (255, 80, 80), (200, 0, 200), (0, 220, 220), (255, 200, 0),
+               (120, 120, 255), (80, 255, 160)]
+    return palette[int(track) % len(palette)]
+
+
+def draw(bgr, faces):
+    """Draw each face's box, id (track id in videos, face index in images), expression and
+    valence/arousal (the smoothed values when present) on bgr, in place."""
+    import cv2
+    import pandas as pd
+
+    scale = max(0.35, min(bgr.shape[:2]) / 600)
+    thick = max(1, int(round(2 * scale)))
+    for _, r in faces.iterrows():
+        if pd.isna(r.get("expression")):
+            continue
+        pre = "smooth_" if pd.notna(r.get("smooth_expression")) else ""
+        box = tuple(int(r[c]) for c in BOX) if "face_x" in r and pd.notna(r["face_x"]) else None
+        x, y, w, h = box or (0, 0, bgr.shape[1], bgr.shape[0])
+        ident = r.get("track_id") if pd.notna(r.get("track_id")) else r.get("face_index")
+        color = track_color(ident if pd.notna(ident) else 0)
+        if box:
+            cv2.rectangle(bgr, (x, y), (x + w, y + h), color, thick)
+        label = f"#{int(ident)} " if box and pd.notna(ident) else ""
+        lines = [f"{label}{r[pre + 'expression']} {r[pre + 'confidence']:.2f}",
+                 f"V {r[pre + 'valence']:+.2f} A {r[pre + 'arousal']:+.2f}"]
+        ty = y + 4 if box is None else max(0, y - int(34 * scale * len(lines)))
+        for k, text in enumerate(lines):
+            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+            top = ty + k * (th + base + 4)
+            cv2.rectangle(bgr, (x, top), (x + tw + 4, top + th + base + 4), (0, 0, 0), -1)
+            cv2.putText(bgr, text, (x + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
+    return bgr
+
+
+def write_failed(target, what):
+    """An OSError for a writer that reports failure without raising (cv2): staged_outputs turns it
+    into 'no space left on device writing <target>' when the disk is full."""
+    return OSError(errno.EIO, f"{what} could not be written", str(target))
+
+
+def annotate_image(inp, faces, target, stage):
+    import cv2
+
+    bgr = cv2.imread(str(inp.path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FERError(f"{shown(inp.path)}: could not be read again for --annotate")
+    if not cv2.imwrite(str(stage(target)), draw(bgr, faces)):
+        raise write_failed(target, "the annotated image")
+
+
+def annotate_video(inp, rows, frame_step, target, stage):
+    """Decode the video again and write the analysed frames with their faces drawn."""
+    import cv2
+
+    cap, fps = open_video(inp.path)
+    cap.release()
+    by_frame = dict(tuple(rows.groupby("frame", sort=False)))
+    writer, written = None, 0
+    tmp = stage(target)
+    try:
+        for frame, _, rgb in video_frames(inp.path, frame_step):
+            if frame not in by_frame:
+                break
+            if writer is None:
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps / frame_step,
+                                         (rgb.shape[1], rgb.shape[0]))
+                if not writer.isOpened():
+                    raise write_failed(target, "the annotated video")
+            writer.write(draw(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), by_frame[frame]))
+            written += 1
+    finally:
+        if writer is not None:
+            writer.release()
+    # cv2 does not report failed writes: read the frame count back.
+    check = cv2.VideoCapture(str(tmp), cv2.CAP_FFMPEG)
+    ok = check.isOpened() and int(check.get(cv2.CAP_PROP_FRAME_COUNT)) == written
+    check.release()
+    if not ok:
+        raise write_failed(target, "the annotated video")
+
+
+def write_outputs(df, inputs, plan, args, class_names, stage):
+    """Per-video summaries and timelines, annotated copies, and the CSV, all staged. Returns the
+    lines of the report."""
+    import FER_track
+
+    report = []
+    by_name = dict(tuple(df.groupby("filename", sort=False)))
+    for inp in inputs:
+        rows, files = by_name.get(inp.name), plan[inp.name]
+        if rows is None:  # skipped
+            continue
+        if inp.kind == "video":
+            summary = FER_track.track_summary(rows, class_names)
+            summary.to_csv(stage(files["tracks"]), index=False)
+            FER_track.plot_timeline(rows, summary, class_names, stage(files["timeline"]), inp.path.name)
+            n_frames = rows["frame"].nunique()
+            found = rows.loc[rows["expression"].notna(), "frame"].nunique()
+            report.append(f"{shown(inp.path)}: {len(summary)} track(s), faces in {found} of {n_frames} analysed "
+                          f"frames -> {shown(files['tracks'])}, {shown(files['timeline'])}"
+                          + ("" if found else " (no face: rows kept, predictions empty)"))
+        if "annotated" in files:
+            if inp.kind == "image":
+                annotate_image(inp, rows, files["annotated"], stage)
+            else:
+                annotate_video(inp, rows, args.frame_step, files["annotated"], stage)
+    ordered(df).to_csv(stage(Path(args.out)), index=False)
+    return report
 
 
 def main(argv=None):
     args = get_args(argv)
-    try:
-        pred, skipped = run(args)
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
-    cols = ["filename", "frame", "time_s", "face_x", "face_y", "face_w", "face_h", "expression", "confidence"]
-    df = pd.DataFrame(pred.rows)
-    cols = [c for c in cols if c in df.columns] + [c for c in df.columns if c not in cols]
-    df = df.reindex(columns=cols)
-    if "frame" in df.columns:
-        df["frame"] = df["frame"].astype("Int64")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out, index=False)
-    n_pred = int(df["expression"].notna().sum()) if "expression" in df.columns else 0
-    print(f"wrote {len(df)} rows ({n_pred} predicted) to {args.out}"
-          + (f"; annotated copies in {args.annotate}" if args.annotate else ""))
-    if pred.no_face:
-        print(f"no face found in {len(pred.no_face)}: {', '.join(pred.no_face[:10])}"
-              f"{' ...' if len(pred.no_face) > 10 else ''} (rows kept, predictions empty)")
+    # Everything that can be checked without the model, first: a bad path fails in a second.
+    out = check_output(args.out, "--out")
+    annotate = check_output(args.annotate, "--annotate", folder=True) if args.annotate else None
+    inputs, skipped = collect_inputs(args.paths)
+    plan = plan_outputs(inputs, out, annotate)
+    if args.device and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):  # without waiting for torch
+        raise FERError(f"--device {args.device}: unknown device (use cpu, cuda or cuda:N)")
+    check_input(args.checkpoint, "--checkpoint")
+    device = check_device(args.device)
+    if not inputs:
+        raise FERError(f"nothing to predict: {'; '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}")
+
+    import torch
+
+    import FER_track
+    from FER_model import model_from_checkpoint
+
+    model, meta = model_from_checkpoint(args.checkpoint, device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    class_names = list(meta["class_names"])
+    print(f"predicting {len(inputs)} input(s) on {device}", flush=True)
+    rows, unreadable, notes = predict(inputs, args, model, meta, device, FaceDetector() if args.detect_faces else None)
+    skipped += unreadable
     if skipped:
         print(f"skipped {len(skipped)} unreadable input(s):", *skipped, sep="\n  ")
-    if not len(df):
-        sys.exit("error: nothing could be predicted")
+    if not rows:
+        raise FERError("nothing could be predicted: every input was skipped (listed above)")
+
+    df = FER_track.assign_tracks(to_frame(rows, class_names), args.track_iou, args.track_gap)
+    if args.smooth is not None and "track_id" in df.columns:  # tracks exist in videos only
+        df = FER_track.smooth(df, args.smooth, class_names)
+    with staged_outputs() as stage:
+        report = write_outputs(df, inputs, plan, args, class_names, stage)
+
+    n_faces = int(df["expression"].notna().sum())
+    print(f"wrote {len(df)} rows ({n_faces} predicted) to {shown(args.out)}", *report, sep="\n")
+    if annotate:
+        print(f"annotated copies in {shown(annotate)}")
+    images = df["frame"].isna() if "frame" in df.columns else True
+    no_face = [shown(p) for p in df.loc[df["expression"].isna() & images, "filename"]]
+    if no_face:
+        print(f"no face found in {len(no_face)} image(s): {', '.join(no_face[:10])}"
+              f"{' ...' if len(no_face) > 10 else ''} (rows kept, predictions empty)")
+    for note in notes:
+        print("note:", note)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

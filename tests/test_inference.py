@@ -75,8 +75,9 @@ def test_face_detection(trained, tmp_path):
     # The astronaut's face is around x 170-250, y 60-170 of the 512x512 picture.
     assert x < 200 < x + w and y < 110 < y + h and 60 < w < 250
     assert isinstance(df.loc[str(face), "expression"], str)
-    assert pd.isna(df.loc[str(blank), "expression"]) and "no face found in 1: " + str(blank) in r.stdout
-    assert cv2.imread(str(tmp_path / "ann" / "astronaut.jpg")).shape == (512, 512, 3)
+    assert pd.isna(df.loc[str(blank), "expression"]) and "no face found in 1 image(s): " + str(blank) in r.stdout
+    assert df.loc[str(face), "face_index"] == 0 and "track_id" not in df.columns  # images only: no tracks
+    assert cv2.imread(str(tmp_path / "ann" / "astronaut.png")).shape == (512, 512, 3)  # same name and format
 
 
 def test_onnx_export_dynamic_batch_and_parity(trained, tmp_path):
