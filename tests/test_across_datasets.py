@@ -118,3 +118,34 @@ def test_face_box_is_cropped_with_the_margin(demo, tmp_path):
     assert torch.equal(ds[0]["image"], expected)
     whole = build_transforms(False, 32)(image=photo)["image"]
     assert torch.equal(ds[1]["image"], whole)  # no box: the whole image
+
+
+# --- every dataset format: index -> one tiny epoch -> evaluation ---------------------------------
+FORMATS = {"affectnet": 48, "affectnet_csv": 48, "rafdb": 42, "fer2013": 42, "ferplus": 60, "folders": 48}
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_every_format_trains_and_evaluates(fmt, trained, tmp_path):
+    import make_demo_data
+    make_demo_data.make_dataset(tmp_path / "data", FORMATS[fmt], size=None if fmt.startswith("fer") else 32,
+                                seed=3, progress=False, fmt=fmt)
+    r = run_here("metadata_parallel.py", "--format", fmt, "--root", tmp_path / "data", "--out_dir", tmp_path / "idx",
+                 "--quiet")
+    assert r.returncode == 0, r.stderr
+    idx = tmp_path / "idx"
+    r = run_here("train_vggface2_resnet50.py", *tiny_args({"train": idx / "metadata_train.parquet",
+                                                           "val": idx / "metadata_val.parquet"},
+                                                          tmp_path, "--epochs", 1, "--steps_per_epoch", 2))
+    assert r.returncode == 0, r.stderr
+    classes = sorted(set(pd.read_parquet(idx / "metadata_train.parquet")["expression"]))
+    ckpt = torch.load(tmp_path / "m.pth", weights_only=True)
+    assert ckpt["class_names"] == [CLASS_NAMES[c] for c in classes]
+    split = "test" if (idx / "metadata_test.parquet").exists() else "val"
+    m, pred, _ = evaluate(tmp_path / "m.pth", idx / f"metadata_{split}.parquet", tmp_path / "own")
+    assert m["n"] == len(pred) > 0 and m["classes_scored"] == [c for c in ckpt["class_names"]
+                                                                if c in set(pred["expression_true"])]
+    # The AffectNet-8 demo model on this dataset: classes matched by name.
+    m8, pred8, _ = evaluate(trained, idx / f"metadata_{split}.parquet", tmp_path / "cross")
+    present = set(pd.read_parquet(idx / f"metadata_{split}.parquet")["expression"].map(CLASS_NAMES.__getitem__))
+    assert m8["classes_scored"] == [c for c in CLASS_NAMES if c in present]
+    assert set(pred8["expression_pred"]) <= present
