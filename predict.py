@@ -41,7 +41,8 @@ def get_args(argv=None):
                    help="CSV with one row per face (per image or frame without --detect_faces); the per-video "
                         "track summaries and timelines are written beside it as <out>_<video>_tracks.csv and "
                         "<out>_<video>_timeline.png")
-    p.add_argument("--batch_size", type=int_at_least(1, 4096), default=32, help="faces per forward pass")
+    p.add_argument("--batch_size", type=int_at_least(1, 4096), default=32, metavar="N",
+                   help="faces per forward pass (default 32)")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped face")
     p.add_argument("--detect_faces", action="store_true",
                    help="predict every face found by the Haar cascade (crop with a 20%% margin) instead of the "
@@ -51,7 +52,8 @@ def get_args(argv=None):
     p.add_argument("--annotate", metavar="DIR",
                    help="write copies of the images (same name and format) and <video>_annotated.mp4 with every "
                         "face's box, track id, expression and valence/arousal")
-    p.add_argument("--frame_step", type=positive_int, default=1, help="use every N-th video frame")
+    p.add_argument("--frame_step", type=positive_int, default=1, metavar="N",
+                   help="use every N-th video frame (default 1)")
     p.add_argument("--smooth", type=float_in(0, 1, lo_open=True), metavar="ALPHA",
                    help="add smooth_* columns: exponential moving average along each video track, "
                         "s = ALPHA * new + (1 - ALPHA) * s (smaller: smoother; 1: none). Default: off")
