@@ -11,6 +11,7 @@ Imports nothing heavy: every other module may import this one.
 import argparse
 import errno
 import os
+import stat
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,17 @@ from pathlib import Path
 
 class FERError(Exception):
     """A problem that ends a script with one line; the message names the file, flag or value."""
+
+
+def _one_line_interrupt(kind, value, tb, _default=sys.excepthook):
+    """A Ctrl-C outside run_main (e.g. during a script's slow imports) ends in one line too."""
+    if issubclass(kind, KeyboardInterrupt):
+        print("\ninterrupted", file=sys.stderr)
+    else:
+        _default(kind, value, tb)
+
+
+sys.excepthook = _one_line_interrupt
 
 
 # --- staged outputs -----------------------------------------------------------------------------
@@ -77,7 +89,8 @@ def staged_outputs():
         yield stage
         stage.commit()
     except BaseException as e:
-        full = [t for t, tmp in stage.files.items() if tmp.exists() and _disk_full(tmp)]
+        full = [t for t, tmp in stage.files.items() if tmp.exists() and _disk_full(tmp)] or \
+            [t for t, tmp in stage.files.items() if not tmp.exists() and _disk_full(tmp)][-1:]  # the one being written
         stage.discard()
         if isinstance(e, FERError):
             raise
@@ -98,12 +111,36 @@ def write_text(text, target, stage=None):
 
 
 # --- up-front checks ----------------------------------------------------------------------------
+def check_replaceable(path, flag):
+    """An output file is renamed into place: an existing target must be a plain file. Renaming onto a
+    link would replace the link itself (think of /dev/stdout), onto a FIFO or device the special file."""
+    path = Path(path)
+    if path.is_symlink():
+        raise FERError(f"{flag} {path}: is a symbolic link; give the path it points to")
+    if path.exists() and not path.is_file():
+        mode = path.stat().st_mode
+        kind = next((what for test, what in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                                             (stat.S_ISSOCK, "a socket")) if test(mode)), "a device")
+        raise FERError(f"{flag} {path}: exists and is {kind}, not a regular file")
+
+
+def check_not_inputs(outputs, inputs):
+    """Refuse an output that is one of the run's inputs (a checkpoint overwritten by its own export,
+    an index by a checkpoint): compared as files, so links and other spellings are caught too."""
+    for flag, out in outputs:
+        for in_flag, inp in inputs:
+            if inp and out and os.path.exists(out) and os.path.exists(inp) and os.path.samefile(out, inp):
+                raise FERError(f"{flag} {out}: is the input {in_flag} {inp}; choose another output name")
+
+
 def check_output(path, flag, folder=False):
     """Fail now, not after an epoch, if path cannot be written: a path that is a folder (or a file,
-    for a folder), a parent that is a file, a read-only folder."""
+    for a folder), a link or special file, a parent that is a file, a read-only folder."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         raise FERError(f"{flag} {path}: is {'a file' if folder else 'a folder'}")
+    if not folder:
+        check_replaceable(path, flag)
     parent = path if folder else path.parent
     while not parent.exists():
         if parent.is_symlink():

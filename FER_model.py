@@ -109,7 +109,7 @@ def read_weights(path):
     pickled dict of numpy arrays. Returns the raw object."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
+        raise CheckpointError(f"{path}: {'not a regular file' if path.exists() else 'file not found'}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as torch_error:
@@ -166,6 +166,9 @@ def load_backbone_weights(backbone, state, label="VGGFace2", verbose=True):
     statistics, not num_batches_tracked.
     """
     state = _strip(state, ("module.", "backbone."))
+    bad = nonfinite_tensor(state)
+    if bad:
+        raise CheckpointError(f"{label}: refused, the weights hold non-finite values (NaN or inf in {bad})")
     own = backbone.state_dict()
     countable = [k for k in own if not k.endswith("num_batches_tracked") and not k.startswith("fc.")]
     usable = {k: v for k, v in state.items() if k in own and not k.startswith("fc.") and v.shape == own[k].shape}
@@ -231,6 +234,15 @@ def _infer_arch(state):
     return "resnet34" if "backbone.layer3.5.conv1.weight" in state else "resnet18"
 
 
+def _is_imagenet(norm):
+    """The normalization a checkpoint records must be the one FERDataset and the exports apply."""
+    try:
+        return all(np.allclose(np.asarray(norm[k], float), ref, atol=1e-6)
+                   for k, ref in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)))
+    except (TypeError, KeyError, ValueError):
+        return False
+
+
 def check_metadata(meta, state, path):
     """Refuse metadata that cannot describe these weights, naming the field. Returns the clean fields."""
     arch = meta.get("arch") or _infer_arch(state)
@@ -246,6 +258,10 @@ def check_metadata(meta, state, path):
         raise CheckpointError(f"{path}: field input_format = caffe_bgr exists for resnet50 only, not {arch}")
     if isinstance(img_size, bool) or not isinstance(img_size, int) or not 32 <= img_size <= 4096:
         raise CheckpointError(f"{path}: field img_size = {img_size!r} is not a whole number of pixels in 32-4096")
+    norm = meta.get("normalization", {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
+    if not _is_imagenet(norm):
+        raise CheckpointError(f"{path}: field normalization = {norm!r} is not the ImageNet mean/std this model "
+                              f"normalises with")
     if (not isinstance(names, (list, tuple)) or len(names) != n_out or len(set(map(str, names))) != len(names)
             or not all(isinstance(n, str) and n in CLASS_NAMES for n in names)):
         raise CheckpointError(f"{path}: field class_names = {names!r} does not fit the {n_out}-way head "

@@ -4,6 +4,7 @@ Run it to look at what the model will see:
 
     python FER_transform.py --meta metadata_train.parquet --out augmented_samples.png
 """
+import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import os
 import random
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset  # noqa: E402
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our errors name the file; no [ WARN ] lines
 
-from FER_io import (ArgumentParser, FERError, check_output, int_at_least, nonneg_int, run_main,  # noqa: E402
+from FER_io import (ArgumentParser, FERError, check_not_inputs, check_output, int_at_least, nonneg_int, run_main,  # noqa: E402
                    staged_outputs)
 
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
@@ -256,7 +257,7 @@ class FERDataset(Dataset):
             if mask.any():
                 self.dropped[why] = self.dropped.get(why, 0) + int(mask.sum())
                 shown = ["valence", "arousal"] if "valence" in why else ["expression"]
-                examples = ", ".join(f"{names.iloc[i]} ({', '.join(repr(df[c].iloc[i]) for c in shown if c in df)})"
+                examples = ", ".join(f"{names.iloc[i]} ({', '.join(str(df[c].iloc[i]) for c in shown if c in df)})"
                                      for i in np.flatnonzero(mask)[:3])
                 notes.append(f"{int(mask.sum())} {why}, e.g. {examples}")
         images_dir = images_dir_of(df, meta, root)
@@ -310,7 +311,10 @@ def main(argv=None):
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the sample choice and the augmentation")
     p.add_argument("--out", default="augmented_samples.png", help="where to save the PNG grid")
     args = p.parse_args(argv)
+    if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".pdf", ".svg"):
+        p.error(f"argument --out: {args.out} must end in .png, .jpg, .pdf or .svg (the picture's format)")
     check_output(args.out, "--out")
+    check_not_inputs([("--out", args.out)], [("--meta", m) for m in args.meta])
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -33,7 +33,7 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collects nothing: a suite that vanished is a failure, and is named as one.
 test: $(STAMP)
-	$(PY) -m pytest -q tests || { rc=$$?; [ $$rc -eq 5 ] && echo "error: pytest collected no tests"; exit $$rc; }
+	$(PY) -m pytest -q -n auto --dist loadfile tests || { rc=$$?; [ $$rc -eq 5 ] && echo "error: pytest collected no tests"; exit $$rc; }
 
 bench: $(STAMP)
 	$(PY) bench.py

@@ -6,6 +6,7 @@ Writes <out_dir>/metrics_resnet50.json, ConfusionMatrix_resnet50.png, ValenceAro
 and with --save_predictions FILE.csv one row per image with every value that was scored.
 Metric definitions are in the README.
 """
+import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import FER_metrics
-from FER_io import (ArgumentParser, check_device, check_input, check_output, int_at_least, nonneg_int,
+from FER_io import (ArgumentParser, check_device, check_not_inputs, check_input, check_output, int_at_least, nonneg_int,
                     positive_int, run_main, staged_outputs, write_text)
 from FER_model import model_from_checkpoint, predict_batches
 from FER_transform import FERDataError, FERDataset, integer_labels, present_classes, read_metadata
@@ -197,6 +198,8 @@ def main(argv=None):
         check_output(out_dir / name, "--out_dir")
     if args.save_predictions:
         check_output(args.save_predictions, "--save_predictions")
+    check_not_inputs([("--save_predictions", args.save_predictions)] + [("--out_dir", out_dir / n) for n in OUTPUTS],
+                     [("--checkpoint", args.checkpoint)] + [("--meta", m) for m in args.meta])
     metrics, class_names, ds, out = evaluate_checkpoint(args)
     written = write_report(args, metrics, class_names, ds, out)
     print(format_report(metrics, class_names))

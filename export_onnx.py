@@ -7,13 +7,14 @@ Input `image`: N x 3 x S x S float32, RGB, ImageNet-normalised (any N). Outputs 
 the model's metadata. After export the model runs in onnxruntime on random input; the script fails
 if the largest difference from PyTorch exceeds --tolerance.
 """
+import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from FER_io import (ArgumentParser, FERError, check_output, float_in, int_at_least, run_main,
+from FER_io import (ArgumentParser, FERError, check_not_inputs, check_output, float_in, int_at_least, run_main,
                     staged_outputs)
 from FER_model import model_from_checkpoint
 
@@ -84,6 +85,7 @@ def parity(model, out, size, batch=3):
 def main(argv=None):
     args = get_args(argv)
     check_output(args.out, "--out")
+    check_not_inputs([("--out", args.out)], [("--checkpoint", args.checkpoint)])
     model, meta = model_from_checkpoint(args.checkpoint, "cpu")
     with staged_outputs() as stage:  # the old file stays unless the new one passes the parity check
         tmp = stage(args.out)

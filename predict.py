@@ -21,14 +21,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from FER_io import (ArgumentParser, FERError, check_device, check_input, check_output, float_in, int_at_least,
-                    positive_int, run_main, staged_outputs)
+from FER_io import (ArgumentParser, FERError, check_device, check_input, check_output, check_replaceable, float_in,
+                    int_at_least, positive_int, run_main, staged_outputs)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our messages name the file; not OpenCV's warnings
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # nor FFmpeg's ("moov atom not found")
-FACE_MARGIN = 0.2  # detector boxes are tight; AffectNet crops include some forehead and chin
 BOX = ["face_x", "face_y", "face_w", "face_h"]
 FIRST_COLUMNS = ["filename", "frame", "time_s", "face_index", "track_id", *BOX, "expression", "confidence"]
 
@@ -168,35 +167,27 @@ def plan_outputs(inputs, out, annotate):
             if free(*files.values()):
                 break
         for t in files.values():
-            replaceable(t, "--annotate" if t.parent == annotate or annotate in t.parents else "--out")
+            check_replaceable(t, "--annotate" if t.parent == annotate or annotate in t.parents else "--out")
             taken.add(str(t.resolve()).lower())
             if t.resolve() in sources:
                 raise FERError(f"--annotate {annotate}: would overwrite the input {shown(t)}")
         plan[inp.name] = files
     if out.resolve() in sources:
         raise FERError(f"--out {out}: is one of the inputs")
-    replaceable(out, "--out")
+    check_replaceable(out, "--out")
     return plan
-
-
-def replaceable(target, flag):
-    """Outputs are renamed into place: an existing target must be a regular file, not a link (renaming
-    onto /dev/stdout or a FIFO would replace the special file itself; onto a folder, fail half-way)."""
-    if os.path.islink(target):  # os.replace would replace the link (think of /dev/stdout), not its target
-        raise FERError(f"{flag}: {shown(target)} is a symbolic link; give the path it points to")
-    why = why_not_readable(target) if os.path.lexists(target) else None
-    if why and why != "file name is not valid UTF-8 (rename it)":
-        raise FERError(f"{flag}: {shown(target)} exists and is {why.removeprefix('not a regular file (')[:-1]}"
-                       if why.startswith("not a regular") else f"{flag}: {shown(target)}: {why}")
 
 
 # --- decoding and detection (the producer thread) -----------------------------------------------
 class FaceDetector:
-    """Every frontal face by OpenCV's Haar cascade, expanded by FACE_MARGIN, largest first."""
+    """Every frontal face by OpenCV's Haar cascade, expanded by FER_transform.FACE_MARGIN (the margin
+    AffectNet-CSV boxes get in training), largest first."""
 
     def __init__(self):
         import cv2
 
+        from FER_transform import FACE_MARGIN
+        self.margin = FACE_MARGIN
         path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
         self.cascade = cv2.CascadeClassifier(str(path))
         if self.cascade.empty():
@@ -211,7 +202,7 @@ class FaceDetector:
                                               minSize=(max(24, side // 10),) * 2)
         boxes = []
         for x, y, w, h in sorted(faces, key=lambda f: -f[2] * f[3]):
-            m = int(round(FACE_MARGIN * max(w, h)))
+            m = int(round(self.margin * max(w, h)))
             x0, y0 = max(0, x - m), max(0, y - m)
             x1, y1 = min(rgb.shape[1], x + w + m), min(rgb.shape[0], y + h + m)
             boxes.append((int(x0), int(y0), int(x1 - x0), int(y1 - y0)))

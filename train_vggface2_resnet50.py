@@ -14,6 +14,7 @@ Outputs, named after --save_path (default FER_resnet50.pth):
     FER_resnet50_last.pth     full training state after the latest epoch, for --resume
     FER_resnet50_history.csv  per-epoch metrics;  FER_resnet50_curves.png  their plots
 """
+import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import csv
 import math
 import os
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 import FER_metrics
-from FER_io import (ArgumentParser, FERError, check_device, check_input, check_output, float_in, int_at_least,
+from FER_io import (ArgumentParser, FERError, check_device, check_input, check_not_inputs, check_output, float_in, int_at_least,
                     nonneg_float, nonneg_int, one_line, positive_int, staged_outputs)
 from FER_model import (ARCHS, CheckpointError, FERNet, as_state_dict, checkpoint_payload, imagenet_state_dict,
                        load_backbone_weights, model_initialised_from, predict_batches, read_checkpoint, read_weights,
@@ -117,8 +118,8 @@ def get_args(argv=None):
     if args.init_from and (args.no_pretrained or args.vggface2_ckpt):
         p.error("--init_from gives the starting weights: leave out --no_pretrained / --vggface2_ckpt")
     # Absolute paths: a resume from another working directory is still the same run.
-    args.train_meta = [str(Path(m).resolve()) for m in args.train_meta]
-    args.val_meta = [str(Path(m).resolve()) for m in args.val_meta]
+    args.train_meta = [os.path.abspath(m) for m in args.train_meta]  # abspath: no link resolution (loops)
+    args.val_meta = [os.path.abspath(m) for m in args.val_meta]
     return args
 
 
@@ -197,15 +198,22 @@ def preflight(args):
     paths = output_paths(args.save_path)
     for path in paths.values():
         check_output(path, "--save_path")
+    check_not_inputs([("--save_path", p) for p in paths.values()],  # --resume's file is meant to be replaced
+                     [(f"--{k}", m) for k in ("train_meta", "val_meta") for m in getattr(args, k)]
+                     + [(f"--{k}", getattr(args, k)) for k in ("init_from", "vggface2_ckpt")])
     existing = [p for p in paths.values() if p.exists()]
     if existing and not (args.resume or args.overwrite):
-        raise TrainError(f"{existing[0]} exists (an earlier run); continue it with --resume {paths['last']}, "
-                         f"or replace it with --overwrite")
+        raise TrainError(f"{existing[0]} exists (an earlier run's output); continue that run with --resume "
+                         f"{paths['last']}, or replace it with --overwrite")
 
 
 def training_classes(metas):
     """The canonical classes present in the training index(es): the model's head, in canonical order."""
     labels = [integer_labels(read_metadata(m)["expression"]) for m in metas]
+    for m, (_, ok) in zip(metas, labels):
+        if len(ok) and not ok.any():
+            raise TrainError(f"{m}: no label in the expression column is a whole number (e.g. "
+                             f"{read_metadata(m)['expression'].iloc[0]!r}); labels are class codes 0-7")
     return present_classes(np.concatenate([lab[ok] for lab, ok in labels]))
 
 
@@ -568,7 +576,7 @@ def main(argv=None):
         last = output_paths(args.save_path)["last"]
         if rank == 0:
             hint = f"; resume with: --resume {last}" if last.exists() else ""
-            print(f"\ninterrupted: every finished epoch is saved{hint}", file=sys.stderr)
+            print(f"\ninterrupted: every epoch reported above is saved{hint}", file=sys.stderr)
         code = 130
     except torch.OutOfMemoryError:
         if rank == 0:

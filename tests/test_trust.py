@@ -161,7 +161,7 @@ def test_string_and_complex_labels_are_not_labels(demo, tmp_path):
     assert ok.tolist() == [False, True, False, False, True] and labels[[1, 4]].tolist() == [2, 5]
     r = run_script(TRAIN, "--train_meta", tmp_path / "m.parquet", "--val_meta", demo["val"],
                    *tiny_args(demo, tmp_path / "t")[4:])
-    one_error_line(r, "m.parquet", "0 expression class(es)")
+    one_error_line(r, "m.parquet", "no label in the expression column is a whole number", "'")
 
 
 def test_training_stops_at_the_first_nonfinite_loss(demo, tmp_path, monkeypatch, capsys):
@@ -268,7 +268,9 @@ def test_eval_with_loader_workers_is_one_line(trained, demo, tmp_path):
 
 @pytest.mark.parametrize("field,value", [("arch", "vgg16"), ("input_format", "yuv"), ("img_size", 7),
                                          ("img_size", "224"), ("class_names", ["Happy", "Sad"]),
-                                         ("class_names", ["Happy"] * 8), ("class_names", "Neutral")])
+                                         ("class_names", ["Happy"] * 8), ("class_names", "Neutral"),
+                                         ("normalization", {"mean": [0, 0, 0], "std": [0, 0, 0]}),
+                                         ("normalization", {"mean": [0.5]})])
 def test_inconsistent_checkpoint_metadata_is_refused(trained, demo, tmp_path, field, value):
     ckpt = torch.load(trained, weights_only=True)
     ckpt[field] = value
@@ -328,3 +330,68 @@ def test_resume_may_change_speed_flags(demo, last_state, tmp_path):
                                      "--resume", run / "m_last.pth"))
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stdout and "epoch 2/2" in r.stdout
+
+
+# --- found by trying the scripts as a hostile user ----------------------------------------------
+@pytest.mark.parametrize("case", ["export_onto_checkpoint", "predictions_onto_checkpoint", "checkpoint_onto_index",
+                                  "grid_onto_index"])
+def test_an_output_never_replaces_an_input(trained, demo, tmp_path, case):
+    ckpt = tmp_path / "m.pth"
+    ckpt.write_bytes(trained.read_bytes())
+    meta = tmp_path / "metadata_val.parquet"
+    meta.write_bytes(demo["val"].read_bytes())
+    script, args, needle = {
+        "export_onto_checkpoint": ("export_onnx.py", ["--checkpoint", ckpt, "--out", ckpt], "is the input --checkpoint"),
+        "predictions_onto_checkpoint": ("eval_resnet50.py", ["--checkpoint", ckpt, "--meta", meta, "--out_dir",
+                                                             tmp_path / "ev", "--save_predictions", ckpt],
+                                        "is the input --checkpoint"),
+        "checkpoint_onto_index": (TRAIN, tiny_args(demo, tmp_path, "--val_meta", meta, "--save_path", meta,
+                                                   "--overwrite"), "is the input --val_meta"),
+        "grid_onto_index": ("FER_transform.py", ["--meta", meta, "--out", tmp_path / "x.png"], None)}[case]
+    if case == "grid_onto_index":
+        (tmp_path / "x.png").symlink_to(meta)
+        needle = "symbolic link"
+    before = snapshot(tmp_path)
+    one_error_line(run_here(script, *args), needle)
+    assert snapshot(tmp_path) == before
+
+
+def test_nonfinite_pretrained_weights_are_refused(tmp_path):
+    import torchvision
+    state = torchvision.models.resnet18().state_dict()
+    state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "w.pth")
+    from FER_model import CheckpointError
+    with pytest.raises(CheckpointError, match="w.pth.*non-finite.*layer2.0.conv1.weight"):
+        T.build_model(T.get_args(["--arch", "resnet18", "--vggface2_ckpt", str(tmp_path / "w.pth"),
+                                  "--vggface2_layout", "torchvision"]), T.Say(False))
+
+
+def test_special_inputs_are_one_line(demo, trained, tmp_path):
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2.parquet")
+    (tmp_path / "loop2.parquet").symlink_to(tmp_path / "loop1")
+    r = run_here(TRAIN, *tiny_args(demo, tmp_path / "run", "--train_meta", tmp_path / "loop2.parquet"))
+    one_error_line(r, "--train_meta", "loop2.parquet")
+    import os
+    os.mkfifo(tmp_path / "fifo.pth")
+    r = run_here("export_onnx.py", "--checkpoint", tmp_path / "fifo.pth", "--out", tmp_path / "m.onnx")
+    one_error_line(r, "fifo.pth", "not a regular file")
+
+
+def test_grid_needs_a_picture_format(demo, tmp_path):
+    one_error_line(run_here("FER_transform.py", "--meta", demo["train"], "--out", tmp_path / "grid"), "--out", ".png")
+
+
+def test_ctrl_c_while_starting_is_one_line(demo, tmp_path):
+    """SIGINT a second after start: during the imports or the first steps, either way one line."""
+    import signal
+    import sys
+    from conftest import ROOT
+    proc = subprocess.Popen([sys.executable, str(ROOT / TRAIN), *tiny_args(demo, tmp_path, "--epochs", 50)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import time
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode in (130, -signal.SIGINT) and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err
