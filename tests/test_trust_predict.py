@@ -93,7 +93,7 @@ def test_bad_output_locations_fail_before_the_checkpoint_is_read(tmp_path, old_o
              (["--annotate", tmp_path], ["--annotate", "would overwrite the input", "x.jpg"]),
              (["--checkpoint", tmp_path / "a_folder"], ["--checkpoint", "not a regular file"]),
              (["--out", tmp_path / "fifo.csv"], ["--out", "fifo.csv", "exists and is a FIFO"]),
-             (["--out", tmp_path / "link.csv"], ["--out", "link.csv is a symbolic link"]),
+             (["--out", tmp_path / "link.csv"], ["--out", "link.csv", "is a symbolic link"]),
              (["--annotate", tmp_path / "ann"], ["--annotate", "x.jpg", "exists and is a folder"]),
              (["--device", "tpu"], ["--device tpu", "unknown device"])]
     for extra, words in cases:
