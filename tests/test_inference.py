@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_here, run_script
 from FER_model import model_from_checkpoint
 
 PROBS = [f"prob_{n}" for n in ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]]
@@ -112,5 +112,5 @@ def test_predict_bad_checkpoint_one_line(tmp_path):
                                     "eval_resnet50.py", "predict.py", "export_onnx.py", "make_demo_data.py",
                                     "bench.py"])
 def test_help(script):
-    r = run_script(script, "--help")
+    r = run_here(script, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout and "--" in r.stdout

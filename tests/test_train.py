@@ -11,7 +11,7 @@ import torchvision
 
 import FER_model
 import train_vggface2_resnet50 as T
-from conftest import ROOT, run_script, tiny_args
+from conftest import ROOT, run_here, run_script, tiny_args
 from FER_model import CheckpointError, FERNet, load_backbone_weights, read_weights
 from FER_transform import IMAGENET_MEAN, IMAGENET_STD
 
@@ -180,7 +180,7 @@ def test_coverage_ignores_num_batches_tracked():
 
 # --- the training script ------------------------------------------------------------------------
 def test_short_run_outputs(demo, tmp_path):
-    r = run_script("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, "--epochs", 2, "--freeze_epochs", 1))
+    r = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, "--epochs", 2, "--freeze_epochs", 1))
     assert r.returncode == 0, r.stderr
     for name in ("m.pth", "m_last.pth", "m_history.csv", "m_curves.png"):
         assert (tmp_path / name).is_file(), name
@@ -196,7 +196,7 @@ def test_short_run_outputs(demo, tmp_path):
 
 
 def test_early_stopping(demo, tmp_path):
-    r = run_script("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, "--epochs", 6, "--patience", 2,
+    r = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, "--epochs", 6, "--patience", 2,
                                                             "--lr", 0, "--weight_decay", 0))
     assert r.returncode == 0, r.stderr
     assert "early stopping" in r.stdout and "epoch 3/6" in r.stdout and "epoch 4/6" not in r.stdout
@@ -252,7 +252,7 @@ def test_empty_split_is_an_error(demo, tmp_path):
     df.to_parquet(tmp_path / "train.parquet")
     args = tiny_args(demo, tmp_path, "--epochs", 1)
     args[1] = str(tmp_path / "train.parquet")
-    r = run_script("train_vggface2_resnet50.py", *args)
+    r = run_here("train_vggface2_resnet50.py", *args)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "1 expression class(es) with labels 0-7; at least 2 are needed" in r.stderr
 

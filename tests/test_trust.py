@@ -13,7 +13,7 @@ import torch
 
 import FER_io
 import train_vggface2_resnet50 as T
-from conftest import run_here, run_script, tiny_args
+from conftest import run_here, tiny_args
 from FER_transform import FERDataset, integer_labels
 
 TRAIN = "train_vggface2_resnet50.py"
@@ -89,7 +89,7 @@ def test_eval_on_a_full_disk_keeps_the_old_report(trained, demo, mount):
         fill_disk(d, leave=16 * 1024)  # the JSON fits, the PNGs do not
     disk = mount("512k", fill=old_report)
     before = snapshot(disk)
-    r = run_script("eval_resnet50.py", "--checkpoint", trained, "--meta", demo["val"], "--out_dir", disk,
+    r = run_here("eval_resnet50.py", "--checkpoint", trained, "--meta", demo["val"], "--out_dir", disk,
                    "--num_workers", 0)
     one_error_line(r, "no space left on device writing", disk)
     assert snapshot(disk) == before
@@ -98,7 +98,7 @@ def test_eval_on_a_full_disk_keeps_the_old_report(trained, demo, mount):
 def test_training_on_a_full_disk_is_one_line(demo, mount):
     disk = mount("1m", fill=lambda d: fill_disk(d, leave=64 * 1024))
     before = snapshot(disk)
-    r = run_script(TRAIN, *tiny_args(demo, disk, "--epochs", 1))
+    r = run_here(TRAIN, *tiny_args(demo, disk, "--epochs", 1))
     one_error_line(r, "no space left on device writing", disk)
     assert snapshot(disk) == before
 
@@ -106,7 +106,7 @@ def test_training_on_a_full_disk_is_one_line(demo, mount):
 def test_export_keeps_the_old_onnx_when_the_check_fails(trained, tmp_path):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"the model we shipped")
-    r = run_script("export_onnx.py", "--checkpoint", trained, "--out", out, "--tolerance", 1e-30)
+    r = run_here("export_onnx.py", "--checkpoint", trained, "--out", out, "--tolerance", 1e-30)
     one_error_line(r, "--tolerance", "m.onnx not written")
     assert out.read_bytes() == b"the model we shipped" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
@@ -115,16 +115,16 @@ def test_export_keeps_the_old_onnx_when_the_check_fails(trained, tmp_path):
 def test_training_refuses_to_replace_an_earlier_run(demo, trained):
     folder = trained.parent
     before = snapshot(folder)
-    r = run_script(TRAIN, *tiny_args(demo, folder, "--epochs", 1, "--save_path", trained))
+    r = run_here(TRAIN, *tiny_args(demo, folder, "--epochs", 1, "--save_path", trained))
     one_error_line(r, trained, "--resume", "FER_resnet18_last.pth", "--overwrite")
     assert snapshot(folder) == before
 
 
 def test_overwrite_replaces_an_earlier_run(demo, tmp_path):
-    r = run_script(TRAIN, *tiny_args(demo, tmp_path, "--epochs", 1, "--steps_per_epoch", 1))
+    r = run_here(TRAIN, *tiny_args(demo, tmp_path, "--epochs", 1, "--steps_per_epoch", 1))
     assert r.returncode == 0, r.stderr
     (tmp_path / "m_history.csv").write_text("stale")
-    r = run_script(TRAIN, *tiny_args(demo, tmp_path, "--epochs", 1, "--steps_per_epoch", 1, "--overwrite"))
+    r = run_here(TRAIN, *tiny_args(demo, tmp_path, "--epochs", 1, "--steps_per_epoch", 1, "--overwrite"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "m_history.csv").read_text().startswith("epoch,")
 
@@ -159,7 +159,7 @@ def test_string_and_complex_labels_are_not_labels(demo, tmp_path):
     assert len(ds) == 0 and ds.dropped == {"labels that are not whole numbers": len(df)}
     labels, ok = integer_labels(pd.Series([1 + 1j, 2.0, True, "4", 5], dtype=object))
     assert ok.tolist() == [False, True, False, False, True] and labels[[1, 4]].tolist() == [2, 5]
-    r = run_script(TRAIN, "--train_meta", tmp_path / "m.parquet", "--val_meta", demo["val"],
+    r = run_here(TRAIN, "--train_meta", tmp_path / "m.parquet", "--val_meta", demo["val"],
                    *tiny_args(demo, tmp_path / "t")[4:])
     one_error_line(r, "m.parquet", "no label in the expression column is a whole number", "'")
 
@@ -194,7 +194,7 @@ def test_nonfinite_weights_are_refused(trained, demo, tmp_path, script):
     extra = {"eval_resnet50.py": ["--meta", demo["val"], "--out_dir", tmp_path],
              "predict.py": [demo["root"] / "images" / "0.jpg", "--out", tmp_path / "p.csv"],
              "export_onnx.py": ["--out", tmp_path / "m.onnx"]}[script]
-    r = run_script(script, "--checkpoint", bad, *extra)
+    r = run_here(script, "--checkpoint", bad, *extra)
     one_error_line(r, "nan.pth", "non-finite", "fc_reg.bias")
     assert [p.name for p in tmp_path.iterdir()] == ["nan.pth"]
 
@@ -260,7 +260,7 @@ def test_eval_with_loader_workers_is_one_line(trained, demo, tmp_path):
     df = pd.read_parquet(demo["val"])
     df.loc[2, "filename"] = "gone.jpg"
     df.to_parquet(tmp_path / "m.parquet")
-    r = run_script("eval_resnet50.py", "--checkpoint", trained, "--meta", tmp_path / "m.parquet",
+    r = run_here("eval_resnet50.py", "--checkpoint", trained, "--meta", tmp_path / "m.parquet",
                    "--out_dir", tmp_path / "out", "--num_workers", 2)
     one_error_line(r, "gone.jpg: file not found")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -314,7 +314,7 @@ def test_resume_must_be_the_same_run(demo, last_state, tmp_path, case):
     else:
         last = last_state / "m.pth"
     before = snapshot(last_state)
-    r = run_script(TRAIN, *tiny_args(demo, last_state, "--epochs", 2, "--steps_per_epoch", 1, *extra,
+    r = run_here(TRAIN, *tiny_args(demo, last_state, "--epochs", 2, "--steps_per_epoch", 1, *extra,
                                      "--resume", last))
     needles = {"no_scheduler": ["field scheduler missing"], "no_train_state": ["field train_state missing"],
                "other_arch": ["field arch = resnet18", "--arch resnet34"],
@@ -325,7 +325,7 @@ def test_resume_must_be_the_same_run(demo, last_state, tmp_path, case):
 
 def test_resume_may_change_speed_flags(demo, last_state, tmp_path):
     run = shutil.copytree(last_state, tmp_path / "run")
-    r = run_script(TRAIN, *tiny_args(demo, run, "--epochs", 2, "--steps_per_epoch", 1,
+    r = run_here(TRAIN, *tiny_args(demo, run, "--epochs", 2, "--steps_per_epoch", 1,
                                      "--num_workers", 1, "--prefetch_factor", 2, "--device", "cpu",
                                      "--resume", run / "m_last.pth"))
     assert r.returncode == 0, r.stderr
