@@ -42,6 +42,13 @@ def run_here(script, *args):
     return subprocess.CompletedProcess([script, *argv], code or 0, out.getvalue(), err.getvalue())
 
 
+def interruptible():
+    """Popen(preexec_fn=...) for tests that press Ctrl-C: a child started from a background job
+    (as CI may run us) inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 TINY = ["--arch", "resnet18", "--img_size", 32, "--batch_size", 8, "--no_pretrained", "--num_workers", 0]
 
 

@@ -13,7 +13,7 @@ import torch
 
 import FER_io
 import train_vggface2_resnet50 as T
-from conftest import run_here, tiny_args
+from conftest import interruptible, run_here, tiny_args
 from FER_transform import FERDataset, integer_labels
 
 TRAIN = "train_vggface2_resnet50.py"
@@ -388,7 +388,7 @@ def test_ctrl_c_while_starting_is_one_line(demo, tmp_path):
     import sys
     from conftest import ROOT
     proc = subprocess.Popen([sys.executable, str(ROOT / TRAIN), *tiny_args(demo, tmp_path, "--epochs", 50)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     import time
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)

@@ -15,7 +15,7 @@ import pytest
 
 import make_demo_data
 import metadata_parallel as mp
-from conftest import ROOT, run_script
+from conftest import ROOT, interruptible, run_script
 from FER_io import run_main
 
 
@@ -112,7 +112,8 @@ def test_ctrl_c_leaves_no_half_written_files(tmp_path):
     write_fer2013(tmp_path / "fer" / "fer2013.csv", 3000, seed=1)  # new pixels: every PNG would change
     before = snapshot(out)
     proc = subprocess.Popen([sys.executable, str(ROOT / "metadata_parallel.py"), "--root", tmp_path / "fer",
-                             "--out_dir", out], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--out_dir", out], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=interruptible)
     seen, deadline = b"", time.time() + 60
     while b"pixels -> PNG" not in seen and time.time() < deadline and proc.poll() is None:
         seen += os.read(proc.stderr.fileno(), 4096)

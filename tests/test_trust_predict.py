@@ -13,7 +13,7 @@ import pytest
 
 import FER_io
 import predict
-from conftest import ROOT, run_script
+from conftest import ROOT, interruptible, run_script
 from test_video import face_video
 
 OLD = b"earlier results, not to be lost\n"
@@ -199,7 +199,7 @@ def test_ctrl_c_mid_video(trained, tmp_path, old_out):
     long_clip = face_video(tmp_path / "long.mp4", n=300)
     proc = subprocess.Popen([sys.executable, str(ROOT / "predict.py"), "--checkpoint", str(trained), str(long_clip),
                              "--detect_faces", "--out", str(old_out), "--annotate", str(tmp_path / "ann")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     assert proc.stdout.readline().startswith("predicting")  # the model is loaded, the video is being read
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
