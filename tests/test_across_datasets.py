@@ -149,3 +149,18 @@ def test_every_format_trains_and_evaluates(fmt, trained, tmp_path):
     present = set(pd.read_parquet(idx / f"metadata_{split}.parquet")["expression"].map(CLASS_NAMES.__getitem__))
     assert m8["classes_scored"] == [c for c in CLASS_NAMES if c in present]
     assert set(pred8["expression_pred"]) <= present
+
+
+def test_predict_and_onnx_carry_the_checkpoints_classes(seven_model, demo, tmp_path):
+    import onnxruntime as ort
+    r = run_here("predict.py", "--checkpoint", seven_model, demo["root"] / "images" / "0.jpg", "--out",
+                 tmp_path / "p.csv")
+    assert r.returncode == 0, r.stderr
+    pred = pd.read_csv(tmp_path / "p.csv")
+    assert [c for c in pred.columns if c.startswith("prob_")] == [f"prob_{c}" for c in SEVEN]
+    r = run_here("export_onnx.py", "--checkpoint", seven_model, "--out", tmp_path / "m.onnx")
+    assert r.returncode == 0, r.stderr
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert json.loads(session.get_modelmeta().custom_metadata_map["class_names"]) == SEVEN
+    logits, _ = session.run(None, {"image": np.zeros((2, 3, 32, 32), np.float32)})
+    assert logits.shape == (2, 7)
