@@ -11,6 +11,7 @@ Imports nothing heavy: every other module may import this one.
 import argparse
 import errno
 import os
+import shutil
 import stat
 import sys
 from contextlib import contextmanager
@@ -71,7 +72,6 @@ class Stage:
         for tmp in self.files.values():
             try:
                 if tmp.is_dir():
-                    import shutil
                     shutil.rmtree(tmp)
                 else:
                     tmp.unlink()

@@ -206,6 +206,20 @@ def present_classes(labels):
     return [name for k, name in enumerate(CLASS_NAMES) if k in found]
 
 
+def classes_in(metas):
+    """The canonical classes present in index file(s), in canonical order (a model's head, or the
+    classes an evaluation set can score). A file none of whose labels is a whole number is an error."""
+    found = []
+    for meta in metas:
+        column = read_metadata(meta)["expression"]
+        labels, ok = integer_labels(column)
+        if len(ok) and not ok.any():
+            raise FERDataError(f"{meta}: no label in the expression column is a whole number (e.g. "
+                               f"{column.iloc[0]!r}); labels are class codes 0-7")
+        found.append(labels[ok])
+    return present_classes(np.concatenate(found) if found else [])
+
+
 class FERDataset(Dataset):
     """Samples of one or more index parquets: {"image": 3xHxW float, "y_cls": long, "y_reg": float32
     [v, a] (NaN where the dataset has none), "index"}.

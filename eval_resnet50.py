@@ -21,7 +21,7 @@ import FER_metrics
 from FER_io import (ArgumentParser, check_device, check_not_inputs, check_input, check_output, int_at_least, nonneg_int,
                     positive_int, run_main, staged_outputs, write_text)
 from FER_model import model_from_checkpoint, predict_batches
-from FER_transform import FERDataError, FERDataset, integer_labels, present_classes, read_metadata
+from FER_transform import FERDataError, FERDataset, classes_in
 
 OUTPUTS = ("metrics_resnet50.json", "ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png")
 
@@ -119,8 +119,7 @@ def format_report(m, class_names):
 
 def scored_classes(checkpoint_classes, metas, all_classes):
     """(classes scored, eval-set classes left out, checkpoint classes left out of the argmax)."""
-    labels = [integer_labels(read_metadata(m)["expression"]) for m in metas]
-    present = present_classes(np.concatenate([lab[ok] for lab, ok in labels]))
+    present = classes_in(metas)
     scored = list(checkpoint_classes) if all_classes else [c for c in checkpoint_classes if c in present]
     if not scored:
         raise FERDataError(f"{', '.join(map(str, metas))}: no class in common with the checkpoint "

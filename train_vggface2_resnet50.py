@@ -38,7 +38,7 @@ from FER_io import (ArgumentParser, FERError, check_device, check_input, check_n
 from FER_model import (ARCHS, CheckpointError, FERNet, as_state_dict, checkpoint_payload, imagenet_state_dict,
                        load_backbone_weights, model_initialised_from, predict_batches, read_checkpoint, read_weights,
                        save_checkpoint)
-from FER_transform import CLASS_NAMES, FERDataset, integer_labels, present_classes, read_metadata
+from FER_transform import CLASS_NAMES, FERDataset, classes_in
 
 DEFAULT_VGGFACE2 = "weight/resnet50_vggface2.pth"
 REG_WEIGHT = 0.5
@@ -205,16 +205,6 @@ def preflight(args):
     if existing and not (args.resume or args.overwrite):
         raise TrainError(f"{existing[0]} exists (an earlier run's output); continue that run with --resume "
                          f"{paths['last']}, or replace it with --overwrite")
-
-
-def training_classes(metas):
-    """The canonical classes present in the training index(es): the model's head, in canonical order."""
-    labels = [integer_labels(read_metadata(m)["expression"]) for m in metas]
-    for m, (_, ok) in zip(metas, labels):
-        if len(ok) and not ok.any():
-            raise TrainError(f"{m}: no label in the expression column is a whole number (e.g. "
-                             f"{read_metadata(m)['expression'].iloc[0]!r}); labels are class codes 0-7")
-    return present_classes(np.concatenate([lab[ok] for lab, ok in labels]))
 
 
 def check_resume(ckpt_path, args, class_names):
@@ -483,7 +473,7 @@ def train(args, rank, world, device):
         torch.backends.cudnn.deterministic = args.deterministic
     seed_epoch(args.seed, -1)
 
-    class_names = training_classes(args.train_meta)
+    class_names = classes_in(args.train_meta)  # the head: the classes present in the training index(es)
     if len(class_names) < 2:
         raise TrainError(f"{', '.join(args.train_meta)}: {len(class_names)} expression class(es) with labels 0-7; "
                          f"at least 2 are needed")
