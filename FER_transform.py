@@ -239,6 +239,7 @@ class FERDataset(Dataset):
         paths = [metadata_paths] if isinstance(metadata_paths, (str, os.PathLike)) else list(metadata_paths)
         self.classes = list(classes)
         self.paths, self.filenames, self.labels, self.va, self.boxes, self.dropped = [], [], [], [], [], {}
+        self.sources = []  # (index file, rows kept from it), in order: the run record fingerprints each
         for meta in paths:
             self._add(meta, root, require_va, verbose)
         self.labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
@@ -276,6 +277,7 @@ class FERDataset(Dataset):
                 notes.append(f"{int(mask.sum())} {why}, e.g. {examples}")
         images_dir = images_dir_of(df, meta, root)
         kept = names[keep].tolist()
+        self.sources.append((str(meta), len(kept)))
         self.filenames += kept
         self.paths += [os.path.join(images_dir, f) for f in kept]
         head = {CLASS_NAMES.index(c): k for k, c in enumerate(self.classes)}

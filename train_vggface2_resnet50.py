@@ -13,6 +13,9 @@ Outputs, named after --save_path (default FER_resnet50.pth):
     FER_resnet50.pth          best epoch by validation accuracy (weights + everything to use them)
     FER_resnet50_last.pth     full training state after the latest epoch, for --resume
     FER_resnet50_history.csv  per-epoch metrics;  FER_resnet50_curves.png  their plots
+    FER_resnet50_run.json     where the run came from (flags, code, data fingerprints, times; see FER_run.py)
+    FER_resnet50_config.yaml  its resolved flags: --config FER_resnet50_config.yaml repeats the run
+    FER_resnet50_tensorboard/ TensorBoard events, with --tensorboard
 """
 import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import csv
@@ -33,6 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 import FER_metrics
+import FER_run
 from FER_io import (ArgumentParser, FERError, check_device, check_input, check_not_inputs, check_output, float_in, int_at_least,
                     nonneg_float, nonneg_int, one_line, positive_int, staged_outputs)
 from FER_model import (ARCHS, CheckpointError, FERNet, as_state_dict, checkpoint_payload, imagenet_state_dict,
@@ -47,7 +51,7 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Flags a resumed run may change: they change speed or where files go, not what is computed.
 # Every other flag defines the run, so a resume with another value is refused.
 RESUMABLE_CHANGES = ("num_workers", "prefetch_factor", "device", "amp_dtype", "compile", "deterministic",
-                     "resume", "overwrite", "save_path")
+                     "resume", "overwrite", "save_path", "config", "tensorboard")
 HANDLES_ERRORS = True  # main() turns errors into one line itself (rank-aware), without FER_io.run_main
 NONFINITE_CHECK_EVERY = 16  # steps between looks at the loss: one device sync each time, not every step
 
@@ -112,6 +116,13 @@ def get_args(argv=None):
     g.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier run at --save_path (otherwise training refuses to start)")
     g.add_argument("--seed", type=nonneg_int, default=42, help="seed of initialisation, sampling and augmentation")
+    g.add_argument("--config", metavar="FILE", default=None,
+                   help="YAML or JSON file of flag values (flag name: value), e.g. an earlier run's "
+                        "<stem>_config.yaml; flags given on the command line override it")
+    g.add_argument("--tensorboard", metavar="DIR", nargs="?", const="", default=None,
+                   help="write TensorBoard curves to DIR (default without DIR: <stem>_tensorboard beside the "
+                        "checkpoint); view with: tensorboard --logdir <folder of your runs>")
+    FER_run.apply_config(p, argv)
     args = p.parse_args(argv)
     if args.resume and args.overwrite:
         p.error("--resume continues the run at --save_path, --overwrite replaces it: give one of them")
@@ -183,7 +194,14 @@ def output_paths(save_path):
     save_path = Path(save_path)
     stem = save_path.with_suffix("")
     return {"best": save_path, "last": Path(f"{stem}_last.pth"), "history": Path(f"{stem}_history.csv"),
-            "curves": Path(f"{stem}_curves.png")}
+            "curves": Path(f"{stem}_curves.png"), "run": Path(f"{stem}_run.json"), "config": Path(f"{stem}_config.yaml")}
+
+
+def tensorboard_dir(args):
+    """Where --tensorboard writes: DIR, or <stem>_tensorboard beside the checkpoint; None without the flag."""
+    if args.tensorboard is None:
+        return None
+    return Path(args.tensorboard or f"{Path(args.save_path).with_suffix('')}_tensorboard")
 
 
 def preflight(args):
@@ -192,7 +210,7 @@ def preflight(args):
     for flag in ("train_meta", "val_meta"):
         for path in getattr(args, flag):
             check_input(path, f"--{flag}")
-    for flag in ("resume", "init_from", "vggface2_ckpt"):
+    for flag in ("resume", "init_from", "vggface2_ckpt", "config"):
         if getattr(args, flag):
             check_input(getattr(args, flag), f"--{flag}")
     paths = output_paths(args.save_path)
@@ -200,8 +218,12 @@ def preflight(args):
         check_output(path, "--save_path")
     check_not_inputs([("--save_path", p) for p in paths.values()],  # --resume's file is meant to be replaced
                      [(f"--{k}", m) for k in ("train_meta", "val_meta") for m in getattr(args, k)]
-                     + [(f"--{k}", getattr(args, k)) for k in ("init_from", "vggface2_ckpt")])
+                     + [(f"--{k}", getattr(args, k)) for k in ("init_from", "vggface2_ckpt", "config")])
     existing = [p for p in paths.values() if p.exists()]
+    tb = tensorboard_dir(args)
+    if tb is not None:
+        check_output(tb, "--tensorboard", folder=True)
+        existing += list(tb.glob("events.out.tfevents.*"))[:1]
     if existing and not (args.resume or args.overwrite):
         raise TrainError(f"{existing[0]} exists (an earlier run's output); continue that run with --resume "
                          f"{paths['last']}, or replace it with --overwrite")
@@ -320,9 +342,11 @@ def stop_if_nonfinite(first_bad, epoch, amp_dtype, lr):
                          f"nothing of this epoch was saved")
 
 
-def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dtype, steps, show, epoch=0):
+def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dtype, steps, show, epoch=0,
+                    step_losses=None):
     """Returns mean loss, accuracy, images/s and the share of wall time spent waiting for data.
-    Stops with a TrainError at the first non-finite loss."""
+    Stops with a TrainError at the first non-finite loss. step_losses: a list that receives each step's
+    loss as a device scalar (read once after the epoch, for TensorBoard)."""
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n: one sync per epoch
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
     wait, start = 0.0, time.perf_counter()
@@ -343,6 +367,8 @@ def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dty
             sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y_cls).sum().double(),
                                  torch.tensor(n, device=device, dtype=torch.float64)])
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+        if step_losses is not None:
+            step_losses.append(loss.detach())
         if (step + 1) % NONFINITE_CHECK_EVERY == 0:
             stop_if_nonfinite(first_bad, epoch, amp_dtype, optimizer.param_groups[0]["lr"])
         bar.update()
@@ -379,14 +405,21 @@ def validate(model, loader, criterion, device, amp_dtype, world, show):
     has_va = ~np.isnan(out["y_reg"]).any(1)
     rmse = FER_metrics.rmse(out["y_reg"][has_va], out["va"][has_va]) if has_va.any() else \
         dict.fromkeys(("combined", "valence", "arousal"), float("nan"))  # the same code as eval_resnet50.py
+    ccc = [FER_metrics.ccc(out["y_reg"][has_va, k].astype(np.float64),
+                           FER_metrics.clip_va(out["va"][has_va, k].astype(np.float64))) if has_va.any() else None
+           for k in (0, 1)]
     return {"val_loss": loss, "val_acc": FER_metrics.accuracy(out["y_cls"], out["logits"].argmax(1)),
-            "val_rmse": rmse["combined"], "val_rmse_valence": rmse["valence"], "val_rmse_arousal": rmse["arousal"]}
+            "val_f1_macro": FER_metrics.f1_macro(out["y_cls"], out["logits"].argmax(1)),
+            "val_rmse": rmse["combined"], "val_rmse_valence": rmse["valence"], "val_rmse_arousal": rmse["arousal"],
+            "val_ccc_valence": float("nan") if ccc[0] is None else ccc[0],
+            "val_ccc_arousal": float("nan") if ccc[1] is None else ccc[1]}
 
 
 # --- outputs ------------------------------------------------------------------------------------
 def write_history(history, paths, stage):
     with open(stage(paths["history"]), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+        # Every key of every row: a run resumed from an older version adds columns.
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for h in history for k in h)))
         writer.writeheader()
         writer.writerows(history)
     import matplotlib
@@ -408,10 +441,13 @@ def write_history(history, paths, stage):
     plt.close(fig)
 
 
-def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler):
-    """The epoch's checkpoints, history and curves, replaced together or not at all."""
-    meta = dict(epoch=row["epoch"], metrics={k: v for k, v in row.items() if k.startswith("val")}, args=vars(args))
+def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, run):
+    """The epoch's checkpoints, history, curves, run record and config, replaced together or not at all."""
+    meta = dict(epoch=row["epoch"], metrics={k: v for k, v in row.items() if k.startswith("val")}, args=vars(args),
+                run=run)
     with staged_outputs() as stage:
+        FER_run.write_json(run, stage(paths["run"]))
+        FER_run.write_config(args, stage(paths["config"]))
         if better_acc:
             save_checkpoint(checkpoint_payload(model, args.img_size, **meta), paths["best"], stage)
         save_checkpoint(checkpoint_payload(model, args.img_size, optimizer=optimizer.state_dict(),
@@ -463,7 +499,7 @@ def make_loaders(args, train_ds, val_ds, rank, world, cuda):
     return train_loader, val_loader, sampler, weights, workers
 
 
-def train(args, rank, world, device):
+def train(args, rank, world, device, command=None):
     say = Say(rank == 0)
     paths = output_paths(args.save_path)
     cuda = device.type == "cuda"
@@ -495,7 +531,8 @@ def train(args, rank, world, device):
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     criterion = make_criterion(weights, device)
-    state = {"epoch": 0, "best_acc": -1.0, "best_rmse": math.inf, "bad_epochs": 0, "stopped": False, "history": []}
+    state = {"epoch": 0, "best_acc": -1.0, "best_rmse": math.inf, "bad_epochs": 0, "stopped": False, "history": [],
+             "steps": 0}
     if resumed:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
@@ -506,6 +543,14 @@ def train(args, rank, world, device):
         if state["stopped"] or state["epoch"] >= args.epochs:
             say("that run is already complete; nothing to do")
             return
+    precision = f"mixed {args.amp_dtype}" if amp_dtype else "float32"
+    run = FER_run.RunRecord(args, command or FER_run.command_line(__file__), device, world, precision,
+                            {"train": FER_run.data_record(train_ds), "val": FER_run.data_record(val_ds)},
+                            {k: paths[k].name for k in ("best", "last", "history", "curves", "config")},
+                            previous=resumed.get("run") if resumed else None)
+    tb_dir = tensorboard_dir(args)
+    run.record["outputs"]["tensorboard"] = None if tb_dir is None else os.path.relpath(tb_dir, paths["run"].parent)
+    tensorboard = FER_run.TensorBoardLog(tb_dir if rank == 0 else None, purge_step=state.setdefault("steps", 0))
 
     show = rank == 0 and sys.stderr.isatty()
     say(f"training on {device}{f' x{world}' if world > 1 else ''}, "
@@ -524,8 +569,9 @@ def train(args, rank, world, device):
         seed_epoch(args.seed, epoch)
         sampler.set_epoch(epoch)
         train_mode(model, frozen)
+        step_losses = []
         stats = train_one_epoch(train_model, train_loader, optimizer, scaler, criterion, device, amp_dtype,
-                                args.steps_per_epoch, show, epoch)
+                                args.steps_per_epoch, show, epoch, step_losses)
         stats.update(validate(model, val_loader, criterion, device, amp_dtype, world, show))
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -540,8 +586,11 @@ def train(args, rank, world, device):
         stage_name = "all" if blocks is None else "+".join(blocks)
         row = {"epoch": epoch + 1, "lr": lr, "trainable": stage_name, **stats, "time_s": time.time() - t0}
         state["history"].append(row)
+        tensorboard.epoch(row, torch.stack(step_losses).tolist() if step_losses else [], state["steps"])
+        state["steps"] += len(step_losses)
         if rank == 0:
-            save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler)
+            run.update(state, model.state_dict() if better_acc else None)
+            save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, run.record)
         say(f"epoch {epoch + 1}/{args.epochs} [{stage_name}] lr {lr:.2e} | train loss {stats['train_loss']:.4f} "
             f"acc {stats['train_acc']:.4f} | val loss {stats['val_loss']:.4f} acc {stats['val_acc']:.4f} "
             f"rmse {fmt(stats['val_rmse'])} (V {fmt(stats['val_rmse_valence'], '.3f')} "
@@ -551,8 +600,10 @@ def train(args, rank, world, device):
         if state["stopped"]:
             say(f"early stopping: neither validation accuracy nor RMSE improved for {args.patience} epochs")
             break
+    tensorboard.finish(run.record)
     say(f"best validation accuracy {state['best_acc']:.4f}; checkpoint {paths['best']}, history {paths['history']}, "
-        f"curves {paths['curves']}")
+        f"curves {paths['curves']}, run record {paths['run']}, config {paths['config']}"
+        + (f", TensorBoard {tb_dir}" if tb_dir is not None else ""))
 
 
 def main(argv=None):
@@ -561,7 +612,7 @@ def main(argv=None):
     try:
         preflight(args)
         rank, world, device = setup_distributed(args.device)
-        train(args, rank, world, device)
+        train(args, rank, world, device, FER_run.command_line(__file__, argv))
     except KeyboardInterrupt:
         last = output_paths(args.save_path)["last"]
         if rank == 0:

@@ -1,0 +1,323 @@
+"""Where a training run came from, how to repeat it, and its live curves.
+
+- The run record (`<stem>_run.json` beside the checkpoint, and the same dict in the checkpoint under
+  `run`): command line, resolved flags, times, code version, library versions, device, and a
+  fingerprint of the data rows used, so two runs on different data are never taken for one experiment.
+- `--config FILE`: flag values from YAML or JSON, checked by the flags' own argparse types; every run
+  writes its resolved flags as `<stem>_config.yaml`, which repeats the run.
+- TensorBoard scalars (rank 0 only), behind a small logger that does nothing without --tensorboard.
+
+Imports only numpy and the standard library at load time (torch and TensorBoard where used).
+"""
+import argparse
+import difflib
+import hashlib
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from FER_io import FERError, check_input
+
+RECORD_VERSION = 1
+NOT_CONFIG = ("config", "resume", "overwrite")  # how this invocation runs, not what the run is
+VERSIONED = ("torch", "torchvision", "albumentations", "numpy")
+
+
+class ConfigError(FERError):
+    """A --config file that cannot be used, named with the key."""
+
+
+# --- fingerprints -------------------------------------------------------------------------------
+def rows_fingerprint(filenames, labels, va):
+    """SHA-256 of the rows a run used (file names, class names, valence/arousal), not of the file bytes:
+    the same rows written in another format or order of columns give the same fingerprint."""
+    h = hashlib.sha256()
+    h.update("\n".join(map(str, filenames)).encode() + b"\0")
+    h.update("\n".join(map(str, labels)).encode() + b"\0")
+    va = np.asarray(va, "<f4")
+    h.update(np.where(np.isnan(va), np.float32(np.nan), va).astype("<f4").tobytes())  # one NaN bit pattern
+    return h.hexdigest()
+
+
+def data_record(ds):
+    """Per index file of a FERDataset: path, fingerprint of the rows used, row count, rows per class."""
+    out, start = [], 0
+    for path, count in ds.sources:
+        rows = slice(start, start + count)
+        start += count
+        names = [ds.classes[k] for k in ds.labels[rows]]
+        per_class = np.bincount(ds.labels[rows], minlength=len(ds.classes))
+        out.append({"path": str(path), "fingerprint": rows_fingerprint(ds.filenames[rows], names, ds.va[rows]),
+                    "rows": int(count), "rows_per_class": dict(zip(ds.classes, map(int, per_class)))})
+    return out
+
+
+def weights_fingerprint(state_dict):
+    """SHA-256 of a model's tensors (names, dtypes, shapes, values): the same weights give the same
+    fingerprint whichever file or device they come from."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in state_dict.items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# --- the environment ----------------------------------------------------------------------------
+def git_state(folder=Path(__file__).resolve().parent):
+    """{"commit", "dirty"} of the code's checkout, or "not a git checkout"."""
+    try:
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=20)
+        if head.returncode:
+            return "not a git checkout"
+        status = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not a git checkout (git not available)"
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+
+
+def versions():
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or "cpu"
+
+
+def device_record(device, world):
+    if device.type == "cuda":
+        import torch
+
+        return {"type": "cuda", "name": torch.cuda.get_device_name(device), "count": world}
+    return {"type": "cpu", "name": cpu_name(), "count": world}
+
+
+def command_line(script, argv=None):
+    """The command as typed (arguments quoted for a shell)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return shlex.join([Path(script).name, *map(str, argv)])
+
+
+def now():
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --- the run record -----------------------------------------------------------------------------
+class RunRecord:
+    """The record of one training run, across resumes: created at the start, brought up to date at
+    every saved epoch (the caller stages it with the epoch's other outputs)."""
+
+    def __init__(self, args, command, device, world, precision, data, outputs, previous=None):
+        self.session_start = time.time()
+        session = {"command": command, "started": now()}
+        if previous:
+            changed = [f"{split} {new['path']}" for split in ("train", "val")
+                       for old, new in zip(previous.get("data", {}).get(split, []), data[split])
+                       if old.get("fingerprint") != new["fingerprint"]]
+            if changed:
+                raise FERError(f"{changed[0]}: its rows changed since the run started (fingerprint differs); "
+                               f"a resumed run must see the same data: start a new run instead")
+            self.record = previous
+            self.earlier_wall = previous.get("wall_time_s", 0.0)
+            self.record["sessions"] = previous.get("sessions", []) + [session]
+            self.record.update(args=dict(vars(args)), git=git_state(), versions=versions(),
+                               device=device_record(device, world), world_size=world, precision=precision)
+            return
+        self.earlier_wall = 0.0
+        self.record = {
+            "version": RECORD_VERSION, "command": command, "args": dict(vars(args)), "started": now(), "ended": None,
+            "wall_time_s": 0.0, "epochs": 0, "best_epoch": None, "best": {}, "img_per_s": None,
+            "git": git_state(), "versions": versions(), "device": device_record(device, world), "world_size": world,
+            "precision": precision, "data": data, "outputs": outputs, "checkpoint_fingerprint": None,
+            "sessions": [session]}
+
+    def update(self, state, best_weights=None):
+        """After an epoch: times, best epoch and its validation metrics, mean images/s."""
+        history = state["history"]
+        best = max(history, key=lambda h: h["val_acc"])  # the first of equals, as training keeps it
+        r = self.record
+        r["ended"] = r["sessions"][-1]["ended"] = now()
+        r["wall_time_s"] = self.earlier_wall + time.time() - self.session_start
+        r["epochs"] = state["epoch"]
+        r["best_epoch"] = best["epoch"]
+        r["best"] = {k: v for k, v in best.items() if k.startswith("val")}
+        r["img_per_s"] = float(np.mean([h["img_per_s"] for h in history]))
+        r["stopped_early"] = bool(state.get("stopped"))
+        if best_weights is not None:
+            r["checkpoint_fingerprint"] = weights_fingerprint(best_weights)
+        return r
+
+
+def run_record_path(save_path):
+    return Path(f"{Path(save_path).with_suffix('')}_run.json")
+
+
+def write_json(obj, path):
+    Path(path).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+# --- --config -----------------------------------------------------------------------------------
+def config_values(args):
+    """The flags to write as <stem>_config.yaml: every resolved flag but how this invocation runs."""
+    return {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+
+
+def write_config(args, path):
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(config_values(args), sort_keys=False))
+
+
+def read_config_file(path):
+    """A dict of flag name -> value from a YAML or JSON file (PyYAML's safe loader only)."""
+    check_input(path, "--config")
+    text = Path(path).read_text()
+    try:
+        if Path(path).suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: both say where
+        mark = getattr(e, "problem_mark", None)
+        first = f"{e.problem} at line {mark.line + 1}" if mark is not None and getattr(e, "problem", None) else \
+            (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"--config {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected flag name -> value pairs, found a {type(data).__name__}")
+    return data
+
+
+def _checked(action, key, value, path):
+    """value run through the flag's own argparse type and choices, as if typed on the command line."""
+    where = f"--config {path}: {key}"
+    if action.nargs == 0:  # store_true / store_false
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if value is None:
+        if action.default is None or action.nargs == "?":
+            return None
+        raise ConfigError(f"{where}: must have a value (null given)")
+    if action.nargs in ("+", "*"):
+        values = value if isinstance(value, list) else [value]
+        if not values and action.nargs == "+":
+            raise ConfigError(f"{where}: expected at least one value")
+        return [_checked_one(action, where, v) for v in values]
+    return _checked_one(action, where, value)
+
+
+def _checked_one(action, where, value):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{where}: expected {getattr(action.type, '__name__', 'text')}, got {value!r}")
+    if action.type is None and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected text, got {value!r}")
+    text = value if isinstance(value, str) else repr(value)
+    try:
+        out = action.type(text) if action.type else text
+    except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if action.choices is not None and out not in action.choices:
+        raise ConfigError(f"{where}: {out!r} is not one of {', '.join(map(str, action.choices))}")
+    return out
+
+
+def apply_config(parser, argv=None):
+    """Read --config FILE (if given) into the parser's defaults, so the command line still overrides it.
+    Unknown keys, wrong types and refused values end in one line naming the key."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if not known.config:
+        return
+    try:
+        data = read_config_file(known.config)
+        actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config") and a.option_strings}
+        defaults = {}
+        for key, value in data.items():
+            key = str(key)
+            if key not in actions:
+                hint = difflib.get_close_matches(key, list(actions), 1)
+                raise ConfigError(f"--config {known.config}: unknown key {key!r}"
+                                  + (f" (did you mean {hint[0]}?)" if hint else ""))
+            defaults[key] = _checked(actions[key], key, value, known.config)
+    except FERError as e:
+        parser.error(str(e))
+    parser.set_defaults(**defaults)
+
+
+# --- TensorBoard --------------------------------------------------------------------------------
+class TensorBoardLog:
+    """TensorBoard scalars of a run; a no-op when folder is None (no --tensorboard, or not rank 0).
+
+    purge_step: the first step this session writes (0 for a fresh run, the steps done for a resume), so
+    TensorBoard hides anything an earlier, replaced or interrupted session wrote from there on."""
+
+    def __init__(self, folder, purge_step=0):
+        self.folder, self.purge_step, self._writer = folder, purge_step, None
+
+    @property
+    def writer(self):
+        """Opened at the first write: a run that fails before its first epoch leaves no folder behind."""
+        if self._writer is None and self.folder is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.folder), purge_step=self.purge_step)
+        return self._writer
+
+    def epoch(self, row, step_losses, first_step):
+        """The epoch's per-step losses and learning rate, then its per-epoch metrics."""
+        if self.writer is None:
+            return
+        w, epoch = self.writer, row["epoch"]
+        for k, loss in enumerate(step_losses):
+            w.add_scalar("step/train_loss", loss, first_step + k)
+            w.add_scalar("step/lr", row["lr"], first_step + k)
+        for key, tag in (("train_loss", "loss/train"), ("val_loss", "loss/val"), ("train_acc", "accuracy/train"),
+                         ("val_acc", "accuracy/val"), ("val_f1_macro", "f1_macro/val"), ("val_rmse", "rmse/val"),
+                         ("val_rmse_valence", "rmse/val_valence"), ("val_rmse_arousal", "rmse/val_arousal"),
+                         ("val_ccc_valence", "ccc/val_valence"), ("val_ccc_arousal", "ccc/val_arousal"),
+                         ("img_per_s", "speed/img_per_s"), ("data_wait", "speed/data_wait_share")):
+            if key in row and row[key] == row[key]:  # NaN (no valence/arousal labels) is left out
+                w.add_scalar(tag, row[key], epoch)
+        w.flush()
+
+    def finish(self, record):
+        """The flags with the best validation metrics, for TensorBoard's HParams tab."""
+        if self.writer is None:
+            return
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in record["args"].items()}
+        best = {f"hparam/best_{k}": float(v) for k, v in record["best"].items()
+                if isinstance(v, (int, float)) and v == v}
+        self.writer.add_hparams(hparams, best, run_name=".")
+        self.writer.close()
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.close()
