@@ -312,3 +312,21 @@ def paired_comparison(point_a, point_b, samples_a, samples_b, correct_a, correct
                         "ci95_diff": diff_ci, "used": used}
     return {"n": int(len(correct_a)), "metrics": metrics, "mcnemar": mcnemar(correct_a, correct_b),
             "bootstrap": {"resamples": int(resamples), "seed": int(seed)}}
+
+
+def format_comparison(comp, name_a="A", name_b="B"):
+    """The paired comparison as a text table: each metric of both, B - A, its 95 % interval, McNemar."""
+    fmt = lambda x: "n/a" if x is None else f"{x:+.4f}" if isinstance(x, float) and x < 0 else f"{x:.4f}"  # noqa: E731
+    ci = lambda c: "n/a" if c is None else f"[{c[0]:+.4f}, {c[1]:+.4f}]"  # noqa: E731
+    lines = [f"paired comparison on {comp['n']} images, {comp['bootstrap']['resamples']} bootstrap resamples "
+             f"(seed {comp['bootstrap']['seed']}); A = {name_a}, B = {name_b}",
+             f"  {'metric':<28}{'A':>9}{'B':>9}{'B - A':>10}  {'95% CI of B - A':<22}{'resamples':>9}"]
+    for key, m in comp["metrics"].items():
+        if key.startswith("per_class."):
+            continue
+        diff = "n/a" if m["diff"] is None else f"{m['diff']:+.4f}"
+        lines.append(f"  {key:<28}{fmt(m['a']):>9}{fmt(m['b']):>9}{diff:>10}  {ci(m['ci95_diff']):<22}{m['used']:>9}")
+    mc = comp["mcnemar"]
+    lines.append(f"McNemar's exact test (accuracy): {mc['a_only_correct']} images only A got right, "
+                 f"{mc['b_only_correct']} only B; two-sided p = {mc['p_value']:.4g}")
+    return "\n".join(lines)

@@ -4,9 +4,12 @@
 
 Writes <out_dir>/metrics_resnet50.json, ConfusionMatrix_resnet50.png, ValenceArousal_resnet50.png,
 and with --save_predictions FILE.csv one row per image with every value that was scored.
-Metric definitions are in the README.
+Every metric has a 95 % bootstrap interval over the images (--bootstrap). Two checkpoints compare on
+the same images: --checkpoint A.pth B.pth writes comparison_resnet50.json (each metric of both, B - A
+with its paired interval, McNemar's test for accuracy). Metric definitions are in the README.
 """
 import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
+import argparse
 import json
 import os
 import sys
@@ -18,17 +21,20 @@ import torch
 from torch.utils.data import DataLoader
 
 import FER_metrics
+import FER_run
 from FER_io import (ArgumentParser, check_device, check_not_inputs, check_input, check_output, int_at_least, nonneg_int,
                     positive_int, run_main, staged_outputs, write_text)
 from FER_model import model_from_checkpoint, predict_batches
 from FER_transform import FERDataError, FERDataset, classes_in
 
 OUTPUTS = ("metrics_resnet50.json", "ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png")
+COMPARISON = "comparison_resnet50.json"
 
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__)
-    p.add_argument("--checkpoint", default="FER_resnet50.pth", help="checkpoint written by training")
+    p.add_argument("--checkpoint", nargs="+", metavar="CKPT", default=["FER_resnet50.pth"],
+                   help="checkpoint written by training; two (A B) compare the models on the same images")
     p.add_argument("--meta", nargs="+", default=["metadata_val.parquet"],
                    help="index parquet(s) of the split to evaluate (any dataset: classes are matched by name)")
     p.add_argument("--root", help="dataset folder, if not the one recorded in the index")
@@ -46,7 +52,16 @@ def get_args(argv=None):
     p.add_argument("--num_workers", type=nonneg_int, default=min(4, os.cpu_count() or 1),
                    help="loader processes (0: load in this process)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (faster; tiny differences)")
-    return p.parse_args(argv)
+    p.add_argument("--bootstrap", type=nonneg_int, default=1000, metavar="N",
+                   help="resamples of the images for the 95%% intervals (0: no intervals)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the bootstrap resamples")
+    args = p.parse_args(argv)
+    if len(args.checkpoint) > 2:
+        p.error(f"--checkpoint: one checkpoint, or two to compare (got {len(args.checkpoint)})")
+    if len(args.checkpoint) == 2 and args.save_predictions:
+        p.error("--save_predictions: give one --checkpoint (evaluate each model alone to save its predictions)")
+    args.checkpoint, args.checkpoint_b = args.checkpoint[0], (args.checkpoint[1:] or [None])[0]
+    return args
 
 
 def plot_confusion(cm, class_names, path):
@@ -99,11 +114,23 @@ def plot_valence_arousal(va_true, va_pred, path):
 
 def format_report(m, class_names):
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+
+    def ci(*path):  # " [lo, hi]" after a value when intervals were computed
+        c = m.get("ci95")
+        for part in path:
+            c = c.get(part) if isinstance(c, dict) else None
+        return f" [{c[0]:.4f}, {c[1]:.4f}]" if isinstance(c, list) else ""
     lines = [f"samples: {m['n']}", f"classification over {len(class_names)} classes: {', '.join(class_names)}"]
+    if "bootstrap" in m:
+        used = m["bootstrap"]["used"]
+        fewer = {k: n for k, n in used.items() if n < m["bootstrap"]["resamples"] and not k.startswith("per_class.")}
+        lines.append(f"[95% intervals: {m['bootstrap']['resamples']} bootstrap resamples of the images, seed "
+                     f"{m['bootstrap']['seed']}" + ("; fewer where the metric was undefined on some: " + ", ".join(
+                         f"{k} {n}" for k, n in fewer.items()) if fewer else "") + "]")
     for key, label in (("accuracy", "Accuracy"), ("f1_macro", "F1 (macro)"), ("kappa", "Cohen's kappa"),
                        ("roc_auc", "ROC-AUC (OvR macro)"), ("pr_auc", "PR-AUC (macro AP)"),
                        ("krippendorff_alpha", "Krippendorff's alpha")):
-        lines.append(f"  {label:<22}{fmt(m[key])}")
+        lines.append(f"  {label:<22}{fmt(m[key])}{ci(key)}")
     lines.append(f"  {'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
     for name in class_names:
         c = m["per_class"][name]
@@ -111,8 +138,8 @@ def format_report(m, class_names):
     for name in ("valence", "arousal"):
         if name in m:
             r = m[name]
-            lines.append(f"{name}: RMSE {fmt(r['rmse'])}  MAE {fmt(r['mae'])}  CORR {fmt(r['corr'])}  "
-                         f"SAGR {fmt(r['sagr'])}  CCC {fmt(r['ccc'])}")
+            lines.append(f"{name}: " + "  ".join(f"{k.upper()} {fmt(r[k])}{ci(name, k)}"
+                                                 for k in ("rmse", "mae", "corr", "sagr", "ccc")))
     lines += [f"note: {n}" for n in m["notes"]]
     return "\n".join(lines)
 
@@ -153,8 +180,32 @@ def evaluate_checkpoint(args):
                                    f"{', '.join(ckpt_only)} (--all_classes keeps them)")
     metrics.update(classes_scored=scored, classes_left_out={"evaluation_set": set_only, "checkpoint": ckpt_only},
                    rows_not_scored=ds.dropped, checkpoint=str(args.checkpoint), meta=list(map(str, args.meta)),
-                   tta=args.tta, all_classes=args.all_classes)
+                   tta=args.tta, all_classes=args.all_classes, data=FER_run.data_record(ds),
+                   checkpoint_fingerprint=FER_run.weights_fingerprint(model.state_dict()), run=meta.get("run"))
     return metrics, scored, ds, out
+
+
+def resampled(out, scored, idx):
+    """Every metric on each bootstrap resample of the evaluated images."""
+    return FER_metrics.bootstrap_metrics(idx, out["logits"], out["y_cls"], out["va"], out["y_reg"].astype(np.float64),
+                                         scored)
+
+
+def compare_checkpoints(args):
+    """Both checkpoints on the same images, compared on the same bootstrap resamples."""
+    a, scored, ds, out_a = evaluate_checkpoint(args)
+    b, scored_b, ds_b, out_b = evaluate_checkpoint(argparse.Namespace(**{**vars(args), "checkpoint": args.checkpoint_b}))
+    if scored_b != scored:
+        raise FERDataError(f"--checkpoint {args.checkpoint_b}: scores the classes {', '.join(scored_b)}, "
+                           f"{args.checkpoint} scores {', '.join(scored)}: the models cannot be compared image by image")
+    idx = FER_metrics.bootstrap_indices(len(ds), max(args.bootstrap, 1), args.seed)
+    comp = FER_metrics.paired_comparison(a, b, resampled(out_a, scored, idx), resampled(out_b, scored, idx),
+                                         out_a["logits"].argmax(1) == out_a["y_cls"],
+                                         out_b["logits"].argmax(1) == out_b["y_cls"], len(idx), args.seed)
+    comp.update(a={k: a[k] for k in ("checkpoint", "checkpoint_fingerprint", "run")},
+                b={k: b[k] for k in ("checkpoint", "checkpoint_fingerprint", "run")},
+                data=a["data"], meta=a["meta"], classes_scored=scored, tta=args.tta)
+    return comp
 
 
 def write_report(args, metrics, class_names, ds, out):
@@ -193,6 +244,15 @@ def save_predictions(path, ds, out, va_pred, class_names):
 def main(argv=None):
     args = get_args(argv)
     out_dir = check_output(args.out_dir, "--out_dir", folder=True)
+    if args.checkpoint_b:
+        check_output(out_dir / COMPARISON, "--out_dir")
+        check_not_inputs([("--out_dir", out_dir / COMPARISON)], [("--checkpoint", c) for c in
+                                                                   (args.checkpoint, args.checkpoint_b)])
+        comp = compare_checkpoints(args)
+        write_text(json.dumps(comp, indent=2), out_dir / COMPARISON)
+        print(FER_metrics.format_comparison(comp, args.checkpoint, args.checkpoint_b))
+        print(f"wrote {COMPARISON} to {out_dir.resolve()}")
+        return
     for name in OUTPUTS:
         check_output(out_dir / name, "--out_dir")
     if args.save_predictions:
@@ -200,6 +260,9 @@ def main(argv=None):
     check_not_inputs([("--save_predictions", args.save_predictions)] + [("--out_dir", out_dir / n) for n in OUTPUTS],
                      [("--checkpoint", args.checkpoint)] + [("--meta", m) for m in args.meta])
     metrics, class_names, ds, out = evaluate_checkpoint(args)
+    if args.bootstrap:
+        idx = FER_metrics.bootstrap_indices(len(ds), args.bootstrap, args.seed)
+        metrics.update(FER_metrics.bootstrap_report(resampled(out, class_names, idx), args.bootstrap, args.seed))
     written = write_report(args, metrics, class_names, ds, out)
     print(format_report(metrics, class_names))
     print(f"wrote {', '.join(written)} to {out_dir.resolve()}")
