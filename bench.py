@@ -7,6 +7,8 @@
 Each figure is the median of --reps timed repetitions after a warm-up; CUDA timings synchronise.
 """
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -25,6 +27,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+import compare_runs  # noqa: E402
+import FER_metrics  # noqa: E402
 import make_demo_data  # noqa: E402
 import metadata_parallel  # noqa: E402
 from FER_model import FERNet, predict_batches  # noqa: E402
@@ -47,7 +51,7 @@ def get_args(argv=None):
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (the median is reported)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compilation on a CPU)")
     p.add_argument("--only", nargs="+", choices=("index", "transforms", "train_step", "end_to_end", "eval",
-                                                 "video"),
+                                                 "video", "experiments"),
                    help="run only these sections")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks every row runs, in seconds")
     p.add_argument("--json", help="write the results here as JSON")
@@ -333,10 +337,57 @@ def bench_video(args, rows, tmp):
     rows.append(("video", "decode + face detection alone", n / t, "frame/s", f"{n} frames, one thread"))
 
 
+# --- experiments ---------------------------------------------------------------------------------
+def synthetic_runs(folder, n, epochs=20):
+    """n run records with their history CSVs, differing in --lr and --seed, as training writes them."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        history = [{"epoch": e + 1, "val_acc": rng.random(), "val_loss": rng.random() + 1} for e in range(epochs)]
+        (folder / f"r{i}").mkdir(parents=True)
+        with open(folder / f"r{i}" / "m_history.csv", "w") as fh:
+            fh.write("epoch,val_acc,val_loss\n" + "".join(f"{h['epoch']},{h['val_acc']},{h['val_loss']}\n" for h in history))
+        record = {"args": {"lr": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2][i % 5], "seed": i // 5, "epochs": epochs,
+                           "batch_size": 64, "save_path": f"r{i}/m.pth"},
+                  "best": {"val_acc": history[-1]["val_acc"], "val_f1_macro": rng.random(),
+                           "val_ccc_valence": rng.random(), "val_ccc_arousal": rng.random()},
+                  "epochs": epochs, "wall_time_s": 3600 * rng.random(), "img_per_s": 1000 * rng.random(),
+                  "started": f"run {i}", "outputs": {"history": "m_history.csv"},
+                  "data": {"train": [{"fingerprint": "a" * 64}], "val": [{"fingerprint": "b" * 64}]}}
+        (folder / f"r{i}" / "m_run.json").write_text(json.dumps(record))
+
+
+def bench_experiments(args, rows, tmp):
+    """The cost of the bootstrap intervals in evaluation and of compare_runs.py over many runs."""
+    resamples, n = (100, 200) if args.quick else (1000, 800)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 8, n)
+    logits = rng.normal(size=(n, 8)) + 2 * np.eye(8)[y]
+    va_true = rng.uniform(-1, 1, (n, 2))
+    va_pred = va_true + rng.normal(0, 0.3, (n, 2))
+
+    def boot():
+        idx = FER_metrics.bootstrap_indices(n, resamples, 0)
+        FER_metrics.bootstrap_metrics(idx, logits, y, va_pred, va_true, list(CLASS_NAMES))
+    t = timed(boot, args.reps, "cpu")
+    rows.append(("experiments", f"bootstrap: every metric, {resamples} resamples x {n} images", t, "s",
+                 "8 classes + valence/arousal; a paired comparison of two models costs twice this"))
+    runs = 10 if args.quick else 50
+    synthetic_runs(tmp / "runs", runs)
+
+    def compare(*extra):
+        with contextlib.redirect_stdout(io.StringIO()):  # the table itself is not the benchmark's output
+            compare_runs.main([str(tmp / "runs"), *extra])
+    t = timed(lambda: compare("--out", str(tmp / "table.md")), args.reps, "cpu")
+    rows.append(("experiments", f"compare_runs.py on {runs} runs (table)", 1000 * t, "ms",
+                 "5 lr x 10 seeds: 5 rows of n=10" if runs == 50 else f"{runs} run records"))
+    t = timed(lambda: compare("--plot", str(tmp / "curves.png")), args.reps, "cpu")
+    rows.append(("experiments", f"compare_runs.py on {runs} runs with --plot", t, "s", "20-epoch histories read and drawn"))
+
+
 def main(argv=None):
     args = get_args(argv)
     rows = []
-    only = set(args.only or ("index", "transforms", "train_step", "end_to_end", "eval", "video"))
+    only = set(args.only or ("index", "transforms", "train_step", "end_to_end", "eval", "video", "experiments"))
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -352,7 +403,8 @@ def main(argv=None):
                     ("transforms", lambda: bench_transforms(args, rows, tmp / "train.parquet")),
                     ("train_step", lambda: bench_train_step(args, rows)),
                     ("end_to_end", lambda: bench_end_to_end(args, rows, tmp / "train.parquet", tmp / "val.parquet")),
-                    ("video", lambda: bench_video(args, rows, tmp))]
+                    ("video", lambda: bench_video(args, rows, tmp)),
+                    ("experiments", lambda: bench_experiments(args, rows, tmp))]
         for name, fn in sections:
             if name in only or (name == "end_to_end" and "eval" in only):
                 print(f"[{name}] ...", end=" ", file=sys.stderr, flush=True)

@@ -330,3 +330,12 @@ def test_eval_records_intervals_and_fingerprints(trained, demo, tmp_path):
     assert r.returncode == 1 and "2 only in" in r.stderr and "0 only in" in r.stderr
     r = run_here("eval_resnet50.py", "--checkpoint", trained, trained, "--save_predictions", tmp_path / "x.csv")
     assert r.returncode == 2 and "--save_predictions" in r.stderr
+
+
+def test_resume_refuses_changed_data(runs):
+    record = json.loads((runs / "lr_a" / "m_run.json").read_text())
+    data = json.loads(json.dumps(record["data"]))
+    data["train"][0]["fingerprint"] = "f" * 64
+    args = type("Args", (), {})()
+    with pytest.raises(FER_run.FERError, match="rows changed since the run started"):
+        FER_run.RunRecord(args, "x", torch.device("cpu"), 1, "float32", data, {}, previous=record)

@@ -1,5 +1,6 @@
 """Model, weight loading, freezing policy and the training script."""
 import csv
+import json
 import os
 import pickle
 import sys
@@ -217,12 +218,21 @@ def test_resume_equals_uninterrupted(demo, tmp_path, monkeypatch):
         return real(*a, **k)
     monkeypatch.setattr(T, "train_one_epoch", interrupted)
     with pytest.raises(SystemExit) as e:
-        T.main(tiny_args(demo, tmp_path / "cut", *common))
+        T.main(tiny_args(demo, tmp_path / "cut", *common, "--tensorboard"))
     assert e.value.code == 130
+    first = json.loads((tmp_path / "cut" / "m_run.json").read_text())
     monkeypatch.setattr(T, "train_one_epoch", real)
     with pytest.raises(SystemExit) as e:
-        T.main(tiny_args(demo, tmp_path / "cut", *common, "--resume", tmp_path / "cut" / "m_last.pth"))
+        T.main(tiny_args(demo, tmp_path / "cut", *common, "--tensorboard", "--resume", tmp_path / "cut" / "m_last.pth"))
     assert e.value.code == 0
+    # One record for the whole run: its start, both sessions, the wall time of both.
+    record = json.loads((tmp_path / "cut" / "m_run.json").read_text())
+    assert record["started"] == first["started"] and record["epochs"] == 3 and first["epochs"] == 2
+    assert len(record["sessions"]) == 2 and "--resume" in record["sessions"][1]["command"]
+    assert "--resume" not in record["command"] and record["wall_time_s"] > first["wall_time_s"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    steps = [e.step for e in EventAccumulator(str(tmp_path / "cut" / "m_tensorboard")).Reload().Scalars("step/train_loss")]
+    assert steps == list(range(18))  # 3 epochs x 6 steps, each once across the two sessions
     full = torch.load(tmp_path / "full" / "m_last.pth", weights_only=True)
     cut = torch.load(tmp_path / "cut" / "m_last.pth", weights_only=True)
     assert cut["train_state"]["epoch"] == 3
