@@ -14,7 +14,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
-# Synthetic AffectNet-style data -> index -> look at the augmentation -> train -> evaluate -> predict, export.
+# Synthetic AffectNet-style data -> index -> look at the augmentation -> train -> evaluate -> a second run
+# compared with the first -> predict, export.
 # The demo trains the small resnet18 from random weights so that it finishes in a few CPU minutes;
 # drop --arch/--no_pretrained and the small sizes for the real ResNet50 recipe (see README).
 demo: $(STAMP)
@@ -24,9 +25,16 @@ demo: $(STAMP)
 	$(PY) train_vggface2_resnet50.py --train_meta $(DEMO)/metadata_train.parquet \
 		--val_meta $(DEMO)/metadata_val.parquet --arch resnet18 --no_pretrained --img_size 64 \
 		--batch_size 32 --epochs 6 --unfreeze_all_at 1 --lr 3e-3 --num_workers 1 \
-		--save_path $(DEMO)/FER_resnet50.pth --overwrite
+		--save_path $(DEMO)/FER_resnet50.pth --overwrite --tensorboard
 	$(PY) eval_resnet50.py --checkpoint $(DEMO)/FER_resnet50.pth --meta $(DEMO)/metadata_val.parquet \
 		--out_dir $(DEMO) --save_predictions $(DEMO)/predictions_val.csv
+	# A second, shorter run from the first one's config with a lower learning rate, and the two compared:
+	# the run table (differing flags: epochs, lr) and the paired test on the same validation images.
+	$(PY) train_vggface2_resnet50.py --config $(DEMO)/FER_resnet50_config.yaml --lr 1e-3 --epochs 2 \
+		--save_path $(DEMO)/lr1e-3/FER_resnet50.pth --overwrite
+	$(PY) compare_runs.py $(DEMO) --out $(DEMO)/runs_table.md
+	$(PY) eval_resnet50.py --checkpoint $(DEMO)/lr1e-3/FER_resnet50.pth $(DEMO)/FER_resnet50.pth \
+		--meta $(DEMO)/metadata_val.parquet --out_dir $(DEMO)/lr1e-3
 	$(PY) predict.py --checkpoint $(DEMO)/FER_resnet50.pth data/demo/images/0.jpg data/demo/images/1.jpg \
 		--out $(DEMO)/predictions_demo.csv --annotate $(DEMO)/annotated
 	$(PY) export_onnx.py --checkpoint $(DEMO)/FER_resnet50.pth --out $(DEMO)/FER_resnet50.onnx

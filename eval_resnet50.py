@@ -198,7 +198,7 @@ def compare_checkpoints(args):
     if scored_b != scored:
         raise FERDataError(f"--checkpoint {args.checkpoint_b}: scores the classes {', '.join(scored_b)}, "
                            f"{args.checkpoint} scores {', '.join(scored)}: the models cannot be compared image by image")
-    idx = FER_metrics.bootstrap_indices(len(ds), max(args.bootstrap, 1), args.seed)
+    idx = FER_metrics.bootstrap_indices(len(ds), args.bootstrap, args.seed)
     comp = FER_metrics.paired_comparison(a, b, resampled(out_a, scored, idx), resampled(out_b, scored, idx),
                                          out_a["logits"].argmax(1) == out_a["y_cls"],
                                          out_b["logits"].argmax(1) == out_b["y_cls"], len(idx), args.seed)
@@ -245,6 +245,9 @@ def main(argv=None):
     args = get_args(argv)
     out_dir = check_output(args.out_dir, "--out_dir", folder=True)
     if args.checkpoint_b:
+        for flag, path in [("--checkpoint", args.checkpoint), ("--checkpoint", args.checkpoint_b)] + \
+                [("--meta", m) for m in args.meta]:
+            check_input(path, flag)  # both models and the data before the first is evaluated
         check_output(out_dir / COMPARISON, "--out_dir")
         check_not_inputs([("--out_dir", out_dir / COMPARISON)], [("--checkpoint", c) for c in
                                                                    (args.checkpoint, args.checkpoint_b)])
