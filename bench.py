@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 import compare_runs  # noqa: E402
 import FER_metrics  # noqa: E402
+from FER_run import cpu_name  # noqa: E402
 import make_demo_data  # noqa: E402
 import metadata_parallel  # noqa: E402
 from FER_model import FERNet, predict_batches  # noqa: E402
@@ -95,14 +96,6 @@ def timed_in_turns(fns, reps):
 def sync(device):
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "cpu"
 
 
 def peak_rss_mib():
