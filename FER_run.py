@@ -194,7 +194,10 @@ def write_config(args, path):
 def read_config_file(path):
     """A dict of flag name -> value from a YAML or JSON file (PyYAML's safe loader only)."""
     check_input(path, "--config")
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {path}: not a readable text file ({type(e).__name__})") from None
     try:
         if Path(path).suffix.lower() == ".json":
             data = json.loads(text)
