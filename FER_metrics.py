@@ -175,19 +175,13 @@ def _resampled_classification(idx, y_true, probs, class_names):
     out["f1_macro"] = np.nansum(np.where(labels, f1, 0), 1) / labels.sum(1)
     pe = (rows * cols).sum(1) / n ** 2
     out["kappa"] = _ratio(tp.sum(1) / n - pe, 1 - pe)
-    # ROC-AUC one-vs-rest from ranks (Mann-Whitney: ties count half), as roc_auc_score computes it.
-    from scipy.stats import rankdata
-
+    # ROC-AUC and average precision one-vs-rest, from one sort of each class's scores per resample.
     present = np.unique(y_true)
-    aucs = []
-    for c in present:
-        pos = y == c
-        npos = pos.sum(1)
-        ranks = rankdata(probs[idx, c], axis=1)
-        aucs.append(_ratio((ranks * pos).sum(1) - npos * (npos + 1) / 2, npos * (n - npos)))
-    out["roc_auc"] = np.mean(aucs, 0) if len(present) >= 2 else np.full(b, np.nan)
-    out["pr_auc"] = np.mean([_average_precision(probs[idx, c], y == c) for c in present], 0) \
-        if len(present) >= 2 else np.full(b, np.nan)
+    if len(present) >= 2:
+        auc, ap = zip(*(_ranking_metrics(probs[idx, c], y == c) for c in present))
+        out["roc_auc"], out["pr_auc"] = np.mean(auc, 0), np.mean(ap, 0)
+    else:
+        out["roc_auc"] = out["pr_auc"] = np.full(b, np.nan)
     # Krippendorff's nominal alpha with truth and prediction as two coders, from the coincidence matrix.
     o = cm + cm.transpose(0, 2, 1)
     nc = o.sum(2)
@@ -203,17 +197,27 @@ def _resampled_classification(idx, y_true, probs, class_names):
     return out
 
 
-def _average_precision(scores, positive):
-    """average_precision_score of each row: the sum over distinct thresholds of recall step x precision,
-    with tied scores counted as one threshold (as scikit-learn does)."""
+def _ranking_metrics(scores, positive):
+    """(ROC-AUC, average precision) of each row, as roc_auc_score and average_precision_score compute
+    them: tied scores form one threshold; a positive tied with a negative counts half for the AUC."""
     n = scores.shape[1]
     order = np.argsort(-scores, axis=1, kind="stable")
     s, pos = np.take_along_axis(scores, order, 1), np.take_along_axis(positive, order, 1)
-    precision = np.cumsum(pos, 1) / np.arange(1, n + 1)
-    is_end = np.ones_like(pos, bool)
-    is_end[:, :-1] = s[:, :-1] != s[:, 1:]
-    group_end = np.minimum.accumulate(np.where(is_end, np.arange(n), n)[:, ::-1], 1)[:, ::-1]
-    return _ratio((pos * np.take_along_axis(precision, group_end, 1)).sum(1), pos.sum(1))
+    steps = np.arange(n)
+    cum_pos = np.cumsum(pos, 1)
+    cum_neg = steps + 1 - cum_pos
+    new_score = s[:, 1:] != s[:, :-1]
+    is_end, is_start = np.ones_like(pos, bool), np.ones_like(pos, bool)
+    is_end[:, :-1], is_start[:, 1:] = new_score, new_score
+    group_end = np.minimum.accumulate(np.where(is_end, steps, n)[:, ::-1], 1)[:, ::-1]
+    group_start = np.maximum.accumulate(np.where(is_start, steps, 0), 1)
+    neg_through = np.take_along_axis(cum_neg, group_end, 1)  # negatives scored >= this one
+    neg_above = np.where(group_start > 0, np.take_along_axis(cum_neg, np.maximum(group_start - 1, 0), 1), 0)
+    npos = pos.sum(1)
+    nneg = n - npos
+    auc = _ratio((pos * (nneg[:, None] - 0.5 * (neg_through + neg_above))).sum(1), npos * nneg)
+    precision = np.take_along_axis(cum_pos / (steps + 1), group_end, 1)
+    return auc, _ratio((pos * precision).sum(1), npos)
 
 
 def _resampled_regression(idx, va_true, va_pred):
