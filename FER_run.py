@@ -175,8 +175,19 @@ def run_record_path(save_path):
     return Path(f"{Path(save_path).with_suffix('')}_run.json")
 
 
+def json_safe(obj):
+    """NaN and inf (e.g. the CCC of a set without valence/arousal) as null: strict JSON readers refuse them."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(obj, path):
-    Path(path).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    Path(path).write_text(json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
 # --- --config -----------------------------------------------------------------------------------
