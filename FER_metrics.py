@@ -168,7 +168,8 @@ def _resampled_classification(idx, y_true, probs, class_names):
     cm = np.bincount((np.arange(b)[:, None] * k * k + y * k + p).ravel(), minlength=b * k * k).reshape(b, k, k)
     rows, cols, tp = cm.sum(2), cm.sum(1), np.einsum("bkk->bk", cm)
     n = idx.shape[1]
-    complete = (rows[:, np.unique(y_true)] > 0).all(1)  # every class of the evaluated set drawn
+    present = np.unique(y_true)
+    complete = (rows[:, present] > 0).all(1)  # every class of the evaluated set drawn
     out = {"accuracy": tp.sum(1) / n}
     labels = (rows > 0) | (cols > 0)  # scikit-learn's macro F1 averages over the labels that occur
     f1 = _ratio(2 * tp, rows + cols)
@@ -176,7 +177,6 @@ def _resampled_classification(idx, y_true, probs, class_names):
     pe = (rows * cols).sum(1) / n ** 2
     out["kappa"] = _ratio(tp.sum(1) / n - pe, 1 - pe)
     # ROC-AUC and average precision one-vs-rest, from one sort of each class's scores per resample.
-    present = np.unique(y_true)
     if len(present) >= 2:
         auc, ap = zip(*(_ranking_metrics(probs[idx, c], y == c) for c in present))
         out["roc_auc"], out["pr_auc"] = np.mean(auc, 0), np.mean(ap, 0)
@@ -245,12 +245,20 @@ def _resampled_regression(idx, va_true, va_pred):
     return out
 
 
-def bootstrap_metrics(idx, logits, y_true, va_pred, va_true, class_names):
-    """Every metric of evaluate() on each row of idx: {"accuracy": (resamples,), "valence.ccc": ..., ...}."""
-    out = _resampled_classification(idx, np.asarray(y_true), softmax(logits), class_names)
-    if va_true is not None and len(va_true) and not np.isnan(va_true).all():
-        out.update(_resampled_regression(idx, np.asarray(va_true, np.float64), np.asarray(va_pred)))
-    return out
+def bootstrap_metrics(idx, logits, y_true, va_pred, va_true, class_names, block=4_000_000):
+    """Every metric of evaluate() on each row of idx: {"accuracy": (resamples,), "valence.ccc": ..., ...}.
+    Resamples are scored in blocks of about `block` drawn images, which bounds the memory on large sets."""
+    probs, y_true = softmax(logits), np.asarray(y_true)
+    has_va = va_true is not None and len(va_true) and not np.isnan(va_true).all()
+    parts = []
+    step = max(1, block // max(idx.shape[1], 1))
+    for start in range(0, max(len(idx), 1), step):
+        part = idx[start:start + step]
+        out = _resampled_classification(part, y_true, probs, class_names)
+        if has_va:
+            out.update(_resampled_regression(part, np.asarray(va_true, np.float64), np.asarray(va_pred)))
+        parts.append(out)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def interval(values):

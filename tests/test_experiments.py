@@ -243,6 +243,9 @@ def test_bootstrap_matches_a_plain_loop(seed, n):
         if used:
             assert lo_hi == pytest.approx(list(np.percentile(ok, [2.5, 97.5])), abs=1e-12)
     assert undefined > 0 or n > 100  # the small case does miss classes on some resamples
+    blocks = M.bootstrap_metrics(idx, logits, y, va_pred, va_true, NAMES, block=7 * n)  # 9 blocks, the last short
+    for key, values in fast.items():
+        np.testing.assert_allclose(blocks[key], values, rtol=1e-12, atol=1e-15, err_msg=key)
 
 
 def test_intervals_contain_their_point_estimates():
