@@ -380,7 +380,7 @@ def va_section(m, va_true, va_pred, rows, class_names, y, pics, cap):
                title=f"{name}: CCC {num(m[name].get('ccc'), 3)}", aspect="equal")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
-    fig.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.12, wspace=0.25)
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.92, bottom=0.12, wspace=0.3)
     scatter = png(fig)
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), sharey=True)
     for k, (ax, name) in enumerate(zip(axes, ("valence", "arousal"))):

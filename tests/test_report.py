@@ -179,6 +179,11 @@ def test_page_links_thumbnails_and_nothing_external(evaluated):
     for a in charts:
         decode(a["src"], "png")
     assert "valence-arousal" in page.ids and "calibration" in page.ids and "mistakes" in page.ids
+    text = "".join(page.text)
+    assert "python eval_resnet50.py --checkpoint" in text and "--report_images 3" in text  # the command
+    assert m["checkpoint"] in text
+    if not m.get("run"):
+        assert "not recorded" in text  # absent: said so, not left blank
 
 
 def test_page_numbers_equal_sklearn(evaluated):
@@ -230,10 +235,12 @@ def test_report_off_leaves_the_other_outputs_alone(evaluated, trained, demo, tmp
 
 
 @pytest.mark.parametrize("flags, message", [(["--report_images", "-1"], "--report_images"),
-                                            (["--report", "maybe"], "--report")])
+                                            (["--report", "maybe"], "--report"),
+                                            ([], "report_resnet50.html: is a folder")])
 def test_report_flags_checked(tmp_path, flags, message):
+    (tmp_path / REPORT).mkdir()  # checked before the model is loaded
     r = run_here("eval_resnet50.py", "--out_dir", tmp_path, *flags)
-    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode in (1, 2) and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 # --- render() on its own: hostile names, unreadable images, other evaluations -------------------
