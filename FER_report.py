@@ -158,6 +158,21 @@ def pyplot():
     return plt
 
 
+def va_scatter(axes, va_true, va_pred, titles=("valence", "arousal")):
+    """Predicted against true valence and arousal on two axes, with the identity line (a hexbin plot
+    above 2,000 images). Also draws eval's ValenceArousal_resnet50.png."""
+    for k, (ax, name, title) in enumerate(zip(axes, ("valence", "arousal"), titles)):
+        if len(va_true) > 2000:
+            ax.hexbin(va_true[:, k], va_pred[:, k], gridsize=50, extent=(-1, 1, -1, 1), mincnt=1, cmap="viridis")
+        else:
+            ax.scatter(va_true[:, k], va_pred[:, k], s=6, alpha=0.5)
+        ax.plot([-1, 1], [-1, 1], "r--", lw=1, label="identity")
+        ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xlabel=f"true {name}", ylabel=f"predicted {name}",
+               title=title, aspect="equal")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+
+
 def shade(pct):
     """Background and text colour of a confusion cell: the PNG's colour map (Blues, 0-100 %)."""
     import matplotlib
@@ -370,16 +385,7 @@ def va_section(m, va_true, va_pred, rows, class_names, y, pics, cap):
     ok = ~np.isnan(va_true).any(1)
     t, p = va_true[ok], va_pred[ok]
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.2))
-    for k, (ax, name) in enumerate(zip(axes, ("valence", "arousal"))):
-        if len(t) > 2000:
-            ax.hexbin(t[:, k], p[:, k], gridsize=50, extent=(-1, 1, -1, 1), mincnt=1, cmap="viridis")
-        else:
-            ax.scatter(t[:, k], p[:, k], s=6, alpha=0.5)
-        ax.plot([-1, 1], [-1, 1], "r--", lw=1, label="identity")
-        ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xlabel=f"true {name}", ylabel=f"predicted {name}",
-               title=f"{name}: CCC {num(m[name].get('ccc'), 3)}", aspect="equal")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
+    va_scatter(axes, t, p, [f"{name}: CCC {num(m[name].get('ccc'), 3)}" for name in ("valence", "arousal")])
     fig.subplots_adjust(left=0.1, right=0.98, top=0.92, bottom=0.12, wspace=0.3)
     scatter = png(fig)
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), sharey=True)

@@ -86,21 +86,9 @@ def plot_confusion(cm, class_names, path):
 
 def plot_valence_arousal(va_true, va_pred, path):
     """Predicted against true valence and arousal, with the identity line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = FER_report.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
-    for k, (ax, name) in enumerate(zip(axes, ("valence", "arousal"))):
-        if len(va_true) > 2000:
-            ax.hexbin(va_true[:, k], va_pred[:, k], gridsize=50, extent=(-1, 1, -1, 1), mincnt=1, cmap="viridis")
-        else:
-            ax.scatter(va_true[:, k], va_pred[:, k], s=6, alpha=0.5)
-        ax.plot([-1, 1], [-1, 1], "r--", lw=1, label="identity")
-        ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xlabel=f"true {name}", ylabel=f"predicted {name}",
-               title=name, aspect="equal")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
+    FER_report.va_scatter(axes, va_true, va_pred)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
