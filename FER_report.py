@@ -63,7 +63,7 @@ h3{font-size:15px;margin:18px 0 4px}
 a{color:#0550ae}
 code,pre{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 pre{background:#f6f8fa;border:1px solid #d0d7de;padding:8px;overflow-x:auto;white-space:pre-wrap;
- word-break:break-all}
+ overflow-wrap:anywhere}
 .scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:6px 0}
 th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:right;vertical-align:top}
@@ -72,7 +72,8 @@ th{background:#f6f8fa;white-space:nowrap}
 td.wrap{word-break:break-all;max-width:560px}
 .muted{color:#57606a}
 .note{background:#fff8c5;border:1px solid #e3c567;padding:4px 8px;margin:4px 0}
-table.cm td{text-align:center;min-width:58px;padding:0;vertical-align:middle}
+table.cm{font-size:13px}
+table.cm td{text-align:center;min-width:46px;padding:0;vertical-align:middle}
 table.cm th{vertical-align:middle}
 table.cm td a,table.cm td span{display:block;padding:5px 4px;color:inherit;text-decoration:none}
 table.cm td a:hover{outline:2px solid #cf222e;outline-offset:-2px}
@@ -186,10 +187,13 @@ class Pictures:
 
     def __init__(self, paths, names, boxes, rows, progress=False):
         rows = sorted(set(int(r) for r in rows))
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
+        try:
             done = tqdm(pool.map(lambda r: thumbnail(paths[r], None if boxes is None else boxes[r]), rows),
                         total=len(rows), desc="report thumbnails", unit="img", disable=not progress, leave=False)
             self.thumbs = dict(zip(rows, done))
+        finally:  # on Ctrl-C, drop the images not started yet instead of waiting for them
+            pool.shutdown(cancel_futures=True)
         self.names = names
         self.unreadable = [(names[r], t[1]) for r, t in self.thumbs.items() if t[0] is None]
 
