@@ -321,8 +321,8 @@ def galleries(cells, class_names, conf, pics, cap):
            f'at most {cap} per cell (<code>--report_images</code>).</p>']
     for (i, j), rows in cells.items():
         shown = rows[:cap]
-        rest = f" (showing the {len(shown)} most confident; {len(rows) - len(shown):,} more not shown)" \
-            if len(rows) > len(shown) else ""
+        rest = "" if len(rows) == len(shown) else " (not shown: --report_images 0)" if not shown else \
+            f" (showing the {len(shown)} most confident; {len(rows) - len(shown):,} more not shown)"
         figs = "".join(pics.figure(r, caption_cls(class_names, i, j, conf[r]),
                                    f"true {class_names[i]}, predicted {class_names[j]}") for r in shown)
         out.append(f'<section id="{cell_id(class_names, i, j)}"><h3>true {esc(class_names[i])}, predicted '
@@ -339,9 +339,10 @@ def mistakes(rows, class_names, y, pred, probs, pics, cap):
     figs = "".join(pics.figure(r, caption_cls(class_names, y[r], pred[r], probs[r, pred[r]],
                                               f" ({probs[r, y[r]]:.2f})"),
                                f"true {class_names[y[r]]}, predicted {class_names[pred[r]]}") for r in rows[:cap])
-    return (f'<section id="mistakes"><h2>Most confident mistakes</h2><p class="muted">The {min(cap, len(rows))} '
-            f'wrong predictions the model was surest of, of {len(rows):,} mistakes: the likely label errors worth '
-            f'a second look. Caption: predicted class and its probability; true class and (its probability).</p>'
+    what = (f"The {min(cap, len(rows))} wrong predictions the model was surest of, of {len(rows):,} mistakes: the "
+            f"likely label errors worth a second look. Caption: predicted class and its probability; true class "
+            f"and (its probability).") if cap else f"{len(rows):,} mistakes (not shown: --report_images 0)."
+    return (f'<section id="mistakes"><h2>Most confident mistakes</h2><p class="muted">{what}</p>'
             f'<div class="gallery">{figs}</div></section>')
 
 

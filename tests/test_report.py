@@ -289,6 +289,17 @@ def test_render_escapes_names_and_survives_unreadable_images(demo, tmp_path):
             decode(a["src"], "jpeg")
 
 
+def test_render_without_thumbnails(demo):
+    y, logits, paths, names = synthetic(demo, seed=3)
+    m = M.evaluate(logits, np.zeros((len(y), 2)), y, None, CLASS_NAMES)
+    m["classes_scored"] = CLASS_NAMES
+    html = FER_report.render(m, {"logits": logits, "y_cls": y}, paths, names, max_images=0)
+    page = Page(html)
+    check_self_contained(page)
+    assert not any(a["src"].startswith("data:image/jpeg") for a in page.imgs)
+    assert "not shown: --report_images 0" in "".join(page.text)
+
+
 def test_render_shows_intervals_data_and_run_when_present(demo):
     """The keys another part of the toolkit adds (bootstrap intervals, index fingerprints, run record)."""
     y, logits, paths, names = synthetic(demo, seed=1)
