@@ -28,6 +28,7 @@ def test_bench_quick_produces_every_row(tmp_path):
                 ("end_to_end", "training with the loader (1 workers)"),
                 ("eval", "predict_batches over the validation loader"),
                 ("video", "predict.py on a 640x480 video with two faces"), ("video", "decode + face detection alone"),
+                ("report", "HTML report (FER_report.render)"),
                 ("experiments", "bootstrap: every metric"), ("experiments", "compare_runs.py on 10 runs (table)"),
                 ("experiments", "compare_runs.py on 10 runs with --plot")}
     assert expected <= got, expected - got
