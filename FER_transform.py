@@ -220,6 +220,25 @@ def classes_in(metas):
     return present_classes(np.concatenate(found) if found else [])
 
 
+def counted_twice(metas, image_paths, other=None, what="listed more than once"):
+    """Refuse rows that would count an image twice: an index file given twice, an image listed twice
+    (in one or several index files), or, with other (a second set's image paths), in both sets."""
+    metas = list(map(str, metas))
+    for i, a in enumerate(metas):
+        for b in metas[:i]:
+            if os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b):
+                raise FERDataError(f"{a}: given twice{f' (as {b})' if a != b else ''}; its rows would be "
+                                   f"{'counted twice' if other is None else what}")
+    paths = pd.Series([os.path.normpath(p) for p in image_paths], dtype=object)
+    twice = paths[paths.isin([os.path.normpath(p) for p in other])] if other is not None else \
+        paths[paths.duplicated()]
+    if len(twice):
+        twice = twice.drop_duplicates()
+        raise FERDataError(f"{', '.join(metas)}: {len(twice)} image(s) {what}, e.g. "
+                           f"{', '.join(twice.iloc[:3])}; " + ("they would be counted twice (re-index, or remove them)" if other is None
+                                                   else "validation would measure training images"))
+
+
 class FERDataset(Dataset):
     """Samples of one or more index parquets: {"image": 3xHxW float, "y_cls": long, "y_reg": float32
     [v, a] (NaN where the dataset has none), "index"}.
@@ -241,6 +260,7 @@ class FERDataset(Dataset):
         self.paths, self.filenames, self.labels, self.va, self.boxes, self.dropped = [], [], [], [], [], {}
         for meta in paths:
             self._add(meta, root, require_va, verbose)
+        counted_twice(paths, self.paths)
         self.labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
         self.va = np.concatenate(self.va) if self.va else np.zeros((0, 2), np.float32)
         self.boxes = np.concatenate(self.boxes) if self.boxes else np.zeros((0, 4))

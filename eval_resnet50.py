@@ -83,10 +83,13 @@ def plot_valence_arousal(va_true, va_pred, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
     for k, (ax, name) in enumerate(zip(axes, ("valence", "arousal"))):
-        if len(va_true) > 2000:
-            ax.hexbin(va_true[:, k], va_pred[:, k], gridsize=50, extent=(-1, 1, -1, 1), mincnt=1, cmap="viridis")
+        ok = ~np.isnan(va_true[:, k])  # each dimension on the samples that have it
+        if not ok.any():
+            ax.text(0, 0, f"no {name} labels", ha="center", va="center")
+        elif ok.sum() > 2000:
+            ax.hexbin(va_true[ok, k], va_pred[ok, k], gridsize=50, extent=(-1, 1, -1, 1), mincnt=1, cmap="viridis")
         else:
-            ax.scatter(va_true[:, k], va_pred[:, k], s=6, alpha=0.5)
+            ax.scatter(va_true[ok, k], va_pred[ok, k], s=6, alpha=0.5)
         ax.plot([-1, 1], [-1, 1], "r--", lw=1, label="identity")
         ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xlabel=f"true {name}", ylabel=f"predicted {name}",
                title=name, aspect="equal")
@@ -124,6 +127,10 @@ def scored_classes(checkpoint_classes, metas, all_classes):
     if not scored:
         raise FERDataError(f"{', '.join(map(str, metas))}: no class in common with the checkpoint "
                            f"({', '.join(checkpoint_classes)})")
+    if len(scored) < 2:  # an argmax over one class is always right: accuracy 1.0 that measures nothing
+        raise FERDataError(f"{', '.join(map(str, metas))}: only one class to score ({scored[0]}), so every "
+                           f"prediction would be right by construction; evaluate on a set with at least two of "
+                           f"the checkpoint's classes, or use --all_classes to score against all of them")
     return scored, [c for c in present if c not in scored], [c for c in checkpoint_classes if c not in scored]
 
 
@@ -151,6 +158,12 @@ def evaluate_checkpoint(args):
     if ckpt_only:
         metrics["notes"].insert(0, f"checkpoint classes absent from the evaluation set, left out of the argmax: "
                                    f"{', '.join(ckpt_only)} (--all_classes keeps them)")
+    truth = sorted({scored[k] for k in np.unique(out["y_cls"])})
+    if len(truth) < 2:  # honest (the argmax is over several classes) but it is one class's recall only
+        warning = (f"WARNING: the evaluation set holds one class only ({', '.join(truth)}): accuracy is that "
+                   f"class's recall; F1, kappa, ROC-AUC and PR-AUC do not measure a classifier here")
+        metrics["notes"].insert(0, warning)
+        print(warning, file=sys.stderr)
     metrics.update(classes_scored=scored, classes_left_out={"evaluation_set": set_only, "checkpoint": ckpt_only},
                    rows_not_scored=ds.dropped, checkpoint=str(args.checkpoint), meta=list(map(str, args.meta)),
                    tta=args.tta, all_classes=args.all_classes)
@@ -162,13 +175,12 @@ def write_report(args, metrics, class_names, ds, out):
     out_dir = Path(args.out_dir)
     written = list(OUTPUTS[:2])
     va_pred = FER_metrics.clip_va(out["va"])
-    has_va = "valence" in metrics
+    has_va = "valence" in metrics or "arousal" in metrics
     with staged_outputs() as stage:
         write_text(json.dumps(metrics, indent=2), out_dir / OUTPUTS[0], stage)
         plot_confusion(metrics["confusion_matrix"], class_names, stage(out_dir / OUTPUTS[1]))
         if has_va:
-            ok = ~np.isnan(out["y_reg"]).any(1)
-            plot_valence_arousal(out["y_reg"][ok], va_pred[ok], stage(out_dir / OUTPUTS[2]))
+            plot_valence_arousal(out["y_reg"], va_pred, stage(out_dir / OUTPUTS[2]))
             written.append(OUTPUTS[2])
         if args.save_predictions:
             save_predictions(stage(args.save_predictions), ds, out, va_pred, class_names)
@@ -197,7 +209,7 @@ def main(argv=None):
         check_output(out_dir / name, "--out_dir")
     if args.save_predictions:
         check_output(args.save_predictions, "--save_predictions")
-    check_not_inputs([("--save_predictions", args.save_predictions)] + [("--out_dir", out_dir / n) for n in OUTPUTS],
+    check_not_inputs([("--out_dir", out_dir / n) for n in OUTPUTS] + [("--save_predictions", args.save_predictions)],
                      [("--checkpoint", args.checkpoint)] + [("--meta", m) for m in args.meta])
     metrics, class_names, ds, out = evaluate_checkpoint(args)
     written = write_report(args, metrics, class_names, ds, out)

@@ -16,7 +16,7 @@ import torch
 
 from FER_io import (ArgumentParser, FERError, check_not_inputs, check_output, float_in, int_at_least, run_main,
                     staged_outputs)
-from FER_model import model_from_checkpoint
+from FER_model import check_outputs_finite, model_from_checkpoint
 
 MIN_OPSET = 18  # the oldest opset torch.onnx's dynamo exporter writes
 
@@ -75,6 +75,7 @@ def parity(model, out, size, batch=3):
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ref = [t.numpy() for t in model(x)]
+    check_outputs_finite(model, *ref)  # NaN would make the comparison meaningless
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = session.run(["logits", "valence_arousal"], {"image": x.numpy()})
     if [g.shape for g in got] != [r.shape for r in ref]:
