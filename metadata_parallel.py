@@ -865,7 +865,8 @@ def write_parquet(df, path, stage=None):
     df.drop(columns=["split", "listed_as"], errors="ignore").to_parquet(stage(path), index=False)  # attrs travel in metadata
 
 
-def summarize(problems, out=sys.stdout):
+def summarize(problems, out=None):
+    out = out or sys.stdout  # looked up now: a redirected stdout gets the summary too
     for kind, items in problems.items():
         if not items:
             continue
