@@ -89,15 +89,22 @@ class Stage:
 
 @contextmanager
 def _signals_held(signals=(signal.SIGINT, signal.SIGTERM)):
-    """Deliver these signals only after the block (main thread; elsewhere Python handles none)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    """Deliver these signals only after the block: their handlers (Python runs them in the main thread,
+    whichever thread the kernel picks) just note them meanwhile; the first is raised again after."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    caught, old = [], {}
+    for s in signals:
+        if signal.getsignal(s) is not None:  # None: a handler Python did not install, left alone
+            old[s] = signal.signal(s, lambda number, frame: caught.append(number))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def _failed_target(stage, e):

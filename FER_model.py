@@ -139,12 +139,15 @@ def read_weights(path):
             found = (re.search(r"Unsupported global: GLOBAL (\S+)", str(torch_error))
                      or re.search(r"WeightsUnpickler error: ([^\n.]+)", str(torch_error)))
             what = f" ({found[1]})" if found else ""
-            raise CheckpointError(f"{path}: not a weights-only checkpoint: it holds a pickled object that "
+            raise CheckpointError(f"{path}: refused, not a weights-only checkpoint: it holds a pickled object that "
                                   f"torch.load(weights_only=True) does not allow{what}; not loaded, nothing in it "
                                   f"ran. Load it only if you trust its source, and re-save its state dict") from None
         try:
             return _load_numpy_pickle(path)
         except pickle.UnpicklingError as e:
+            if "is not allowed" not in str(e):  # not a pickle at all (a CSV, an image, random bytes)
+                raise CheckpointError(f"{path}: not a weights file (neither a torch checkpoint nor a pickle of "
+                                      f"arrays)") from None
             raise CheckpointError(f"{path}: refused to load: it holds more than tensors and arrays ({e}); "
                                   f"only load files from sources you trust, and re-save them as plain state "
                                   f"dicts") from None

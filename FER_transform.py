@@ -260,10 +260,10 @@ class FERDataset(Dataset):
         self.paths, self.filenames, self.labels, self.va, self.boxes, self.dropped = [], [], [], [], [], {}
         for meta in paths:
             self._add(meta, root, require_va, verbose)
-        counted_twice(paths, self.paths)
         self.labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
         self.va = np.concatenate(self.va) if self.va else np.zeros((0, 2), np.float32)
         self.boxes = np.concatenate(self.boxes) if self.boxes else np.zeros((0, 4))
+        counted_twice(paths, self.faces())
         self.has_boxes = bool(np.isfinite(self.boxes).any())
         self.transform = build_transforms(train, size)
         self.size = size
@@ -305,6 +305,11 @@ class FERDataset(Dataset):
         self.boxes.append(boxes[keep] if boxes is not None else np.full((int(keep.sum()), 4), np.nan))
         if verbose:
             print(f"{Path(meta).name}: kept {int(keep.sum())}/{len(df)} rows" + "".join(f"; dropped {n}" for n in notes))
+
+    def faces(self):
+        """Each row's image path, with its face box where it has one (two faces of one photo are two rows)."""
+        return [p if not np.isfinite(b).all() else f"{p} (face box {', '.join(f'{v:g}' for v in b)})"
+                for p, b in zip(self.paths, self.boxes)]
 
     def __len__(self):
         return len(self.paths)

@@ -765,6 +765,8 @@ def listed_twice(df, problems):
     training split if it is listed there (validation must not hold training images); with different
     labels no row of it is kept (which label is right cannot be known). Both are named."""
     listed = (df["listed_as"] if "listed_as" in df.columns else df["filename"]).astype(str)
+    if set(FACE_BOX) <= set(df.columns):  # one photo, several faces: rows with different boxes are not duplicates
+        listed = listed + df[FACE_BOX].astype(str).agg(lambda box: f" (face box {', '.join(box)})", axis=1)
     again = listed.duplicated(keep=False)
     if not again.any():
         return df

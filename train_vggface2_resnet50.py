@@ -206,7 +206,7 @@ def preflight(args):
     # Whatever starts the run (fresh, --init_from, --resume of another run's state): outputs of an
     # earlier run are replaced only with --overwrite, except by the continuation of that same run.
     existing = [p for p in paths.values() if p.exists()]
-    own = bool(args.resume) and paths["last"].exists() and os.path.samefile(args.resume, paths["last"])
+    own = bool(args.resume) and any(p.exists() and os.path.samefile(args.resume, p) for p in paths.values())
     if own and args.overwrite:
         raise TrainError(f"--resume {args.resume} continues the run at --save_path {args.save_path}, --overwrite "
                          f"would replace it: give one of them")
@@ -495,7 +495,7 @@ def train(args, rank, world, device):
     resumed = check_resume(args.resume, args, class_names) if args.resume else None
     train_ds = FERDataset(args.train_meta, train=True, size=args.img_size, classes=class_names, verbose=rank == 0)
     val_ds = FERDataset(args.val_meta, train=False, size=args.img_size, classes=class_names, verbose=rank == 0)
-    counted_twice(args.train_meta + args.val_meta, train_ds.paths, val_ds.paths,
+    counted_twice(args.train_meta + args.val_meta, train_ds.faces(), val_ds.faces(),
                   "in both training (--train_meta) and validation (--val_meta)")
     for metas, ds in ((args.train_meta, train_ds), (args.val_meta, val_ds)):
         if len(ds) == 0:

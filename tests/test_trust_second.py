@@ -129,6 +129,10 @@ def test_no_two_outputs_of_a_run_are_one_file(trained, demo, tmp_path):
                  "--save_predictions", metrics, "--num_workers", 0)
     one_error_line(r, "--save_predictions", "metrics_resnet50.json", "same file")
     assert metrics.read_text() == "{}"
+    ckpt = shutil.copy(trained, tmp_path / "m.pth")  # predict's CSV onto its own checkpoint
+    one_error_line(run_here("predict.py", "--checkpoint", ckpt, demo["root"] / "images" / "0.jpg", "--out", ckpt),
+                   "--out", "m.pth", "is the input --checkpoint")
+    assert ckpt.read_bytes() == trained.read_bytes()
     (tmp_path / "link.csv").symlink_to(tmp_path / "a.csv")  # another spelling of a file not yet written
     with pytest.raises(FER_io.FERError, match="--b .*link.csv: is also the output --a"):
         FER_io.check_not_inputs([("--a", tmp_path / "a.csv"), ("--b", tmp_path / "link.csv")], [])
@@ -278,7 +282,7 @@ def test_checkpoints_that_are_not_weights_only_or_zip_bombs(trained, demo, tmp_p
     for script, args in (("eval_resnet50.py", ["--meta", demo["val"], "--out_dir", tmp_path, "--num_workers", 0]),
                          ("predict.py", [demo["root"] / "images" / "0.jpg", "--out", tmp_path / "p.csv"])):
         r = run_here(script, "--checkpoint", tmp_path / "evil.pth", *args)
-        one_error_line(r, "evil.pth: not a weights-only checkpoint", "(print)")
+        one_error_line(r, "evil.pth: refused, not a weights-only checkpoint", "(print)")
         assert "this ran" not in r.stdout
         one_error_line(run_here(script, "--checkpoint", bomb, *args), "bomb.pth", "declares 64 MiB", "not loaded")
 
