@@ -15,17 +15,8 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-from torch.utils.data import DataLoader
-
-import FER_metrics
-import FER_report
 from FER_io import (ArgumentParser, check_device, check_not_inputs, check_input, check_output, int_at_least, nonneg_int,
                     positive_int, run_main, staged_outputs, write_text)
-from FER_model import model_from_checkpoint, predict_batches
-from FER_transform import FERDataError, FERDataset, classes_in
 
 OUTPUTS = ("metrics_resnet50.json", "ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png",
            "report_resnet50.html")
@@ -56,6 +47,20 @@ def get_args(argv=None):
     p.add_argument("--report_images", type=nonneg_int, default=24,
                    help="thumbnails per confusion-matrix cell (and of mistakes, largest errors) in the report")
     return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    get_args()  # flags first: a bad flag fails now, not after the imports below (seconds)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+import FER_metrics  # noqa: E402
+import FER_report  # noqa: E402
+from FER_model import model_from_checkpoint, predict_batches  # noqa: E402
+from FER_transform import FERDataError, FERDataset, classes_in  # noqa: E402
 
 
 def plot_confusion(cm, class_names, path):

@@ -313,3 +313,17 @@ def test_stale_temporaries_of_a_killed_run_are_removed(demo, tmp_path, capsys):
         FER_io.check_output(tmp_path / path, "--save_path")
     assert not any(p.exists() for p in stale) and alive.exists() and mine.exists()
     assert "removed 1 temporary file(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script,flag", [("eval_resnet50.py", ["--batch_size", "0"]),
+                                         ("export_onnx.py", ["--opset", "3"])])
+def test_flag_errors_come_before_the_heavy_imports(script, flag):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    r = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / script), *flag], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and f"argument {flag[0]}" in r.stderr
+    imported = [ln.rsplit("|", 1)[-1].strip() for ln in r.stderr.splitlines() if ln.startswith("import time:")]
+    assert imported and not [m for m in imported if m.split(".")[0] in ("torch", "cv2", "albumentations", "pandas")]
