@@ -131,6 +131,8 @@ def read_weights(path):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: {'not a regular file' if path.exists() else 'file not found'}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
     is_zip = _check_zip_sizes(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -155,7 +157,11 @@ def read_weights(path):
             raise CheckpointError(f"{path}: not a weights file torch can read safely "
                                   f"({str(torch_error).splitlines()[0][:160]})") from None
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable weights file ({type(e).__name__}: "
+        if is_zip:  # torch's reader says "[enforce fail at inline_container.cc...]"
+            raise CheckpointError(f"{path}: a zip file, but not a checkpoint torch.save wrote (damaged or another "
+                                  f"kind of archive)") from None
+        raise CheckpointError(f"{path}: not a readable weights file, neither a torch checkpoint nor a pickle of "
+                              f"arrays ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
 
 

@@ -666,7 +666,7 @@ def parse_class_map(text):
     mapping = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         folder, _, name = item.partition("=")
-        if not _ or name.strip().casefold() not in CLASS_OF_NAME:
+        if not _ or not folder.strip() or name.strip().casefold() not in CLASS_OF_NAME:
             raise argparse.ArgumentTypeError(f"{item!r} is not FOLDER=CLASS with a class among "
                                              f"{', '.join(c.lower() for c in CLASS_NAMES)}")
         key = folder.strip().casefold()

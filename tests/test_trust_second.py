@@ -327,3 +327,18 @@ def test_flag_errors_come_before_the_heavy_imports(script, flag):
     assert r.returncode == 2 and f"argument {flag[0]}" in r.stderr
     imported = [ln.rsplit("|", 1)[-1].strip() for ln in r.stderr.splitlines() if ln.startswith("import time:")]
     assert imported and not [m for m in imported if m.split(".")[0] in ("torch", "cv2", "albumentations", "pandas")]
+
+
+def test_hostile_findings_are_one_clear_line(trained, demo, tmp_path):
+    """Found trying the surface again: files that are no checkpoint get a reason that is true, and a
+    --class_map entry without a folder is a flag error."""
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "notes.pth").write_text("epoch,acc\n1,0.5\n")  # e.g. a CSV that predict once wrote over a checkpoint
+    with zipfile.ZipFile(tmp_path / "archive.pth", "w") as z:
+        z.writestr("a.txt", "hello")
+    for name, needle in (("empty.pth", "empty file"), ("notes.pth", "neither a torch checkpoint nor a pickle"),
+                         ("archive.pth", "not a checkpoint torch.save wrote")):
+        one_error_line(run_here("eval_resnet50.py", "--checkpoint", tmp_path / name, "--meta", demo["val"],
+                                "--out_dir", tmp_path, "--num_workers", 0), name, needle)
+    r = run_here("metadata_parallel.py", "--root", tmp_path, "--out_dir", tmp_path / "o", "--class_map", "=happy")
+    assert r.returncode == 2 and "'=happy' is not FOLDER=CLASS" in r.stderr
