@@ -21,22 +21,9 @@ import make_demo_data
 import metadata_parallel as mp
 import train_vggface2_resnet50 as T
 from conftest import run_here, tiny_args
+from test_trust import one_error_line, snapshot  # the same checks as the first trust pass
 
 TRAIN = "train_vggface2_resnet50.py"
-
-
-def one_error_line(r, *needles):
-    """The run failed with exactly one line on stderr, naming every needle."""
-    assert r.returncode not in (0, None) and "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    for n in needles:
-        assert str(n) in lines[0], (n, lines[0])
-    return lines[0]
-
-
-def snapshot(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def with_index(src, dst, change):
