@@ -182,7 +182,8 @@ def check_not_inputs(outputs, inputs):
 _TEMPORARY = re.compile(r"\.(?P<stem>.*)\.(?P<pid>\d+)\.\d+\.tmp(?P<suffix>\.[^.]*)?")  # Stage's names
 
 
-def _process_gone(pid):
+def process_gone(pid):
+    """True when no process has this id (a temporary of it is stale)."""
     if pid == os.getpid() or os.name == "nt":  # os.kill(pid, 0) would end a process on Windows
         return False
     try:
@@ -207,7 +208,7 @@ def remove_stale_temporaries(folder, target=None):
         m = _TEMPORARY.fullmatch(entry.name)
         if not m or (target is not None and (m["stem"], m["suffix"] or "") != (target.stem, target.suffix)):
             continue
-        if not _process_gone(int(m["pid"])):
+        if not process_gone(int(m["pid"])):
             continue
         try:
             if entry.is_dir(follow_symlinks=False):

@@ -25,6 +25,7 @@ An existing output folder is replaced only when the new dataset is complete, and
 wrote it (or it is empty).
 """
 import errno
+import glob
 import hashlib
 import io
 import os
@@ -39,7 +40,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from FER_io import ArgumentParser, FERError, check_output, int_at_least, positive_int, run_main
+from FER_io import ArgumentParser, FERError, check_output, int_at_least, positive_int, process_gone, run_main
 from metadata_parallel import FER2013_LABELS, FERPLUS_LABELS, FERPLUS_VOTES, RAFDB_LABELS
 
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
@@ -347,6 +348,11 @@ def replaced_folder(out):
         raise FERError(f"--out {out}: {len(theirs)} file(s) in it were not written by make_demo_data.py (added or "
                        f"changed since), e.g. {', '.join(str(p.relative_to(out)) for p in theirs[:3])}; move them "
                        f"away or choose another --out")
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.*"):  # of a run that was killed (SIGKILL, power loss)
+        m = re.fullmatch(rf"\.{re.escape(out.name)}\.(\d+)\.(tmp|old)", stale.name)
+        if m and stale.is_dir() and not stale.is_symlink() and process_gone(int(m[1])):
+            shutil.rmtree(stale, ignore_errors=True)
+            print(f"removed {stale} (left by an interrupted run)")
     tmp, old = (out.with_name(f".{out.name}.{os.getpid()}.{what}") for what in ("tmp", "old"))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
