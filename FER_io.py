@@ -11,9 +11,12 @@ Imports nothing heavy: every other module may import this one.
 import argparse
 import errno
 import os
+import re
 import shutil
+import signal
 import stat
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,12 +64,16 @@ class Stage:
         return tmp
 
     def commit(self):
+        """Rename every temporary into place. Ctrl-C (or SIGTERM) during the renames is held back
+        until the last one is done, so the files of a run (an index and its images, a checkpoint and
+        its history) are replaced together or not at all."""
         for target, tmp in self.files.items():
             if not tmp.exists():
                 raise FERError(f"{target}: nothing was written")
-        for target, tmp in self.files.items():
-            os.replace(tmp, target)
-        self.files = {}
+        with _signals_held():
+            for target, tmp in self.files.items():
+                os.replace(tmp, target)
+            self.files = {}
 
     def discard(self):
         for tmp in self.files.values():
@@ -81,6 +88,36 @@ class Stage:
 
 
 @contextmanager
+def _signals_held(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Deliver these signals only after the block: their handlers (Python runs them in the main thread,
+    whichever thread the kernel picks) just note them meanwhile; the first is raised again after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught, old = [], {}
+    for s in signals:
+        if signal.getsignal(s) is not None:  # None: a handler Python did not install, left alone
+            old[s] = signal.signal(s, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def _failed_target(stage, e):
+    """The output being written when e happened: the one whose temporary e names, else the one
+    staged last (writers ask for their temporary name just before they write)."""
+    name = getattr(e, "filename", None)
+    for target, tmp in stage.files.items():
+        if name and os.path.abspath(name) == os.path.abspath(tmp):
+            return target
+    return next(reversed(stage.files), None)
+
+
+@contextmanager
 def staged_outputs():
     """with staged_outputs() as stage: write(stage(target)) ... -- all targets replaced at the end,
     none on an exception (Ctrl-C included). A full disk becomes one FERError naming the file."""
@@ -89,14 +126,14 @@ def staged_outputs():
         yield stage
         stage.commit()
     except BaseException as e:
-        full = [t for t, tmp in stage.files.items() if tmp.exists() and _disk_full(tmp)] or \
-            [t for t, tmp in stage.files.items() if not tmp.exists() and _disk_full(tmp)][-1:]  # the one being written
+        target = _failed_target(stage, e)  # not the first file of the run: the one that failed
+        full = target is not None and _disk_full(stage.files[target])
         stage.discard()
         if isinstance(e, FERError):
             raise
         if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (isinstance(e, Exception) and full):
-            target = full[0] if full else Path(getattr(e, "filename", None) or "output")
-            raise FERError(f"no space left on device writing {target}") from None
+            raise FERError(f"no space left on device writing {target or getattr(e, 'filename', None) or 'output'}") \
+                from None
         if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             raise FERError(f"cannot write {e.filename or 'output'}: {e.strerror}") from None
         raise
@@ -125,17 +162,72 @@ def check_replaceable(path, flag):
 
 
 def check_not_inputs(outputs, inputs):
-    """Refuse an output that is one of the run's inputs (a checkpoint overwritten by its own export,
-    an index by a checkpoint): compared as files, so links and other spellings are caught too."""
+    """Refuse two outputs of a run that are the same file (a predictions CSV onto the metrics JSON) and
+    an output that is one of the run's inputs (a checkpoint overwritten by its own export, an index by
+    a checkpoint): compared as files, so links and other spellings are caught too."""
+    seen = {}
+    for flag, out in outputs:
+        if out:
+            key = os.path.normcase(os.path.realpath(out))
+            if key in seen:
+                raise FERError(f"{flag} {out}: is also the output {seen[key][0]} {seen[key][1]}; one run would "
+                               f"write both to the same file: choose another name")
+            seen[key] = (flag, out)
     for flag, out in outputs:
         for in_flag, inp in inputs:
             if inp and out and os.path.exists(out) and os.path.exists(inp) and os.path.samefile(out, inp):
                 raise FERError(f"{flag} {out}: is the input {in_flag} {inp}; choose another output name")
 
 
+_TEMPORARY = re.compile(r"\.(?P<stem>.*)\.(?P<pid>\d+)\.\d+\.tmp(?P<suffix>\.[^.]*)?")  # Stage's names
+
+
+def process_gone(pid):
+    """True when no process has this id (a temporary of it is stale)."""
+    if pid == os.getpid() or os.name == "nt":  # os.kill(pid, 0) would end a process on Windows
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process
+        return False
+    return False
+
+
+def remove_stale_temporaries(folder, target=None):
+    """Remove the temporaries that a staged run killed before it could clean up left in folder (of
+    target only, when given): names Stage gives, of processes that no longer exist. Says so; returns
+    the removed paths."""
+    folder, removed = Path(folder), []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMPORARY.fullmatch(entry.name)
+        if not m or (target is not None and (m["stem"], m["suffix"] or "") != (target.stem, target.suffix)):
+            continue
+        if not process_gone(int(m["pid"])):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            pass
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left in {folder} by an interrupted run: "
+              f"{', '.join(p.name for p in removed[:3])}{' ...' if len(removed) > 3 else ''}")
+    return removed
+
+
 def check_output(path, flag, folder=False):
     """Fail now, not after an epoch, if path cannot be written: a path that is a folder (or a file,
-    for a folder), a link or special file, a parent that is a file, a read-only folder."""
+    for a folder), a link or special file, a parent that is a file, a read-only folder. Temporaries
+    that an interrupted earlier run left for this output (or in this folder) are removed."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         raise FERError(f"{flag} {path}: is {'a file' if folder else 'a folder'}")
@@ -157,6 +249,8 @@ def check_output(path, flag, folder=False):
         if e.errno == errno.ENOSPC:
             raise FERError(f"{flag} {path}: no space left on device in {parent}") from None
         raise FERError(f"{flag} {path}: folder {parent} is not writable ({e.strerror})") from None
+    if path.is_dir() if folder else parent == path.parent:
+        remove_stale_temporaries(path if folder else parent, None if folder else path)
     return path
 
 

@@ -209,7 +209,8 @@ def evaluate(logits, va_pred, y_true, va_true, class_names):
     """The full report: {'n', classification and calibration metrics, 'valence': {...}, 'arousal': {...},
     'notes'}; per class also the two classes it is most often predicted as.
 
-    va_true may be None or all-NaN (a classification-only dataset): regression is then left out.
+    va_true may be None or all-NaN (a classification-only dataset): regression is then left out. Each
+    dimension is scored on the samples that have it; a dimension without any value is absent.
     """
     probs = softmax(logits)
     out, notes = classification_metrics(y_true, probs, class_names)
@@ -218,20 +219,25 @@ def evaluate(logits, va_pred, y_true, va_true, class_names):
     notes += cal_notes
     for name, confused in most_confused(out["confusion_matrix"], class_names).items():
         out["per_class"][name]["confused_with"] = confused
-    has_va = va_true is not None and len(va_true) and not np.isnan(va_true).all()
-    if has_va:
-        ok = ~np.isnan(va_true).any(1)
-        if not ok.all():
-            notes.append(f"{int((~ok).sum())} samples without valence/arousal left out of the regression metrics")
-        pred = clip_va(va_pred[ok])
+    va_true = np.full((len(y_true), 2), np.nan) if va_true is None else np.asarray(va_true, np.float64)
+    has = ~np.isnan(va_true)
+    if has.any():
         notes.append(f"valence/arousal predictions clipped to [{VA_RANGE[0]:g}, {VA_RANGE[1]:g}] before scoring")
-        for i, name in enumerate(("valence", "arousal")):
-            out[name] = regression_metrics(va_true[ok, i], pred[:, i])
-            for m in ("corr", "ccc"):
-                if out[name][m] is None:
-                    notes.append(f"{name} {m.upper()} undefined (constant predictions or labels): reported as null")
-        out["rmse_combined"] = rmse(va_true[ok], va_pred[ok])["combined"]
-    else:
+    for i, name in enumerate(("valence", "arousal")):
+        if not has[:, i].any():
+            if has.any():
+                notes.append(f"no {name} labels: {name} is not scored")
+            continue
+        if not has[:, i].all():
+            notes.append(f"{int((~has[:, i]).sum())} samples without {name} left out of its metrics")
+        out[name] = regression_metrics(va_true[has[:, i], i], clip_va(va_pred[has[:, i], i]))
+        for m in ("corr", "ccc"):
+            if out[name][m] is None:
+                notes.append(f"{name} {m.upper()} undefined (constant predictions or labels): reported as null")
+    both = has.all(1)
+    if both.any():
+        out["rmse_combined"] = rmse(va_true[both], va_pred[both])["combined"]
+    if not has.any():
         notes.append("no valence/arousal labels: classification-only report")
     out["notes"] = notes
     return out

@@ -3,6 +3,7 @@
 Shared by train_vggface2_resnet50.py, eval_resnet50.py, predict.py, export_onnx.py and bench.py.
 """
 import pickle
+import re
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -104,18 +105,51 @@ def _load_numpy_pickle(path):
         return _NumpyOnlyUnpickler(fh, encoding="latin1").load()
 
 
+MAX_INFLATION = 4  # a torch checkpoint stores its tensors uncompressed: its zip directory declares ~ its size
+
+
+def _check_zip_sizes(path):
+    """A torch checkpoint is a zip file: refuse one whose directory declares far more bytes than the
+    file holds (a zip bomb), before anything is inflated. True for a zip file."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            declared = sum(info.file_size for info in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    size = path.stat().st_size
+    if declared > MAX_INFLATION * size + (1 << 20):
+        raise CheckpointError(f"{path}: its zip directory declares {declared / 2**20:.0f} MiB in a "
+                              f"{size / 2**20:.1f} MiB file: not a checkpoint torch wrote (a zip bomb?); not loaded")
+    return True
+
+
 def read_weights(path):
     """Load a weights file without running code from it: a torch checkpoint (weights_only) or a
     pickled dict of numpy arrays. Returns the raw object."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: {'not a regular file' if path.exists() else 'file not found'}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    is_zip = _check_zip_sizes(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as torch_error:
+        if is_zip:  # a torch checkpoint holding pickled objects that could run code: never unpickled
+            found = (re.search(r"Unsupported global: GLOBAL (\S+)", str(torch_error))
+                     or re.search(r"WeightsUnpickler error: ([^\n.]+)", str(torch_error)))
+            what = f" ({found[1]})" if found else ""
+            raise CheckpointError(f"{path}: refused, not a weights-only checkpoint: it holds a pickled object that "
+                                  f"torch.load(weights_only=True) does not allow{what}; not loaded, nothing in it "
+                                  f"ran. Load it only if you trust its source, and re-save its state dict") from None
         try:
             return _load_numpy_pickle(path)
         except pickle.UnpicklingError as e:
+            if "is not allowed" not in str(e):  # not a pickle at all (a CSV, an image, random bytes)
+                raise CheckpointError(f"{path}: not a weights file (neither a torch checkpoint nor a pickle of "
+                                      f"arrays)") from None
             raise CheckpointError(f"{path}: refused to load: it holds more than tensors and arrays ({e}); "
                                   f"only load files from sources you trust, and re-save them as plain state "
                                   f"dicts") from None
@@ -123,7 +157,11 @@ def read_weights(path):
             raise CheckpointError(f"{path}: not a weights file torch can read safely "
                                   f"({str(torch_error).splitlines()[0][:160]})") from None
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable weights file ({type(e).__name__}: "
+        if is_zip:  # torch's reader says "[enforce fail at inline_container.cc...]"
+            raise CheckpointError(f"{path}: a zip file, but not a checkpoint torch.save wrote (damaged or another "
+                                  f"kind of archive)") from None
+        raise CheckpointError(f"{path}: not a readable weights file, neither a torch checkpoint nor a pickle of "
+                              f"arrays ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
 
 
@@ -285,6 +323,9 @@ def read_checkpoint(path):
     bad = nonfinite_tensor(state)
     if bad:
         raise CheckpointError(f"{path}: refused, the weights hold non-finite values (NaN or inf in {bad})")
+    bad = next((k for k, v in state.items() if k.endswith("running_var") and bool((v < 0).any())), None)
+    if bad:
+        raise CheckpointError(f"{path}: refused, a BatchNorm variance is negative ({bad}): the model would output NaN")
     return {**meta, **check_metadata(meta, state, path)}, state
 
 
@@ -308,8 +349,17 @@ def model_from_checkpoint(path, device="cpu"):
     original scripts. Returns (model in eval mode, checkpoint metadata without the weights)."""
     meta, state = read_checkpoint(path)
     model = build_from_state(meta, state, path)
+    model.source = str(path)  # infer() names it when its outputs are not finite
     meta = {k: v for k, v in meta.items() if k not in ("model", "optimizer", "scheduler", "scaler")}
     return model.to(device).eval(), meta
+
+
+def check_outputs_finite(model, *outputs):
+    """Finite weights can still give NaN or inf (invalid statistics, overflow): a prediction that is
+    not a number is an error naming the checkpoint, never a row with empty values."""
+    if not all(bool(torch.isfinite(torch.as_tensor(o)).all()) for o in outputs):
+        raise CheckpointError(f"{getattr(unwrap(model), 'source', 'the model')}: the model's outputs are not finite "
+                              f"(NaN or inf) for a finite input: its weights or BatchNorm statistics are invalid")
 
 
 def model_initialised_from(path, arch, class_names, say=print):
@@ -354,6 +404,8 @@ def infer(model, images, device, amp_dtype=None, tta=False):
         if tta:  # average with the mirrored face
             logits_f, va_f = model(x.flip(3))
             logits, va = (logits + logits_f) / 2, (va + va_f) / 2
+    if hasattr(unwrap(model), "source"):  # a loaded checkpoint (training checks its own validation outputs)
+        check_outputs_finite(model, logits, va)
     return logits.float(), va.float()
 
 

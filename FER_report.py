@@ -163,10 +163,13 @@ def va_scatter(axes, va_true, va_pred, titles=("valence", "arousal")):
     """Predicted against true valence and arousal on two axes, with the identity line (a hexbin plot
     above 2,000 images). Also draws eval's ValenceArousal_resnet50.png."""
     for k, (ax, name, title) in enumerate(zip(axes, ("valence", "arousal"), titles)):
-        if len(va_true) > 2000:
-            ax.hexbin(va_true[:, k], va_pred[:, k], gridsize=50, extent=(-1, 1, -1, 1), mincnt=1, cmap="viridis")
+        ok = ~np.isnan(va_true[:, k])  # each dimension on the images that have it
+        if not ok.any():
+            ax.text(0, 0, f"no {name} labels", ha="center", va="center")
+        elif ok.sum() > 2000:
+            ax.hexbin(va_true[ok, k], va_pred[ok, k], gridsize=50, extent=(-1, 1, -1, 1), mincnt=1, cmap="viridis")
         else:
-            ax.scatter(va_true[:, k], va_pred[:, k], s=6, alpha=0.5)
+            ax.scatter(va_true[ok, k], va_pred[ok, k], s=6, alpha=0.5)
         ax.plot([-1, 1], [-1, 1], "r--", lw=1, label="identity")
         ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xlabel=f"true {name}", ylabel=f"predicted {name}",
                title=title, aspect="equal")
@@ -387,19 +390,19 @@ def calibration_section(m, probs, y):
 
 def va_section(m, va_true, va_pred, rows, class_names, y, pics, cap):
     plt = pyplot()
-    ok = ~np.isnan(va_true).any(1)
-    t, p = va_true[ok], va_pred[ok]
+    ok = ~np.isnan(va_true).all(1)  # a dimension without labels is absent from m (see FER_metrics.evaluate)
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.2))
-    va_scatter(axes, t, p, [f"{name}: CCC {num(m[name].get('ccc'), 3)}" for name in ("valence", "arousal")])
+    va_scatter(axes, va_true, va_pred, [f"{name}: CCC {num(m.get(name, {}).get('ccc'), 3)}"
+                                        for name in ("valence", "arousal")])
     fig.subplots_adjust(left=0.1, right=0.98, top=0.92, bottom=0.12, wspace=0.3)
     scatter = png(fig)
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), sharey=True)
     for k, (ax, name) in enumerate(zip(axes, ("valence", "arousal"))):
-        err = p[:, k] - t[:, k]
+        err = (va_pred[:, k] - va_true[:, k])[~np.isnan(va_true[:, k])]
         ax.hist(err, bins=np.linspace(-2, 2, 41), color="#4c78a8", edgecolor="white")
         ax.axvline(0, color="gray", lw=1)
-        ax.set(xlabel=f"predicted \u2212 true {name}", title=f"{name}: mean {err.mean():+.3f}, RMSE "
-               f"{num(m[name].get('rmse'), 3)}")
+        ax.set(xlabel=f"predicted \u2212 true {name}", title=f"{name}: mean {f'{err.mean():+.3f}' if len(err) else DASH}"
+               f", RMSE {num(m.get(name, {}).get('rmse'), 3)}")
     axes[0].set_ylabel("images")
     fig.subplots_adjust(left=0.08, right=0.98, top=0.89, bottom=0.16, wspace=0.08)
     hist = png(fig)
@@ -437,12 +440,13 @@ def render(metrics, predictions, image_paths, names=None, boxes=None, command=No
         cells.setdefault((int(y[r]), int(pred[r])), []).append(int(r))
     cells = dict(sorted(cells.items()))
     wrong = [int(r) for r in np.argsort(-conf, kind="stable") if y[r] != pred[r]]
-    has_va = isinstance(metrics.get("valence"), dict) and predictions.get("y_reg") is not None
+    has_va = any(isinstance(metrics.get(n), dict) for n in ("valence", "arousal")) and \
+        predictions.get("y_reg") is not None
     va_rows = []
     if has_va:
         va_true = np.asarray(predictions["y_reg"], np.float64)
         va_pred = FER_metrics.clip_va(np.asarray(predictions["va"], np.float64))
-        err = np.sqrt(((va_pred - va_true) ** 2).sum(1))
+        err = np.where(np.isnan(va_true).all(1), np.nan, np.sqrt(np.nansum((va_pred - va_true) ** 2, 1)))
         va_rows = [int(r) for r in np.argsort(-np.nan_to_num(err, nan=-1), kind="stable") if np.isfinite(err[r])]
     shown = [r for rows in cells.values() for r in rows[:max_images]] + wrong[:max_images] + va_rows[:max_images]
     pics = Pictures(image_paths, names, boxes, shown, progress)
@@ -457,8 +461,8 @@ def render(metrics, predictions, image_paths, names=None, boxes=None, command=No
     title = f"Evaluation: {os.path.basename(str(metrics.get('checkpoint', 'checkpoint')))}"
     summary = (f"{len(y):,} images, {len(class_names)} classes: accuracy {num(metrics.get('accuracy'))}, "
                f"F1 (macro) {num(metrics.get('f1_macro'))}, ECE {num(metrics.get('ece'))}"
-               + (f", valence CCC {num(metrics['valence'].get('ccc'))}, arousal CCC "
-                  f"{num(metrics['arousal'].get('ccc'))}" if has_va else ""))
+               + (f", valence CCC {num(metrics.get('valence', {}).get('ccc'))}, arousal CCC "
+                  f"{num(metrics.get('arousal', {}).get('ccc'))}" if has_va else ""))
     nav = [("header", "Run"), ("metrics", "Metrics"), ("per-class", "Per class"), ("confusion", "Confusion"),
            ("galleries", "Images"), ("mistakes", "Mistakes"), ("calibration", "Calibration")]
     if has_va:

@@ -85,6 +85,8 @@ def smooth(df, alpha, class_names):
     smooth_expression and smooth_confidence are the top class of the smoothed probabilities."""
     cols = prob_columns(class_names) + ["valence", "arousal"]
     tracked = df[df["track_id"].notna()].sort_values(["frame"], kind="stable")
+    if tracked.empty:  # no face in any video: nothing to smooth, the columns stay empty
+        return df.assign(smooth_expression=None, smooth_confidence=np.nan, **{f"smooth_{c}": np.nan for c in cols})
     smoothed = tracked.groupby(VIDEO_KEYS, sort=False)[cols].transform(
         lambda s: s.ewm(alpha=alpha, adjust=False).mean())
     probs = smoothed[prob_columns(class_names)].to_numpy()

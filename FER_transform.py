@@ -220,6 +220,25 @@ def classes_in(metas):
     return present_classes(np.concatenate(found) if found else [])
 
 
+def counted_twice(metas, image_paths, other=None, what="listed more than once"):
+    """Refuse rows that would count an image twice: an index file given twice, an image listed twice
+    (in one or several index files), or, with other (a second set's image paths), in both sets."""
+    metas = list(map(str, metas))
+    for i, a in enumerate(metas):
+        for b in metas[:i]:
+            if os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b):
+                raise FERDataError(f"{a}: given twice{f' (as {b})' if a != b else ''}; its rows would be "
+                                   f"{'counted twice' if other is None else what}")
+    paths = pd.Series([os.path.normpath(p) for p in image_paths], dtype=object)
+    twice = paths[paths.isin([os.path.normpath(p) for p in other])] if other is not None else \
+        paths[paths.duplicated()]
+    if len(twice):
+        twice = twice.drop_duplicates()
+        raise FERDataError(f"{', '.join(metas)}: {len(twice)} image(s) {what}, e.g. "
+                           f"{', '.join(twice.iloc[:3])}; " + ("they would be counted twice (re-index, or remove them)" if other is None
+                                                   else "validation would measure training images"))
+
+
 class FERDataset(Dataset):
     """Samples of one or more index parquets: {"image": 3xHxW float, "y_cls": long, "y_reg": float32
     [v, a] (NaN where the dataset has none), "index"}.
@@ -245,6 +264,7 @@ class FERDataset(Dataset):
         self.labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
         self.va = np.concatenate(self.va) if self.va else np.zeros((0, 2), np.float32)
         self.boxes = np.concatenate(self.boxes) if self.boxes else np.zeros((0, 4))
+        counted_twice(paths, self.faces())
         self.has_boxes = bool(np.isfinite(self.boxes).any())
         self.transform = build_transforms(train, size)
         self.size = size
@@ -287,6 +307,11 @@ class FERDataset(Dataset):
         self.boxes.append(boxes[keep] if boxes is not None else np.full((int(keep.sum()), 4), np.nan))
         if verbose:
             print(f"{Path(meta).name}: kept {int(keep.sum())}/{len(df)} rows" + "".join(f"; dropped {n}" for n in notes))
+
+    def faces(self):
+        """Each row's image path, with its face box where it has one (two faces of one photo are two rows)."""
+        return [p if not np.isfinite(b).all() else f"{p} (face box {', '.join(f'{v:g}' for v in b)})"
+                for p, b in zip(self.paths, self.boxes)]
 
     def __len__(self):
         return len(self.paths)

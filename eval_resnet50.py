@@ -18,18 +18,8 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-from torch.utils.data import DataLoader
-
-import FER_metrics
-import FER_report
-import FER_run
 from FER_io import (ArgumentParser, check_device, check_not_inputs, check_input, check_output, int_at_least, nonneg_int,
                     positive_int, run_main, staged_outputs, write_text)
-from FER_model import model_from_checkpoint, predict_batches
-from FER_transform import FERDataError, FERDataset, classes_in
 
 OUTPUTS = ("metrics_resnet50.json", "ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png",
            "report_resnet50.html")
@@ -71,6 +61,21 @@ def get_args(argv=None):
         p.error("--save_predictions: give one --checkpoint (evaluate each model alone to save its predictions)")
     args.checkpoint, args.checkpoint_b = args.checkpoint[0], (args.checkpoint[1:] or [None])[0]
     return args
+
+
+if __name__ == "__main__":
+    get_args()  # flags first: a bad flag fails now, not after the imports below (seconds)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+import FER_metrics  # noqa: E402
+import FER_report  # noqa: E402
+import FER_run  # noqa: E402
+from FER_model import model_from_checkpoint, predict_batches  # noqa: E402
+from FER_transform import FERDataError, FERDataset, classes_in  # noqa: E402
 
 
 def plot_confusion(cm, class_names, path):
@@ -151,6 +156,10 @@ def scored_classes(checkpoint_classes, metas, all_classes):
     if not scored:
         raise FERDataError(f"{', '.join(map(str, metas))}: no class in common with the checkpoint "
                            f"({', '.join(checkpoint_classes)})")
+    if len(scored) < 2:  # an argmax over one class is always right: accuracy 1.0 that measures nothing
+        raise FERDataError(f"{', '.join(map(str, metas))}: only one class to score ({scored[0]}), so every "
+                           f"prediction would be right by construction; evaluate on a set with at least two of "
+                           f"the checkpoint's classes, or use --all_classes to score against all of them")
     return scored, [c for c in present if c not in scored], [c for c in checkpoint_classes if c not in scored]
 
 
@@ -178,6 +187,12 @@ def evaluate_checkpoint(args):
     if ckpt_only:
         metrics["notes"].insert(0, f"checkpoint classes absent from the evaluation set, left out of the argmax: "
                                    f"{', '.join(ckpt_only)} (--all_classes keeps them)")
+    truth = sorted({scored[k] for k in np.unique(out["y_cls"])})
+    if len(truth) < 2:  # honest (the argmax is over several classes) but it is one class's recall only
+        warning = (f"WARNING: the evaluation set holds one class only ({', '.join(truth)}): accuracy is that "
+                   f"class's recall; F1, kappa, ROC-AUC and PR-AUC do not measure a classifier here")
+        metrics["notes"].insert(0, warning)
+        print(warning, file=sys.stderr)
     metrics.update(classes_scored=scored, classes_left_out={"evaluation_set": set_only, "checkpoint": ckpt_only},
                    rows_not_scored=ds.dropped, checkpoint=str(args.checkpoint), meta=list(map(str, args.meta)),
                    tta=args.tta, all_classes=args.all_classes, data=FER_run.data_record(ds),
@@ -214,13 +229,12 @@ def write_report(args, metrics, class_names, ds, out):
     out_dir = Path(args.out_dir)
     written = list(OUTPUTS[:2])
     va_pred = FER_metrics.clip_va(out["va"])
-    has_va = "valence" in metrics
+    has_va = "valence" in metrics or "arousal" in metrics
     with staged_outputs() as stage:
         write_text(json.dumps(metrics, indent=2), out_dir / OUTPUTS[0], stage)
         plot_confusion(metrics["confusion_matrix"], class_names, stage(out_dir / OUTPUTS[1]))
         if has_va:
-            ok = ~np.isnan(out["y_reg"]).any(1)
-            plot_valence_arousal(out["y_reg"][ok], va_pred[ok], stage(out_dir / OUTPUTS[2]))
+            plot_valence_arousal(out["y_reg"], va_pred, stage(out_dir / OUTPUTS[2]))
             written.append(OUTPUTS[2])
         if args.save_predictions:
             save_predictions(stage(args.save_predictions), ds, out, va_pred, class_names)
@@ -270,7 +284,7 @@ def main(argv=None):
         check_output(out_dir / name, "--out_dir")
     if args.save_predictions:
         check_output(args.save_predictions, "--save_predictions")
-    check_not_inputs([("--save_predictions", args.save_predictions)] + [("--out_dir", out_dir / n) for n in OUTPUTS],
+    check_not_inputs([("--out_dir", out_dir / n) for n in OUTPUTS] + [("--save_predictions", args.save_predictions)],
                      [("--checkpoint", args.checkpoint)] + [("--meta", m) for m in args.meta])
     metrics, class_names, ds, out = evaluate_checkpoint(args)
     if args.bootstrap:

@@ -11,12 +11,8 @@ import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from FER_io import (ArgumentParser, FERError, check_not_inputs, check_output, float_in, int_at_least, run_main,
                     staged_outputs)
-from FER_model import model_from_checkpoint
 
 MIN_OPSET = 18  # the oldest opset torch.onnx's dynamo exporter writes
 
@@ -34,6 +30,15 @@ def get_args(argv=None):
     p.add_argument("--tolerance", type=float_in(0, 1, lo_open=True), default=1e-3,
                    help="largest allowed |onnxruntime - PyTorch| (0-1)")
     return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    get_args()  # flags first: a bad flag fails now, not after the imports below (seconds)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from FER_model import check_outputs_finite, model_from_checkpoint  # noqa: E402
 
 
 class _Named(torch.nn.Module):
@@ -87,6 +92,8 @@ def main(argv=None):
     check_output(args.out, "--out")
     check_not_inputs([("--out", args.out)], [("--checkpoint", args.checkpoint)])
     model, meta = model_from_checkpoint(args.checkpoint, "cpu")
+    with torch.inference_mode():  # a model that outputs NaN is refused before the (slow) export
+        check_outputs_finite(model, *model(torch.randn(2, 3, meta["img_size"], meta["img_size"])))
     with staged_outputs() as stage:  # the old file stays unless the new one passes the parity check
         tmp = stage(args.out)
         export(model, meta, tmp, args.opset)

@@ -25,6 +25,7 @@ An existing output folder is replaced only when the new dataset is complete, and
 wrote it (or it is empty).
 """
 import errno
+import glob
 import hashlib
 import io
 import os
@@ -39,7 +40,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from FER_io import ArgumentParser, FERError, check_output, int_at_least, positive_int, run_main
+from FER_io import ArgumentParser, FERError, check_output, int_at_least, positive_int, process_gone, run_main
 from metadata_parallel import FER2013_LABELS, FERPLUS_LABELS, FERPLUS_VOTES, RAFDB_LABELS
 
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
@@ -317,6 +318,24 @@ def written_by_us(out):
             all(re.fullmatch(r"\d+_(exp|val|aro|lnd)\.npy", f) for f in os.listdir(out / "annotations")))
 
 
+def manifest(folder):
+    """{relative path: SHA-1} of every file below folder except the marker: what this script wrote."""
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
+
+
+def not_ours(out):
+    """Files in a folder this script wrote that it did not write as they are now (added or changed by
+    the user since), from the manifest in its marker; markers without a manifest list nothing."""
+    lines = (out / MARKER).read_text().splitlines()[1:] if (out / MARKER).is_file() else []
+    if not lines:
+        return []
+    wrote = dict(line.split("  ", 1)[::-1] for line in lines)
+    others = [p for p in sorted(out.rglob("*")) if not p.is_dir() and p.name != MARKER]
+    return [p for p in others if p.is_symlink() or not p.is_file() or
+            wrote.get(str(p.relative_to(out))) != hashlib.sha1(p.read_bytes()).hexdigest()]
+
+
 @contextmanager
 def replaced_folder(out):
     """Yield a temporary folder beside out; it replaces out only when the block succeeds."""
@@ -324,6 +343,16 @@ def replaced_folder(out):
     if out.exists() and any(out.iterdir()) and not written_by_us(out):
         raise FERError(f"--out {out}: folder is not empty and was not written by make_demo_data.py "
                        "(choose a new folder, or remove it)")
+    theirs = not_ours(out) if out.exists() else []
+    if theirs:
+        raise FERError(f"--out {out}: {len(theirs)} file(s) in it were not written by make_demo_data.py (added or "
+                       f"changed since), e.g. {', '.join(str(p.relative_to(out)) for p in theirs[:3])}; move them "
+                       f"away or choose another --out")
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.*"):  # of a run that was killed (SIGKILL, power loss)
+        m = re.fullmatch(rf"\.{re.escape(out.name)}\.(\d+)\.(tmp|old)", stale.name)
+        if m and stale.is_dir() and not stale.is_symlink() and process_gone(int(m[1])):
+            shutil.rmtree(stale, ignore_errors=True)
+            print(f"removed {stale} (left by an interrupted run)")
     tmp, old = (out.with_name(f".{out.name}.{os.getpid()}.{what}") for what in ("tmp", "old"))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -348,7 +377,8 @@ def make_dataset(out, n, size=None, seed=0, progress=True, fmt="affectnet"):
         raise FERError(f"--size {size}: {fmt} images are 48x48")
     with replaced_folder(out) as tmp:
         WRITERS[fmt](tmp, n, size, seed, progress)
-        (tmp / MARKER).write_text(f"format={fmt} n={n} size={size} seed={seed}\n")
+        files = "".join(f"{digest}  {name}\n" for name, digest in manifest(tmp).items())
+        (tmp / MARKER).write_text(f"format={fmt} n={n} size={size} seed={seed}\n{files}")
     return out
 
 

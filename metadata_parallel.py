@@ -19,6 +19,7 @@ seed: same split), with names that differ only in case or extension kept on one 
 Damaged input never stops the run: bad rows and files are skipped, counted and named in the summary.
 """
 import ast
+import hashlib
 import os
 import re
 import signal
@@ -34,7 +35,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from FER_io import (ArgumentParser, FERError, check_input, check_output, float_in, int_at_least, nonneg_int,
-                    run_main, staged_outputs)
+                    remove_stale_temporaries, run_main, staged_outputs)
 
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 NUM_CLASSES = 8
@@ -76,8 +77,9 @@ PROBLEMS = {
     "not_regular": "not regular files: FIFOs, devices, broken or looping links (skipped)",
     "bad_name": "file names that are not valid UTF-8 (skipped)",
     "unreadable_image": "images that cannot be decoded (skipped)",
-    "duplicate_name": "names that differ only in case or extension, or are listed twice (kept on one side "
-                      "of a random split)",
+    "listed_twice": "images listed more than once with the same label (kept once, in training if listed there)",
+    "conflicting_labels": "images listed more than once with different labels (dropped: no label can be trusted)",
+    "duplicate_name": "names that differ only in case or extension (kept on one side of a random split)",
     "split_leak": "names on both sides of the official split or in both --root and --val_root (left as given)",
 }
 
@@ -491,23 +493,27 @@ def read_rafdb(root, opts):
     """RAF-DB basic: EmoLabel/list_patition_label.txt ('train_00001.jpg 5') + Image/aligned or original."""
     path = check_input(root / "EmoLabel" / "list_patition_label.txt", "--root: RAF-DB label file")
     try:
-        table = pd.read_csv(path, sep=r"\s+", header=None, names=["name", "label"], dtype=str,
-                            keep_default_na=False)
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError:
         raise IndexError_(f"{path}: not a text file") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
-        raise IndexError_(f"{path}: not a RAF-DB label file: {str(e).strip().splitlines()[-1]}") from None
-    short = table.index[table["label"] == ""]
-    if len(short):
-        raise IndexError_(f"{path}: line {short[0] + 1}: expected '<image> <label>', found {table['name'][short[0]]!r}")
+    rows = []  # (line number, name, label): exactly two fields per line, blank lines skipped
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if fields and len(fields) != 2:
+            raise IndexError_(f"{path}: line {number}: expected '<image> <label>', found {line.strip()[:80]!r} "
+                              f"({len(fields)} fields)")
+        if fields:
+            rows.append((number, *fields))
+    if not rows:
+        raise IndexError_(f"{path}: not a RAF-DB label file: no '<image> <label>' line")
     aligned = (root / "Image" / "aligned").resolve()
     images_dir = aligned if aligned.is_dir() else (root / "Image" / "original").resolve()
     check_input(images_dir, "--root: RAF-DB images folder (Image/aligned or Image/original)", folder=True)
     problems = new_problems()
     regular, irregular = scan_images(images_dir)
     names, labels, sources, splits = [], [], [], []
-    for i, (name, label) in enumerate(zip(table["name"], table["label"])):
-        where = f"{path.name} line {i + 1}"
+    for number, name, label in rows:
+        where = f"{path.name} line {number}"
         split = "train" if name.startswith("train_") else "val" if name.startswith("test_") else None
         if label not in RAFDB_LABELS:
             problems["invalid_label"].append((where, f"label {label!r} is not 1-7"))
@@ -536,14 +542,17 @@ def read_fer2013_csv(root, problems):
     return table
 
 
-def write_fer_images(table, names, out_dir, stage, problems, progress):
-    """Decode the text pixels of the rows in table and write them as PNGs named names under
-    <out_dir>/images (staged with the index, unchanged files left alone). Returns the rows written."""
+def write_fer_images(table, stems, out_dir, stage, problems, progress):
+    """Decode the text pixels of the rows in table and write them as PNGs under <out_dir>/images, named
+    <stem>_<first 12 hex digits of the pixels' SHA-1>.png: a name always means the same pixels, so no
+    run (of this format or another, into the same folder) ever changes the pixels behind an existing
+    index; a run only adds files, staged with the index. Returns (rows written, their names, folder)."""
     import cv2
 
     images_dir = Path(out_dir).resolve() / "images"
-    kept = []
-    for i, (name, pixels, where) in enumerate(tqdm(list(zip(names, table["pixels"], table["where"])),
+    remove_stale_temporaries(images_dir)  # of a run killed before it could clean up
+    kept, names = [], []
+    for i, (stem, pixels, where) in enumerate(tqdm(list(zip(stems, table["pixels"], table["where"])),
                                                    desc="pixels -> PNG", unit="img", disable=not progress)):
         try:
             values = parse_numbers(pixels, np.int64, " ")
@@ -554,12 +563,15 @@ def write_fer_images(table, names, out_dir, stage, problems, progress):
         except ValueError as e:
             problems["bad_row"].append((where, str(e)))
             continue
-        data = cv2.imencode(".png", values.astype(np.uint8).reshape(48, 48))[1].tobytes()
+        grey = values.astype(np.uint8).reshape(48, 48)
+        name = f"{stem}_{hashlib.sha1(grey.tobytes()).hexdigest()[:12]}.png"
+        data = cv2.imencode(".png", grey)[1].tobytes()
         target = images_dir / name
         if not same_bytes(target, data):
             Path(stage(target)).write_bytes(data)
         kept.append(i)
-    return kept, images_dir
+        names.append(name)
+    return kept, names, images_dir
 
 
 def same_bytes(path, data):
@@ -580,10 +592,10 @@ def read_fer2013(root, opts):
     for where, label in zip(table["where"][bad], table["emotion"][bad]):
         problems["invalid_label"].append((where, f"emotion {label!r} is not 0-6"))
     table = table[~bad & table["split"].notna()].assign(emotion=code[~bad])
-    names = [f"fer{i:07d}.png" for i in table.index]  # the FERPlus naming: row number in fer2013.csv
-    kept, images_dir = write_fer_images(table, names, opts.out_dir, opts.stage, problems, opts.progress)
+    stems = [f"fer{i:07d}" for i in table.index]  # row number in fer2013.csv, from 0
+    kept, names, images_dir = write_fer_images(table, stems, opts.out_dir, opts.stage, problems, opts.progress)
     t = table.iloc[kept]
-    df = table_of([names[i] for i in kept], t["emotion"].map(FER2013_LABELS), t["emotion"], t["split"])
+    df = table_of(names, t["emotion"].map(FER2013_LABELS), t["emotion"], t["split"])
     df.attrs["images_dir"] = str(images_dir)
     return df, problems
 
@@ -637,9 +649,11 @@ def read_ferplus(root, opts):
             keep[i] = pd.notna(table["split"].iat[i])  # an unknown Usage is already named
     sources = votes_table[FERPLUS_VOTES].apply(lambda c: c.str.strip()).agg(",".join, axis=1)
     t = table[keep]
-    kept, images_dir = write_fer_images(t, names[keep].tolist(), opts.out_dir, opts.stage, problems, opts.progress)
+    kept, files, images_dir = write_fer_images(t, [n[:-4] for n in names[keep]], opts.out_dir, opts.stage,
+                                               problems, opts.progress)
     rows = np.flatnonzero(keep)[kept]
-    df = table_of(names.iloc[rows].tolist(), labels[rows], sources.iloc[rows].tolist(), table["split"].iloc[rows])
+    df = table_of(files, labels[rows], sources.iloc[rows].tolist(), table["split"].iloc[rows])
+    df["listed_as"] = names.iloc[rows].tolist()  # the name FERPlus gives: the same one twice is a duplicate
     df.attrs["images_dir"] = str(images_dir)
     return df, problems
 
@@ -652,10 +666,13 @@ def parse_class_map(text):
     mapping = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         folder, _, name = item.partition("=")
-        if not _ or name.strip().casefold() not in CLASS_OF_NAME:
+        if not _ or not folder.strip() or name.strip().casefold() not in CLASS_OF_NAME:
             raise argparse.ArgumentTypeError(f"{item!r} is not FOLDER=CLASS with a class among "
                                              f"{', '.join(c.lower() for c in CLASS_NAMES)}")
-        mapping[folder.strip().casefold()] = CLASS_OF_NAME[name.strip().casefold()]
+        key = folder.strip().casefold()
+        if key in mapping:  # the last one would silently win
+            raise argparse.ArgumentTypeError(f"folder {folder.strip()!r} is given twice")
+        mapping[key] = CLASS_OF_NAME[name.strip().casefold()]
     if not mapping:
         raise argparse.ArgumentTypeError("empty map")
     return mapping
@@ -694,6 +711,15 @@ def read_folders(root, opts):
                 if any(n.isdigit() for n in unknown) and not opts.class_map else "")
         raise IndexError_(f"--root {root}: class folders not recognised: {', '.join(unknown)}; expected "
                           f"{'the names in --class_map' if opts.class_map else 'expression names (see --help)'}{hint}")
+    if not opts.class_map:  # synonyms: two folders of one class (happy/, happiness/) may be a mistake
+        for split in groups:
+            same = pd.Series({name: CLASS_NAMES[mapping[name.casefold()]] for s, name in classes if s == split})
+            twice = same[same.duplicated(keep=False)]
+            if len(twice):
+                cls = twice.iloc[0]
+                both = sorted(twice.index[twice == cls])
+                raise IndexError_(f"--root {root}: folders {', '.join(both)} are all class {cls}; merge them, or say "
+                                  f"so with --class_map {','.join(f'{f}={cls.lower()}' for f in both)},...")
     problems = new_problems()
     names, labels, sources, splits = [], [], [], []
     for (split, name), prefix in classes.items():
@@ -722,6 +748,7 @@ def finish(df, problems, verify=False, workers=None, progress=True):
         unreadable = dict(check_images(df.attrs["images_dir"], df["filename"].tolist(), workers, progress))
         problems["unreadable_image"] += list(unreadable.items())
         df = df[~df["filename"].isin(unreadable)]
+    df = listed_twice(df, problems)
     key = same_image_key(df["filename"])
     dup = key.duplicated(keep=False)
     problems["duplicate_name"] += [(", ".join(sorted(g)), "same name")
@@ -731,6 +758,34 @@ def finish(df, problems, verify=False, workers=None, progress=True):
         leaks = df["filename"][key.isin(sides.index[sides > 1])]
         problems["split_leak"] += [(f, "on both sides of the official split") for f in leaks]
     return df.sort_values("filename", kind="stable", ignore_index=True)
+
+
+def listed_twice(df, problems):
+    """The rule for an image the dataset lists more than once: with one label it is kept once, in the
+    training split if it is listed there (validation must not hold training images); with different
+    labels no row of it is kept (which label is right cannot be known). Both are named."""
+    listed = (df["listed_as"] if "listed_as" in df.columns else df["filename"]).astype(str)
+    if set(FACE_BOX) <= set(df.columns):  # one photo, several faces: rows with different boxes are not duplicates
+        listed = listed + df[FACE_BOX].astype(str).agg(lambda box: f" (face box {', '.join(box)})", axis=1)
+    again = listed.duplicated(keep=False)
+    if not again.any():
+        return df
+    drop = []
+    for name, rows in df[again].groupby(listed[again], sort=True):
+        if rows["expression"].nunique() == 1:
+            if "split" in rows.columns and rows["split"].nunique() > 1:
+                rows = rows.sort_values("split", key=lambda s: s.map({"train": 0, "val": 1, "test": 2}), kind="stable")
+                where = f" in {' and '.join(dict.fromkeys(rows['split']))}: kept in {rows['split'].iloc[0]} only"
+            else:
+                where = ": kept once"
+            problems["listed_twice"].append((name, f"listed {len(rows)} times with the same label{where}"))
+            drop += list(rows.index[1:])
+        else:
+            labels = ", ".join(dict.fromkeys(rows["source_label"].astype(str)))
+            problems["conflicting_labels"].append((name, f"listed {len(rows)} times with different labels "
+                                                         f"({labels}): dropped"))
+            drop += list(rows.index)
+    return df.drop(index=drop)
 
 
 def same_image_key(filenames):
@@ -809,10 +864,11 @@ def write_parquet(df, path, stage=None):
     if stage is None:
         with staged_outputs() as stage:
             return write_parquet(df, path, stage)
-    df.drop(columns="split", errors="ignore").to_parquet(stage(path), index=False)  # attrs travel in metadata
+    df.drop(columns=["split", "listed_as"], errors="ignore").to_parquet(stage(path), index=False)  # attrs travel in metadata
 
 
-def summarize(problems, out=sys.stdout):
+def summarize(problems, out=None):
+    out = out or sys.stdout  # looked up now: a redirected stdout gets the summary too
     for kind, items in problems.items():
         if not items:
             continue

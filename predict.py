@@ -21,8 +21,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from FER_io import (ArgumentParser, FERError, check_device, check_input, check_output, check_replaceable, float_in,
-                    int_at_least, positive_int, run_main, staged_outputs)
+from FER_io import (ArgumentParser, FERError, check_device, check_input, check_not_inputs, check_output,
+                    check_replaceable, float_in, int_at_least, positive_int, run_main, staged_outputs)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
@@ -503,6 +503,9 @@ def main(argv=None):
     annotate = check_output(args.annotate, "--annotate", folder=True) if args.annotate else None
     inputs, skipped = collect_inputs(args.paths)
     plan = plan_outputs(inputs, out, annotate)
+    check_not_inputs([("--out", out)] + [("--annotate" if kind == "annotated" else "--out", path)
+                                         for files in plan.values() for kind, path in files.items()],
+                     [("--checkpoint", args.checkpoint)])
     if args.device and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):  # without waiting for torch
         raise FERError(f"--device {args.device}: unknown device (use cpu, cuda or cuda:N)")
     check_input(args.checkpoint, "--checkpoint")

@@ -42,7 +42,7 @@ from FER_io import (ArgumentParser, FERError, check_device, check_input, check_n
 from FER_model import (ARCHS, CheckpointError, FERNet, as_state_dict, checkpoint_payload, imagenet_state_dict,
                        load_backbone_weights, model_initialised_from, predict_batches, read_checkpoint, read_weights,
                        save_checkpoint)
-from FER_transform import CLASS_NAMES, FERDataset, classes_in
+from FER_transform import CLASS_NAMES, FERDataset, classes_in, counted_twice
 
 DEFAULT_VGGFACE2 = "weight/resnet50_vggface2.pth"
 REG_WEIGHT = 0.5
@@ -94,8 +94,9 @@ def get_args(argv=None):
                         "its expression head is re-initialised if its classes differ from this run's")
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=positive_int, default=100, help="number of epochs (also the cosine schedule's T_max)")
-    g.add_argument("--freeze_epochs", type=nonneg_int, default=3,
-                   help="epochs in which only layer4 of the backbone trains")
+    g.add_argument("--freeze_epochs", type=nonneg_int, default=None,
+                   help="epochs in which only layer4 of the backbone trains (default 3; with --no_pretrained "
+                        "nothing is frozen unless this or --unfreeze_all_at is given)")
     g.add_argument("--unfreeze_all_at", type=positive_int, default=None,
                    help="1-based epoch from which the whole backbone trains")
     g.add_argument("--patience", type=positive_int, default=15,
@@ -124,10 +125,11 @@ def get_args(argv=None):
                         "checkpoint); view with: tensorboard --logdir <folder of your runs>")
     FER_run.apply_config(p, argv)
     args = p.parse_args(argv)
-    if args.resume and args.overwrite:
-        p.error("--resume continues the run at --save_path, --overwrite replaces it: give one of them")
     if args.init_from and (args.no_pretrained or args.vggface2_ckpt):
         p.error("--init_from gives the starting weights: leave out --no_pretrained / --vggface2_ckpt")
+    if args.freeze_epochs is None:  # staged freezing keeps pretrained layers; random ones must train
+        scratch = args.no_pretrained and args.unfreeze_all_at is None
+        args.freeze_epochs, args.unfreeze_all_at = (0, 1) if scratch else (3, args.unfreeze_all_at)
     # Absolute paths: a resume from another working directory is still the same run.
     args.train_meta = [os.path.abspath(m) for m in args.train_meta]  # abspath: no link resolution (loops)
     args.val_meta = [os.path.abspath(m) for m in args.val_meta]
@@ -219,12 +221,22 @@ def preflight(args):
     check_not_inputs([("--save_path", p) for p in paths.values()],  # --resume's file is meant to be replaced
                      [(f"--{k}", m) for k in ("train_meta", "val_meta") for m in getattr(args, k)]
                      + [(f"--{k}", getattr(args, k)) for k in ("init_from", "vggface2_ckpt", "config")])
+    # Whatever starts the run (fresh, --init_from, --resume of another run's state): outputs of an
+    # earlier run are replaced only with --overwrite, except by the continuation of that same run.
     existing = [p for p in paths.values() if p.exists()]
     tb = tensorboard_dir(args)
     if tb is not None:
         check_output(tb, "--tensorboard", folder=True)
         existing += list(tb.glob("events.out.tfevents.*"))[:1]
-    if existing and not (args.resume or args.overwrite):
+    own = bool(args.resume) and any(p.exists() and os.path.samefile(args.resume, p) for p in paths.values())
+    if own and args.overwrite:
+        raise TrainError(f"--resume {args.resume} continues the run at --save_path {args.save_path}, --overwrite "
+                         f"would replace it: give one of them")
+    if existing and not (own or args.overwrite):
+        if args.resume:
+            raise TrainError(f"{existing[0]} exists and belongs to another run than --resume {args.resume}; "
+                             f"continue that run at its own --save_path, or replace {args.save_path}'s run with "
+                             f"--overwrite")
         raise TrainError(f"{existing[0]} exists (an earlier run's output); continue that run with --resume "
                          f"{paths['last']}, or replace it with --overwrite")
 
@@ -256,7 +268,10 @@ def build_model(args, say, class_names=CLASS_NAMES):
     if args.init_from:
         return model_initialised_from(args.init_from, args.arch, class_names, say)
     if args.no_pretrained:
-        say(f"{args.arch}: random initialisation (--no_pretrained)")
+        frozen = trainable_blocks(0, args.freeze_epochs, args.unfreeze_all_at) is not None
+        say(f"{args.arch}: random initialisation (--no_pretrained); " +
+            ("warning: the schedule you gave keeps conv1, layer1, layer2 frozen at their random values until "
+             "--unfreeze_all_at" if frozen else "every layer trains from the first epoch"))
         return FERNet(args.arch, class_names)
     path = Path(args.vggface2_ckpt or DEFAULT_VGGFACE2)
     if path.is_file():
@@ -516,6 +531,8 @@ def train(args, rank, world, device, command=None):
     resumed = check_resume(args.resume, args, class_names) if args.resume else None
     train_ds = FERDataset(args.train_meta, train=True, size=args.img_size, classes=class_names, verbose=rank == 0)
     val_ds = FERDataset(args.val_meta, train=False, size=args.img_size, classes=class_names, verbose=rank == 0)
+    counted_twice(args.train_meta + args.val_meta, train_ds.faces(), val_ds.faces(),
+                  "in both training (--train_meta) and validation (--val_meta)")
     for metas, ds in ((args.train_meta, train_ds), (args.val_meta, val_ds)):
         if len(ds) == 0:
             raise TrainError(f"{', '.join(metas)}: no rows left after filtering (labels of the trained classes "

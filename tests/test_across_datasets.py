@@ -1,6 +1,7 @@
 """Classes by name, end to end: 7- and 8-class heads, evaluation across class sets, joint training,
 fine-tuning from another dataset's checkpoint, and face-box crops."""
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -95,8 +96,12 @@ def test_init_from_another_dataset_reinitialises_the_head(trained, seven, demo, 
 
 
 def test_joint_training_on_two_indexes(demo, seven, tmp_path):
+    other = pd.read_parquet(seven["train"])  # another dataset: its own copy of the images (the same image in
+    shutil.copytree(demo["root"] / "images", tmp_path / "images")  # both indexes would be counted twice)
+    other.attrs["images_dir"] = str(tmp_path / "images")
+    other.to_parquet(tmp_path / "other.parquet")
     r = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, "--epochs", 1, "--steps_per_epoch", 1,
-                                                          "--train_meta", demo["train"], seven["train"]))
+                                                          "--train_meta", demo["train"], tmp_path / "other.parquet"))
     assert r.returncode == 0, r.stderr
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("train classes:"))
     counts = dict(part.rsplit(" ", 1) for part in line.split(": ", 1)[1].split(", "))

@@ -198,7 +198,7 @@ def test_short_run_outputs(demo, tmp_path):
 
 def test_early_stopping(demo, tmp_path):
     r = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, "--epochs", 6, "--patience", 2,
-                                                            "--lr", 0, "--weight_decay", 0))
+                                                            "--lr", 0, "--weight_decay", 0, "--freeze_epochs", 3))
     assert r.returncode == 0, r.stderr
     assert "early stopping" in r.stdout and "epoch 3/6" in r.stdout and "epoch 4/6" not in r.stdout
 

@@ -307,6 +307,7 @@ def test_resume_must_be_the_same_run(demo, last_state, tmp_path, case):
         del ckpt[{"no_scheduler": "scheduler", "no_train_state": "train_state"}[case]]
         last = tmp_path / "m_last.pth"
         torch.save(ckpt, last)
+        extra = ["--save_path", tmp_path / "m.pth"]  # the copy's own run (another run's files: refused first)
     elif case == "other_arch":
         extra = ["--arch", "resnet34"]
     elif case == "changed_flags":
