@@ -134,3 +134,8 @@ def evaluate(logits, va_pred, y_true, va_true, class_names):
         notes.append("no valence/arousal labels: classification-only report")
     out["notes"] = notes
     return out
+
+
+if __name__ == "__main__":
+    from FER_io import not_a_script
+    not_a_script(__file__)

@@ -370,3 +370,8 @@ def predict_batches(model, loader, device, amp_dtype=None, tta=False, progress=F
         for k, v in (("logits", logits.cpu()), ("va", va.cpu()), *((k, batch[k]) for k in batch if k != "image")):
             out.setdefault(k, []).append(v)
     return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+if __name__ == "__main__":
+    from FER_io import not_a_script
+    not_a_script(__file__)

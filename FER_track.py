@@ -159,3 +159,8 @@ def plot_timeline(video, summary, class_names, path, title, max_tracks=8):
     fig.suptitle(title + (" (smoothed)" if smoothed else "") + (f"; {more} shorter tracks only in the CSV" if more > 0
                                                                   else ""), y=1 - 0.02 / n)
     fig.savefig(path, dpi=80, bbox_inches="tight")
+
+
+if __name__ == "__main__":
+    from FER_io import not_a_script
+    not_a_script(__file__)
