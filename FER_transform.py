@@ -137,12 +137,25 @@ def read_metadata(path, columns=("filename", "expression")):
 
 
 def images_dir_of(df, metadata_path, root=None):
-    """Where the images of an index live: the given root, else the folder recorded by the indexer."""
+    """Where the images of an index live: under --root (given after a dataset moved), else the folder
+    recorded by the indexer. A recorded folder that no longer exists is an error that says what to do."""
+    recorded = Path(df.attrs["images_dir"]) if "images_dir" in df.attrs else None
     if root is not None:
         root = Path(root)
+        # The images folder may sit below the dataset folder (AffectNet images/, RAF-DB Image/aligned/):
+        # try root itself and the last parts of the recorded path under it, with the first image as the probe.
+        tails = [root / "images"] + ([root.joinpath(*recorded.parts[-k:]) for k in range(1, min(4, len(recorded.parts)))]
+                                     if recorded else [])
+        first = next((f for f in df["filename"] if isinstance(f, str) and f), None)
+        for folder in [root, *tails]:
+            if first is not None and (folder / first).is_file():
+                return folder
         return root / "images" if (root / "images").is_dir() else root
-    if "images_dir" in df.attrs:
-        return Path(df.attrs["images_dir"])
+    if recorded is not None:
+        if not recorded.is_dir():
+            raise FERDataError(f"{metadata_path}: the index records the images folder {recorded}, which no longer "
+                               f"exists; if the dataset moved, pass --root with its new folder (or index it again)")
+        return recorded
     # An index written by another tool: assume the usual layout next to the parquet file.
     here = Path(metadata_path).resolve().parent
     return here / "images" if (here / "images").is_dir() else here

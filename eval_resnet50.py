@@ -5,6 +5,10 @@
 Writes <out_dir>/metrics_resnet50.json, ConfusionMatrix_resnet50.png, ValenceArousal_resnet50.png,
 and with --save_predictions FILE.csv one row per image with every value that was scored.
 Metric definitions are in the README.
+
+An out_dir holds one evaluation: if it holds an earlier one, evaluation refuses to start unless
+--overwrite, which replaces the whole set (earlier files this run does not write are removed), so
+a folder never mixes two evaluations.
 """
 import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import json
@@ -18,11 +22,12 @@ import torch
 from torch.utils.data import DataLoader
 
 import FER_metrics
-from FER_io import (ArgumentParser, check_device, check_not_inputs, check_input, check_output, int_at_least, nonneg_int,
-                    positive_int, run_main, staged_outputs, write_text)
+from FER_io import (ArgumentParser, FERError, check_device, check_not_inputs, check_input, check_output, int_at_least,
+                    nonneg_int, positive_int, run_main, staged_outputs, write_text)
 from FER_model import model_from_checkpoint, predict_batches
 from FER_transform import FERDataError, FERDataset, classes_in
 
+# Every file evaluation may write in --out_dir: together they are one evaluation (see the --overwrite rule).
 OUTPUTS = ("metrics_resnet50.json", "ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png")
 
 
@@ -41,6 +46,9 @@ def get_args(argv=None):
                    help="input side (default: the checkpoint's)")
     p.add_argument("--out_dir", default=".", help="where the report files go")
     p.add_argument("--save_predictions", metavar="FILE.csv", help="also write per-image predictions here")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier evaluation in --out_dir (and --save_predictions) as a whole: its files "
+                        "this run does not write are removed; without it, evaluation refuses to start")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     p.add_argument("--num_workers", type=nonneg_int, default=min(4, os.cpu_count() or 1),
@@ -49,7 +57,19 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
-def plot_confusion(cm, class_names, path):
+def short(path):
+    """The last folder and the name of a path (runs/rafdb/FER_resnet50.pth -> rafdb/FER_resnet50.pth): enough
+    to tell two runs' pictures apart without the whole path."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def what_was_evaluated(metrics):
+    """"<checkpoint> on <index>[ + <index>]", for titles and the report."""
+    return f"{short(metrics['checkpoint'])} on {' + '.join(map(short, metrics['meta']))}"
+
+
+def plot_confusion(cm, class_names, path, title=""):
     """Counts with row-normalised percentages, sized to stay readable in a paper."""
     import matplotlib
     matplotlib.use("Agg")
@@ -69,14 +89,14 @@ def plot_confusion(cm, class_names, path):
             ax.text(j, i, f"{cm[i, j]}\n{pct[i, j]:.0f}%", ha="center", va="center", fontsize=7.5,
                     color="white" if pct[i, j] > 55 else "black")
     fig.colorbar(im, ax=ax, label="% of true class", fraction=0.046, pad=0.04)
-    ax.set_title(f"Confusion matrix (n = {cm.sum()})")
+    ax.set_title(f"Confusion matrix (n = {cm.sum()})" + (f"\n{title}" if title else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
 
 
-def plot_valence_arousal(va_true, va_pred, path):
-    """Predicted against true valence and arousal, with the identity line."""
+def plot_valence_arousal(va_true, va_pred, path, metrics=None, title=""):
+    """Predicted against true valence and arousal, with the identity line; each panel's CCC and RMSE."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -88,10 +108,16 @@ def plot_valence_arousal(va_true, va_pred, path):
         else:
             ax.scatter(va_true[:, k], va_pred[:, k], s=6, alpha=0.5)
         ax.plot([-1, 1], [-1, 1], "r--", lw=1, label="identity")
+        scores = ""
+        if metrics and name in metrics:
+            r = metrics[name]
+            scores = f": CCC {'n/a' if r['ccc'] is None else format(r['ccc'], '.3f')}, RMSE {r['rmse']:.3f}"
         ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xlabel=f"true {name}", ylabel=f"predicted {name}",
-               title=name, aspect="equal")
+               title=f"{name}{scores}", aspect="equal")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
@@ -99,7 +125,8 @@ def plot_valence_arousal(va_true, va_pred, path):
 
 def format_report(m, class_names):
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
-    lines = [f"samples: {m['n']}", f"classification over {len(class_names)} classes: {', '.join(class_names)}"]
+    lines = [f"checkpoint: {m['checkpoint']}", f"evaluated: {', '.join(m['meta'])}", f"samples: {m['n']}",
+             f"classification over {len(class_names)} classes: {', '.join(class_names)}"]
     for key, label in (("accuracy", "Accuracy"), ("f1_macro", "F1 (macro)"), ("kappa", "Cohen's kappa"),
                        ("roc_auc", "ROC-AUC (OvR macro)"), ("pr_auc", "PR-AUC (macro AP)"),
                        ("krippendorff_alpha", "Krippendorff's alpha")):
@@ -151,29 +178,38 @@ def evaluate_checkpoint(args):
     if ckpt_only:
         metrics["notes"].insert(0, f"checkpoint classes absent from the evaluation set, left out of the argmax: "
                                    f"{', '.join(ckpt_only)} (--all_classes keeps them)")
+    if "valence" in metrics and not meta["heads_trained"]["valence_arousal"]:
+        metrics["notes"].append("this checkpoint's valence/arousal head never trained (no labels in its training "
+                                "data): the regression figures measure an untrained head")
     metrics.update(classes_scored=scored, classes_left_out={"evaluation_set": set_only, "checkpoint": ckpt_only},
                    rows_not_scored=ds.dropped, checkpoint=str(args.checkpoint), meta=list(map(str, args.meta)),
-                   tta=args.tta, all_classes=args.all_classes)
+                   heads_trained=meta["heads_trained"], tta=args.tta, all_classes=args.all_classes)
     return metrics, scored, ds, out
 
 
 def write_report(args, metrics, class_names, ds, out):
-    """Every report file of the run, replaced together once all are written."""
+    """Every report file of the run, replaced together once all are written; files of an earlier
+    evaluation in out_dir that this run does not write are then removed. Returns (written, removed)."""
     out_dir = Path(args.out_dir)
     written = list(OUTPUTS[:2])
     va_pred = FER_metrics.clip_va(out["va"])
     has_va = "valence" in metrics
+    title = what_was_evaluated(metrics)
     with staged_outputs() as stage:
         write_text(json.dumps(metrics, indent=2), out_dir / OUTPUTS[0], stage)
-        plot_confusion(metrics["confusion_matrix"], class_names, stage(out_dir / OUTPUTS[1]))
+        plot_confusion(metrics["confusion_matrix"], class_names, stage(out_dir / OUTPUTS[1]), title)
         if has_va:
             ok = ~np.isnan(out["y_reg"]).any(1)
-            plot_valence_arousal(out["y_reg"][ok], va_pred[ok], stage(out_dir / OUTPUTS[2]))
+            untrained = "" if metrics["heads_trained"]["valence_arousal"] else " (head never trained)"
+            plot_valence_arousal(out["y_reg"][ok], va_pred[ok], stage(out_dir / OUTPUTS[2]), metrics, title + untrained)
             written.append(OUTPUTS[2])
         if args.save_predictions:
             save_predictions(stage(args.save_predictions), ds, out, va_pred, class_names)
             written.append(str(args.save_predictions))
-    return written
+        stale = [out_dir / name for name in OUTPUTS if out_dir / name not in stage.files and (out_dir / name).exists()]
+    for path in stale:  # after the new set is in place: the folder holds this evaluation only
+        path.unlink()
+    return written, [p.name for p in stale]
 
 
 def save_predictions(path, ds, out, va_pred, class_names):
@@ -190,6 +226,20 @@ def save_predictions(path, ds, out, va_pred, class_names):
     df.to_csv(path, index=False)
 
 
+def check_earlier_evaluation(args, out_dir):
+    """Training's rule: outputs of an earlier run are replaced only when asked (--overwrite), and then
+    as a whole set, so a folder never mixes two evaluations."""
+    earlier = [("--out_dir", out_dir / name) for name in OUTPUTS if (out_dir / name).exists()]
+    if args.save_predictions and Path(args.save_predictions).exists():
+        earlier.append(("--save_predictions", Path(args.save_predictions)))
+    if earlier and not args.overwrite:
+        flag, path = earlier[0]
+        more = f" and {len(earlier) - 1} more file(s)" if len(earlier) > 1 else ""
+        raise FERError(f"{flag} {path if flag == '--save_predictions' else out_dir}: holds an earlier evaluation "
+                       f"({path.name}{more}); replace it as a whole with --overwrite, or choose another "
+                       f"{'file' if flag == '--save_predictions' else 'folder'}")
+
+
 def main(argv=None):
     args = get_args(argv)
     out_dir = check_output(args.out_dir, "--out_dir", folder=True)
@@ -199,10 +249,15 @@ def main(argv=None):
         check_output(args.save_predictions, "--save_predictions")
     check_not_inputs([("--save_predictions", args.save_predictions)] + [("--out_dir", out_dir / n) for n in OUTPUTS],
                      [("--checkpoint", args.checkpoint)] + [("--meta", m) for m in args.meta])
+    if args.root:
+        check_input(args.root, "--root", folder=True)
+    check_earlier_evaluation(args, out_dir)
     metrics, class_names, ds, out = evaluate_checkpoint(args)
-    written = write_report(args, metrics, class_names, ds, out)
+    written, removed = write_report(args, metrics, class_names, ds, out)
     print(format_report(metrics, class_names))
     print(f"wrote {', '.join(written)} to {out_dir.resolve()}")
+    if removed:
+        print(f"removed {', '.join(removed)} (from the earlier evaluation in {out_dir}; --overwrite replaces the whole set)")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
     python export_onnx.py --checkpoint FER_resnet50.pth --out FER_resnet50.onnx
 
 Input `image`: N x 3 x S x S float32, RGB, ImageNet-normalised (any N). Outputs `logits` (N x classes) and
-`valence_arousal` (N x 2, unclipped). Class names, image size, normalisation and input format are in
-the model's metadata. After export the model runs in onnxruntime on random input; the script fails
+`valence_arousal` (N x 2, unclipped). Class names, image size, normalisation, input format and
+which heads were trained (`heads_trained`: a model trained without valence/arousal labels still has
+the output, but it means nothing) are in the model's metadata. After export the model runs in onnxruntime on random input; the script fails
 if the largest difference from PyTorch exceeds --tolerance.
 """
 import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
@@ -16,7 +17,7 @@ import torch
 
 from FER_io import (ArgumentParser, FERError, check_not_inputs, check_output, float_in, int_at_least, run_main,
                     staged_outputs)
-from FER_model import model_from_checkpoint
+from FER_model import heads_trained, model_from_checkpoint
 
 MIN_OPSET = 18  # the oldest opset torch.onnx's dynamo exporter writes
 
@@ -57,10 +58,13 @@ def export(model, meta, out, opset=18):
                                 input_names=["image"], output_names=["logits", "valence_arousal"],
                                 dynamic_shapes={"image": {0: batch}}, verbose=False)
     proto = program.model_proto
+    heads = meta.get("heads_trained") or heads_trained(meta)
+    va_note = "clip to [-1, 1]" if heads["valence_arousal"] else \
+        "NOT TRAINED (no valence/arousal labels in the training data): ignore it"
     info = {"class_names": json.dumps(meta["class_names"]), "img_size": str(size), "arch": meta["arch"],
             "input_format": "RGB, ImageNet-normalised: (pixel / 255 - mean) / std",
-            "normalization": json.dumps(meta.get("normalization", {})),
-            "outputs": "logits: softmax gives class probabilities; valence_arousal: clip to [-1, 1]"}
+            "normalization": json.dumps(meta.get("normalization", {})), "heads_trained": json.dumps(heads),
+            "outputs": f"logits: softmax gives class probabilities; valence_arousal: {va_note}"}
     del proto.metadata_props[:]
     for k, v in info.items():
         proto.metadata_props.add(key=k, value=v)
@@ -97,6 +101,9 @@ def main(argv=None):
         size_mib = Path(tmp).stat().st_size / 2**20
     print(f"wrote {args.out} ({size_mib:.1f} MiB, {meta['arch']}, {meta['img_size']}px, "
           f"{len(meta['class_names'])} classes, dynamic batch); onnxruntime vs PyTorch: max |diff| {diff:.2e}")
+    if not meta["heads_trained"]["valence_arousal"]:
+        print("note: the valence_arousal output comes from a head that never trained (no valence/arousal labels); "
+              "the metadata says so (heads_trained)")
 
 
 if __name__ == "__main__":
