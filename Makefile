@@ -26,7 +26,7 @@ demo: $(STAMP)
 		--batch_size 32 --epochs 6 --unfreeze_all_at 1 --lr 3e-3 --num_workers 1 \
 		--save_path $(DEMO)/FER_resnet50.pth --overwrite
 	$(PY) eval_resnet50.py --checkpoint $(DEMO)/FER_resnet50.pth --meta $(DEMO)/metadata_val.parquet \
-		--out_dir $(DEMO) --save_predictions $(DEMO)/predictions_val.csv
+		--out_dir $(DEMO) --save_predictions $(DEMO)/predictions_val.csv --overwrite
 	$(PY) predict.py --checkpoint $(DEMO)/FER_resnet50.pth data/demo/images/0.jpg data/demo/images/1.jpg \
 		--out $(DEMO)/predictions_demo.csv --annotate $(DEMO)/annotated
 	$(PY) export_onnx.py --checkpoint $(DEMO)/FER_resnet50.pth --out $(DEMO)/FER_resnet50.onnx

@@ -48,6 +48,17 @@ class _Named(torch.nn.Module):
         return self.model(image)
 
 
+def onnx_metadata(meta):
+    """The model's metadata_props: everything a user of the .onnx file needs besides the graph."""
+    heads = heads_trained(meta)
+    va_note = "clip to [-1, 1]" if heads["valence_arousal"] else \
+        "NOT TRAINED (no valence/arousal labels in the training data): ignore it"
+    return {"class_names": json.dumps(meta["class_names"]), "img_size": str(int(meta["img_size"])),
+            "arch": meta["arch"], "input_format": "RGB, ImageNet-normalised: (pixel / 255 - mean) / std",
+            "normalization": json.dumps(meta.get("normalization", {})), "heads_trained": json.dumps(heads),
+            "outputs": f"logits: softmax gives class probabilities; valence_arousal: {va_note}"}
+
+
 def export(model, meta, out, opset=18):
     import onnx
 
@@ -58,15 +69,8 @@ def export(model, meta, out, opset=18):
                                 input_names=["image"], output_names=["logits", "valence_arousal"],
                                 dynamic_shapes={"image": {0: batch}}, verbose=False)
     proto = program.model_proto
-    heads = meta.get("heads_trained") or heads_trained(meta)
-    va_note = "clip to [-1, 1]" if heads["valence_arousal"] else \
-        "NOT TRAINED (no valence/arousal labels in the training data): ignore it"
-    info = {"class_names": json.dumps(meta["class_names"]), "img_size": str(size), "arch": meta["arch"],
-            "input_format": "RGB, ImageNet-normalised: (pixel / 255 - mean) / std",
-            "normalization": json.dumps(meta.get("normalization", {})), "heads_trained": json.dumps(heads),
-            "outputs": f"logits: softmax gives class probabilities; valence_arousal: {va_note}"}
     del proto.metadata_props[:]
-    for k, v in info.items():
+    for k, v in onnx_metadata(meta).items():
         proto.metadata_props.add(key=k, value=v)
     onnx.save_model(proto, str(out), save_as_external_data=False)
     onnx.checker.check_model(str(out))

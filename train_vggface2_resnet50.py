@@ -601,8 +601,7 @@ def interrupted_message(args, argv, last_before):
     saved = last.exists() and (last_before is None or last.stat().st_mtime_ns != last_before)
     if saved or args.resume:
         return f"interrupted: every epoch reported above is saved; resume with: --resume {last if saved else args.resume}"
-    command = shlex.join([Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "train_vggface2_resnet50.py",
-                          *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join([Path(__file__).name, *(sys.argv[1:] if argv is None else argv)])
     earlier = f" (the earlier run's files at {args.save_path} are unchanged)" if last_before is not None else ""
     return f"interrupted before the first epoch finished: nothing was saved{earlier}; start again with: python {command}"
 
