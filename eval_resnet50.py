@@ -13,6 +13,7 @@ a folder never mixes two evaluations.
 import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -208,7 +209,7 @@ def write_report(args, metrics, class_names, ds, out):
             written.append(str(args.save_predictions))
         stale = [out_dir / name for name in OUTPUTS if out_dir / name not in stage.files and (out_dir / name).exists()]
     for path in stale:  # after the new set is in place: the folder holds this evaluation only
-        path.unlink()
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     return written, [p.name for p in stale]
 
 
