@@ -21,8 +21,8 @@ from torch.utils.data import Dataset  # noqa: E402
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our errors name the file; no [ WARN ] lines
 
-from FER_io import (ArgumentParser, FERError, check_not_inputs, check_output, int_at_least, nonneg_int, run_main,  # noqa: E402
-                   staged_outputs)
+from FER_io import (ArgumentParser, FERError, check_input, check_not_inputs, check_output, int_at_least, nonneg_int,  # noqa: E402
+                   run_main, staged_outputs)
 
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -342,6 +342,8 @@ def main(argv=None):
         p.error(f"argument --out: {args.out} must end in .png, .jpg, .pdf or .svg (the picture's format)")
     check_output(args.out, "--out")
     check_not_inputs([("--out", args.out)], [("--meta", m) for m in args.meta])
+    if args.root:
+        check_input(args.root, "--root", folder=True)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -55,6 +55,8 @@ def test_training_and_evaluation_take_root(demo, moved, tmp_path):
     r = run_here("eval_resnet50.py", "--checkpoint", "x.pth", "--meta", moved["val"], "--out_dir", tmp_path / "e",
                  "--root", tmp_path / "nowhere")
     assert r.returncode == 1 and "--root" in r.stderr and "folder not found" in r.stderr
+    r = run_here("FER_transform.py", "--meta", moved["val"], "--out", tmp_path / "g.png", "--root", tmp_path / "nowhere")
+    assert r.returncode == 1 and "--root" in r.stderr and "folder not found" in r.stderr
     assert "root" in T.RESUMABLE_CHANGES  # a moved dataset can be resumed: --root changes where, not what
 
 
