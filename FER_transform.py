@@ -21,8 +21,8 @@ from torch.utils.data import Dataset  # noqa: E402
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our errors name the file; no [ WARN ] lines
 
-from FER_io import (ArgumentParser, FERError, check_input, check_not_inputs, check_output, int_at_least, nonneg_int,  # noqa: E402
-                   run_main, staged_outputs)
+from FER_io import (ArgumentParser, FERError, check_input, check_not_inputs, check_output, int_at_least,  # noqa: E402
+                   nonneg_int, run_main, staged_outputs)
 
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -144,8 +144,8 @@ def images_dir_of(df, metadata_path, root=None):
         root = Path(root)
         # The images folder may sit below the dataset folder (AffectNet images/, RAF-DB Image/aligned/):
         # try root itself and the last parts of the recorded path under it, with the first image as the probe.
-        tails = [root / "images"] + ([root.joinpath(*recorded.parts[-k:]) for k in range(1, min(4, len(recorded.parts)))]
-                                     if recorded else [])
+        parts = recorded.parts if recorded else ()
+        tails = [root / "images"] + [root.joinpath(*parts[-k:]) for k in range(1, min(4, len(parts)))]
         first = next((f for f in df["filename"] if isinstance(f, str) and f), None)
         for folder in [root, *tails]:
             if first is not None and (folder / first).is_file():

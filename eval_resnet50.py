@@ -258,7 +258,8 @@ def main(argv=None):
     print(format_report(metrics, class_names))
     print(f"wrote {', '.join(written)} to {out_dir.resolve()}")
     if removed:
-        print(f"removed {', '.join(removed)} (from the earlier evaluation in {out_dir}; --overwrite replaces the whole set)")
+        print(f"removed {', '.join(removed)} (from the earlier evaluation in {out_dir}; --overwrite replaces the "
+              f"whole set)")
 
 
 if __name__ == "__main__":

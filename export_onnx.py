@@ -5,8 +5,8 @@
 Input `image`: N x 3 x S x S float32, RGB, ImageNet-normalised (any N). Outputs `logits` (N x classes) and
 `valence_arousal` (N x 2, unclipped). Class names, image size, normalisation, input format and
 which heads were trained (`heads_trained`: a model trained without valence/arousal labels still has
-the output, but it means nothing) are in the model's metadata. After export the model runs in onnxruntime on random input; the script fails
-if the largest difference from PyTorch exceeds --tolerance.
+the output, but it means nothing) are in the model's metadata. After export the model runs in
+onnxruntime on random input; the script fails if the largest difference from PyTorch exceeds --tolerance.
 """
 import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import json

@@ -321,6 +321,7 @@ def predict(inputs, args, model, meta, device, detector=None):
 
     class_names = meta["class_names"]
     va_trained = meta.get("heads_trained", {}).get("valence_arousal", True)  # untrained: columns left empty
+    nan = float("nan")
     transform = build_transforms(False, meta["img_size"])
     out_q, stop, skipped, notes = queue.Queue(maxsize=args.prefetch), threading.Event(), [], []
     worker = threading.Thread(target=produce, args=(inputs, args, detector, transform, out_q, stop, skipped, notes),
@@ -339,7 +340,7 @@ def predict(inputs, args, model, meta, device, detector=None):
             k = int(p.argmax())
             row.update(expression=class_names[k], confidence=float(p[k]),
                        **{f"prob_{n}": float(x) for n, x in zip(class_names, p)},
-                       valence=float(v) if va_trained else float("nan"), arousal=float(a) if va_trained else float("nan"))
+                       valence=float(v) if va_trained else nan, arousal=float(a) if va_trained else nan)
 
     worker.start()
     try:
@@ -525,7 +526,8 @@ def image_lines(df):
             if faces.empty:
                 lines.append(f"{shown(name)}: no face found")
             elif "face_index" in rows.columns:
-                lines.append(f"{shown(name)}: {len(faces)} face(s): " + "; ".join(label_of(r) for _, r in faces.iterrows()))
+                labels = "; ".join(label_of(r) for _, r in faces.iterrows())
+                lines.append(f"{shown(name)}: {len(faces)} face(s): {labels}")
             else:
                 lines.append(f"{shown(name)}: {label_of(faces.iloc[0])}")
         return lines

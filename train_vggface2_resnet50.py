@@ -6,8 +6,9 @@
 
 Staged fine-tuning, with epochs numbered from 1 as in the epoch lines: epochs 1..--freeze_epochs train
 only layer4 of the backbone, later epochs layer3 and layer4 (conv1/bn1/layer1/layer2 stay frozen,
-weights and BatchNorm statistics alike), and from epoch --unfreeze_all_at on, everything. Heads always train. Loss = cross-entropy (label
-smoothing 0.1, inverse-frequency class weights) + 0.5 * MSE(valence, arousal). Mixed precision on CUDA.
+weights and BatchNorm statistics alike), and from epoch --unfreeze_all_at on, everything. Heads always
+train. Loss = cross-entropy (label smoothing 0.1, inverse-frequency class weights) + 0.5 * MSE(valence,
+arousal). Mixed precision on CUDA.
 
 Outputs, named after --save_path (default FER_resnet50.pth):
     FER_resnet50.pth          best epoch by validation accuracy (weights + everything to use them)
@@ -413,7 +414,6 @@ def write_history(history, paths, stage):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
@@ -600,10 +600,12 @@ def interrupted_message(args, argv, last_before):
     last = output_paths(args.save_path)["last"]
     saved = last.exists() and (last_before is None or last.stat().st_mtime_ns != last_before)
     if saved or args.resume:
-        return f"interrupted: every epoch reported above is saved; resume with: --resume {last if saved else args.resume}"
+        return (f"interrupted: every epoch reported above is saved; resume with: "
+                f"--resume {last if saved else args.resume}")
     command = shlex.join([Path(__file__).name, *(sys.argv[1:] if argv is None else argv)])
     earlier = f" (the earlier run's files at {args.save_path} are unchanged)" if last_before is not None else ""
-    return f"interrupted before the first epoch finished: nothing was saved{earlier}; start again with: python {command}"
+    return (f"interrupted before the first epoch finished: nothing was saved{earlier}; start again with: "
+            f"python {command}")
 
 
 def main(argv=None):

@@ -42,7 +42,8 @@ def test_root_finds_an_images_folder_below_the_dataset_folder(tmp_path):
     (tmp_path / "new" / "basic" / "Image" / "aligned" / "train_0001_aligned.jpg").write_bytes(b"x")
     df = pd.DataFrame({"filename": ["train_0001_aligned.jpg"]})
     df.attrs["images_dir"] = "/old/RAF-DB/basic/Image/aligned"
-    assert images_dir_of(df, "m.parquet", tmp_path / "new" / "basic") == tmp_path / "new" / "basic" / "Image" / "aligned"
+    basic = tmp_path / "new" / "basic"
+    assert images_dir_of(df, "m.parquet", basic) == basic / "Image" / "aligned"
 
 
 def test_training_and_evaluation_take_root(demo, moved, tmp_path):
@@ -55,7 +56,8 @@ def test_training_and_evaluation_take_root(demo, moved, tmp_path):
     r = run_here("eval_resnet50.py", "--checkpoint", "x.pth", "--meta", moved["val"], "--out_dir", tmp_path / "e",
                  "--root", tmp_path / "nowhere")
     assert r.returncode == 1 and "--root" in r.stderr and "folder not found" in r.stderr
-    r = run_here("FER_transform.py", "--meta", moved["val"], "--out", tmp_path / "g.png", "--root", tmp_path / "nowhere")
+    r = run_here("FER_transform.py", "--meta", moved["val"], "--out", tmp_path / "g.png",
+                 "--root", tmp_path / "nowhere")
     assert r.returncode == 1 and "--root" in r.stderr and "folder not found" in r.stderr
     assert "root" in T.RESUMABLE_CHANGES  # a moved dataset can be resumed: --root changes where, not what
 
