@@ -316,15 +316,35 @@ positive_float = float_in(0, lo_open=True)
 nonneg_float = float_in(0)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help shows each flag's default, unless it has none (None, off) or its help already names it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
+                or "default" in text.lower()):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage block; --help still shows everything)."""
+    """argparse with one-line errors (no usage block) and the defaults in --help."""
 
     def __init__(self, *a, **k):
-        k.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        k.setdefault("formatter_class", HelpFormatter)
         super().__init__(*a, **k)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def not_a_script(path):
+    """What a module of the toolkit says when it is run as a script (instead of exiting silently)."""
+    print(f"{Path(path).name} is a module used by the toolkit's scripts, not a script; run e.g. "
+          f"train_vggface2_resnet50.py, eval_resnet50.py or predict.py (see README.md)", file=sys.stderr)
+    sys.exit(2)
 
 
 # --- one line -----------------------------------------------------------------------------------
@@ -354,3 +374,7 @@ def run_main(main, argv=None):
             print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         code = 1
     sys.exit(code or 0)
+
+
+if __name__ == "__main__":
+    not_a_script(__file__)

@@ -444,3 +444,8 @@ def format_comparison(comp, name_a="A", name_b="B"):
     lines.append(f"McNemar's exact test (accuracy): {mc['a_only_correct']} images only A got right, "
                  f"{mc['b_only_correct']} only B; two-sided p = {mc['p_value']:.4g}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from FER_io import not_a_script
+    not_a_script(__file__)

@@ -344,13 +344,23 @@ def build_from_state(meta, state, path):
     return model
 
 
+def heads_trained(meta):
+    """{"expression": bool, "valence_arousal": bool}: which heads the training data trained (a dataset
+    without valence/arousal leaves that head untrained). Checkpoints that do not record it: both."""
+    recorded = meta.get("heads_trained")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    return {k: bool(recorded.get(k, True)) for k in ("expression", "valence_arousal")}
+
+
 def model_from_checkpoint(path, device="cpu"):
     """Build the model a checkpoint describes. Accepts our checkpoints and the plain state dicts of the
-    original scripts. Returns (model in eval mode, checkpoint metadata without the weights)."""
+    original scripts. Returns (model in eval mode, checkpoint metadata without the weights, with
+    heads_trained always filled in)."""
     meta, state = read_checkpoint(path)
     model = build_from_state(meta, state, path)
     model.source = str(path)  # infer() names it when its outputs are not finite
     meta = {k: v for k, v in meta.items() if k not in ("model", "optimizer", "scheduler", "scaler")}
+    meta["heads_trained"] = heads_trained(meta)
     return model.to(device).eval(), meta
 
 
@@ -422,3 +432,8 @@ def predict_batches(model, loader, device, amp_dtype=None, tta=False, progress=F
         for k, v in (("logits", logits.cpu()), ("va", va.cpu()), *((k, batch[k]) for k in batch if k != "image")):
             out.setdefault(k, []).append(v)
     return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+if __name__ == "__main__":
+    from FER_io import not_a_script
+    not_a_script(__file__)

@@ -151,6 +151,9 @@ def plot_timeline(video, summary, class_names, path, title, max_tracks=8):
         ax_va.axhline(0, color="grey", lw=0.5)
         ax_va.set_ylim(-1.05, 1.05)
         ax_va.set_ylabel("V / A")
+        if t[pre + "valence"].isna().all():
+            ax_va.text(0.5, 0.5, "no valence/arousal (the checkpoint's head never trained)", ha="center",
+                       va="center", transform=ax_va.transAxes, fontsize=8, color="grey")
     axes[-1].set_xlabel("time (s)")
     handles = axes[0].get_legend_handles_labels()[0] + (axes[1].get_legend_handles_labels()[0] if len(shown) else [])
     labels = (list(class_names) + ["valence", "arousal"]) if len(shown) else []
@@ -161,3 +164,8 @@ def plot_timeline(video, summary, class_names, path, title, max_tracks=8):
     fig.suptitle(title + (" (smoothed)" if smoothed else "") + (f"; {more} shorter tracks only in the CSV" if more > 0
                                                                   else ""), y=1 - 0.02 / n)
     fig.savefig(path, dpi=80, bbox_inches="tight")
+
+
+if __name__ == "__main__":
+    from FER_io import not_a_script
+    not_a_script(__file__)

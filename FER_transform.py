@@ -21,8 +21,8 @@ from torch.utils.data import Dataset  # noqa: E402
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our errors name the file; no [ WARN ] lines
 
-from FER_io import (ArgumentParser, FERError, check_not_inputs, check_output, int_at_least, nonneg_int, run_main,  # noqa: E402
-                   staged_outputs)
+from FER_io import (ArgumentParser, FERError, check_input, check_not_inputs, check_output, int_at_least,  # noqa: E402
+                   nonneg_int, run_main, staged_outputs)
 
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -137,12 +137,25 @@ def read_metadata(path, columns=("filename", "expression")):
 
 
 def images_dir_of(df, metadata_path, root=None):
-    """Where the images of an index live: the given root, else the folder recorded by the indexer."""
+    """Where the images of an index live: under --root (given after a dataset moved), else the folder
+    recorded by the indexer. A recorded folder that no longer exists is an error that says what to do."""
+    recorded = Path(df.attrs["images_dir"]) if "images_dir" in df.attrs else None
     if root is not None:
         root = Path(root)
+        # The images folder may sit below the dataset folder (AffectNet images/, RAF-DB Image/aligned/):
+        # try root itself and the last parts of the recorded path under it, with the first image as the probe.
+        parts = recorded.parts if recorded else ()
+        tails = [root / "images"] + [root.joinpath(*parts[-k:]) for k in range(1, min(4, len(parts)))]
+        first = next((f for f in df["filename"] if isinstance(f, str) and f), None)
+        for folder in [root, *tails]:
+            if first is not None and (folder / first).is_file():
+                return folder
         return root / "images" if (root / "images").is_dir() else root
-    if "images_dir" in df.attrs:
-        return Path(df.attrs["images_dir"])
+    if recorded is not None:
+        if not recorded.is_dir():
+            raise FERDataError(f"{metadata_path}: the index records the images folder {recorded}, which no longer "
+                               f"exists; if the dataset moved, pass --root with its new folder (or index it again)")
+        return recorded
     # An index written by another tool: assume the usual layout next to the parquet file.
     here = Path(metadata_path).resolve().parent
     return here / "images" if (here / "images").is_dir() else here
@@ -356,6 +369,8 @@ def main(argv=None):
         p.error(f"argument --out: {args.out} must end in .png, .jpg, .pdf or .svg (the picture's format)")
     check_output(args.out, "--out")
     check_not_inputs([("--out", args.out)], [("--meta", m) for m in args.meta])
+    if args.root:
+        check_input(args.root, "--root", folder=True)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

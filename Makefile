@@ -27,14 +27,14 @@ demo: $(STAMP)
 		--batch_size 32 --epochs 6 --unfreeze_all_at 1 --lr 3e-3 --num_workers 1 \
 		--save_path $(DEMO)/FER_resnet50.pth --overwrite --tensorboard
 	$(PY) eval_resnet50.py --checkpoint $(DEMO)/FER_resnet50.pth --meta $(DEMO)/metadata_val.parquet \
-		--out_dir $(DEMO) --save_predictions $(DEMO)/predictions_val.csv
+		--out_dir $(DEMO) --save_predictions $(DEMO)/predictions_val.csv --overwrite
 	# A second, shorter run from the first one's config with a lower learning rate, and the two compared:
 	# the run table (differing flags: epochs, lr) and the paired test on the same validation images.
 	$(PY) train_vggface2_resnet50.py --config $(DEMO)/FER_resnet50_config.yaml --lr 1e-3 --epochs 2 \
 		--save_path $(DEMO)/lr1e-3/FER_resnet50.pth --overwrite
 	$(PY) compare_runs.py $(DEMO) --out $(DEMO)/runs_table.md
 	$(PY) eval_resnet50.py --checkpoint $(DEMO)/lr1e-3/FER_resnet50.pth $(DEMO)/FER_resnet50.pth \
-		--meta $(DEMO)/metadata_val.parquet --out_dir $(DEMO)/lr1e-3
+		--meta $(DEMO)/metadata_val.parquet --out_dir $(DEMO)/lr1e-3 --overwrite
 	$(PY) predict.py --checkpoint $(DEMO)/FER_resnet50.pth data/demo/images/0.jpg data/demo/images/1.jpg \
 		--out $(DEMO)/predictions_demo.csv --annotate $(DEMO)/annotated
 	$(PY) export_onnx.py --checkpoint $(DEMO)/FER_resnet50.pth --out $(DEMO)/FER_resnet50.onnx

@@ -9,21 +9,27 @@ galleries of its images, confident mistakes, calibration; see FER_report.py), an
 Every metric has a 95 % bootstrap interval over the images (--bootstrap). Two checkpoints compare on
 the same images: --checkpoint A.pth B.pth writes comparison_resnet50.json (each metric of both, B - A
 with its paired interval, McNemar's test for accuracy). Metric definitions are in the README.
+
+An out_dir holds one evaluation: if it holds an earlier one, evaluation refuses to start unless
+--overwrite, which replaces the whole set (earlier files this run does not write are removed), so
+a folder never mixes two evaluations.
 """
 import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
-from FER_io import (ArgumentParser, check_device, check_not_inputs, check_input, check_output, int_at_least, nonneg_int,
-                    positive_int, run_main, staged_outputs, write_text)
+from FER_io import (ArgumentParser, FERError, check_device, check_not_inputs, check_input, check_output, int_at_least,
+                    nonneg_int, positive_int, run_main, staged_outputs, write_text)
 
+# Every file evaluation may write in --out_dir: together they are one evaluation (see the --overwrite rule).
 OUTPUTS = ("metrics_resnet50.json", "ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png",
-           "report_resnet50.html")
-COMPARISON = "comparison_resnet50.json"
+           "report_resnet50.html", "comparison_resnet50.json")
+COMPARISON = OUTPUTS[4]
 
 
 def get_args(argv=None):
@@ -42,6 +48,9 @@ def get_args(argv=None):
                    help="input side (default: the checkpoint's)")
     p.add_argument("--out_dir", default=".", help="where the report files go")
     p.add_argument("--save_predictions", metavar="FILE.csv", help="also write per-image predictions here")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier evaluation in --out_dir (and --save_predictions) as a whole: its files "
+                        "this run does not write are removed; without it, evaluation refuses to start")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     p.add_argument("--num_workers", type=nonneg_int, default=min(4, os.cpu_count() or 1),
@@ -78,7 +87,19 @@ from FER_model import model_from_checkpoint, predict_batches  # noqa: E402
 from FER_transform import FERDataError, FERDataset, classes_in  # noqa: E402
 
 
-def plot_confusion(cm, class_names, path):
+def short(path):
+    """The last folder and the name of a path (runs/rafdb/FER_resnet50.pth -> rafdb/FER_resnet50.pth): enough
+    to tell two runs' pictures apart without the whole path."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def what_was_evaluated(metrics):
+    """"<checkpoint> on <index>[ + <index>]", for titles and the report."""
+    return f"{short(metrics['checkpoint'])} on {' + '.join(map(short, metrics['meta']))}"
+
+
+def plot_confusion(cm, class_names, path, title=""):
     """Counts with row-normalised percentages, sized to stay readable in a paper."""
     import matplotlib
     matplotlib.use("Agg")
@@ -98,17 +119,24 @@ def plot_confusion(cm, class_names, path):
             ax.text(j, i, f"{cm[i, j]}\n{pct[i, j]:.0f}%", ha="center", va="center", fontsize=7.5,
                     color="white" if pct[i, j] > 55 else "black")
     fig.colorbar(im, ax=ax, label="% of true class", fraction=0.046, pad=0.04)
-    ax.set_title(f"Confusion matrix (n = {cm.sum()})")
+    ax.set_title(f"Confusion matrix (n = {cm.sum()})" + (f"\n{title}" if title else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
 
 
-def plot_valence_arousal(va_true, va_pred, path):
-    """Predicted against true valence and arousal, with the identity line."""
+def plot_valence_arousal(va_true, va_pred, path, metrics=None, title=""):
+    """Predicted against true valence and arousal, with the identity line; each panel's CCC and RMSE."""
     plt = FER_report.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
-    FER_report.va_scatter(axes, va_true, va_pred)
+    titles = []
+    for name in ("valence", "arousal"):
+        r = (metrics or {}).get(name)
+        titles.append(name if r is None else
+                      f"{name}: CCC {'n/a' if r['ccc'] is None else format(r['ccc'], '.3f')}, RMSE {r['rmse']:.3f}")
+    FER_report.va_scatter(axes, va_true, va_pred, titles)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
@@ -122,7 +150,8 @@ def format_report(m, class_names):
         for part in path:
             c = c.get(part) if isinstance(c, dict) else None
         return f" [{c[0]:.4f}, {c[1]:.4f}]" if isinstance(c, list) else ""
-    lines = [f"samples: {m['n']}", f"classification over {len(class_names)} classes: {', '.join(class_names)}"]
+    lines = [f"checkpoint: {m['checkpoint']}", f"evaluated: {', '.join(m['meta'])}", f"samples: {m['n']}",
+             f"classification over {len(class_names)} classes: {', '.join(class_names)}"]
     if "bootstrap" in m:
         used = m["bootstrap"]["used"]
         fewer = {k: n for k, n in used.items() if n < m["bootstrap"]["resamples"] and not k.startswith("per_class.")}
@@ -193,9 +222,12 @@ def evaluate_checkpoint(args):
                    f"class's recall; F1, kappa, ROC-AUC and PR-AUC do not measure a classifier here")
         metrics["notes"].insert(0, warning)
         print(warning, file=sys.stderr)
+    if "valence" in metrics and not meta["heads_trained"]["valence_arousal"]:
+        metrics["notes"].append("this checkpoint's valence/arousal head never trained (no labels in its training "
+                                "data): the regression figures measure an untrained head")
     metrics.update(classes_scored=scored, classes_left_out={"evaluation_set": set_only, "checkpoint": ckpt_only},
                    rows_not_scored=ds.dropped, checkpoint=str(args.checkpoint), meta=list(map(str, args.meta)),
-                   tta=args.tta, all_classes=args.all_classes, data=FER_run.data_record(ds),
+                   heads_trained=meta["heads_trained"], tta=args.tta, all_classes=args.all_classes, data=FER_run.data_record(ds),
                    checkpoint_fingerprint=FER_run.weights_fingerprint(model.state_dict()), run=meta.get("run"))
     metrics.update(checkpoint_classes=list(meta["class_names"]), img_size=ds.size)
     return metrics, scored, ds, out
@@ -225,16 +257,19 @@ def compare_checkpoints(args):
 
 
 def write_report(args, metrics, class_names, ds, out):
-    """Every report file of the run, replaced together once all are written."""
+    """Every report file of the run, replaced together once all are written; files of an earlier
+    evaluation in out_dir that this run does not write are then removed. Returns (written, removed)."""
     out_dir = Path(args.out_dir)
     written = list(OUTPUTS[:2])
     va_pred = FER_metrics.clip_va(out["va"])
     has_va = "valence" in metrics or "arousal" in metrics
+    title = what_was_evaluated(metrics)
     with staged_outputs() as stage:
         write_text(json.dumps(metrics, indent=2), out_dir / OUTPUTS[0], stage)
-        plot_confusion(metrics["confusion_matrix"], class_names, stage(out_dir / OUTPUTS[1]))
+        plot_confusion(metrics["confusion_matrix"], class_names, stage(out_dir / OUTPUTS[1]), title)
         if has_va:
-            plot_valence_arousal(out["y_reg"], va_pred, stage(out_dir / OUTPUTS[2]))
+            untrained = "" if metrics["heads_trained"]["valence_arousal"] else " (head never trained)"
+            plot_valence_arousal(out["y_reg"], va_pred, stage(out_dir / OUTPUTS[2]), metrics, title + untrained)
             written.append(OUTPUTS[2])
         if args.save_predictions:
             save_predictions(stage(args.save_predictions), ds, out, va_pred, class_names)
@@ -246,7 +281,16 @@ def write_report(args, metrics, class_names, ds, out):
                                      progress=sys.stderr.isatty())
             Path(stage(out_dir / OUTPUTS[3])).write_bytes(page.encode("utf-8", "xmlcharrefreplace"))
             written.append(OUTPUTS[3])
-    return written
+    return written, remove_earlier(out_dir, stage)
+
+
+def remove_earlier(out_dir, stage):
+    """After the new set is in place, the files of an earlier evaluation that this run did not write:
+    the folder then holds this evaluation only. Returns their names."""
+    stale = [out_dir / name for name in OUTPUTS if out_dir / name not in stage.files and (out_dir / name).exists()]
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return [p.name for p in stale]
 
 
 def save_predictions(path, ds, out, va_pred, class_names):
@@ -263,6 +307,20 @@ def save_predictions(path, ds, out, va_pred, class_names):
     df.to_csv(path, index=False)
 
 
+def check_earlier_evaluation(args, out_dir):
+    """Training's rule: outputs of an earlier run are replaced only when asked (--overwrite), and then
+    as a whole set, so a folder never mixes two evaluations."""
+    earlier = [("--out_dir", out_dir / name) for name in OUTPUTS if (out_dir / name).exists()]
+    if args.save_predictions and Path(args.save_predictions).exists():
+        earlier.append(("--save_predictions", Path(args.save_predictions)))
+    if earlier and not args.overwrite:
+        flag, path = earlier[0]
+        more = f" and {len(earlier) - 1} more file(s)" if len(earlier) > 1 else ""
+        raise FERError(f"{flag} {path if flag == '--save_predictions' else out_dir}: holds an earlier evaluation "
+                       f"({path.name}{more}); replace it as a whole with --overwrite, or choose another "
+                       f"{'file' if flag == '--save_predictions' else 'folder'}")
+
+
 def main(argv=None):
     args = get_args(argv)
     args.command = shlex.join(["python", sys.argv[0] if argv is None else "eval_resnet50.py",
@@ -275,10 +333,14 @@ def main(argv=None):
         check_output(out_dir / COMPARISON, "--out_dir")
         check_not_inputs([("--out_dir", out_dir / COMPARISON)], [("--checkpoint", c) for c in
                                                                    (args.checkpoint, args.checkpoint_b)])
+        check_earlier_evaluation(args, out_dir)
         comp = compare_checkpoints(args)
-        write_text(json.dumps(comp, indent=2), out_dir / COMPARISON)
+        with staged_outputs() as stage:
+            write_text(json.dumps(comp, indent=2), out_dir / COMPARISON, stage)
+        removed = remove_earlier(out_dir, stage)
         print(FER_metrics.format_comparison(comp, args.checkpoint, args.checkpoint_b))
         print(f"wrote {COMPARISON} to {out_dir.resolve()}")
+        report_removed(removed, out_dir)
         return
     for name in OUTPUTS:
         check_output(out_dir / name, "--out_dir")
@@ -286,13 +348,23 @@ def main(argv=None):
         check_output(args.save_predictions, "--save_predictions")
     check_not_inputs([("--out_dir", out_dir / n) for n in OUTPUTS] + [("--save_predictions", args.save_predictions)],
                      [("--checkpoint", args.checkpoint)] + [("--meta", m) for m in args.meta])
+    if args.root:
+        check_input(args.root, "--root", folder=True)
+    check_earlier_evaluation(args, out_dir)
     metrics, class_names, ds, out = evaluate_checkpoint(args)
     if args.bootstrap:
         idx = FER_metrics.bootstrap_indices(len(ds), args.bootstrap, args.seed)
         metrics.update(FER_metrics.bootstrap_report(resampled(out, class_names, idx), args.bootstrap, args.seed))
-    written = write_report(args, metrics, class_names, ds, out)
+    written, removed = write_report(args, metrics, class_names, ds, out)
     print(format_report(metrics, class_names))
     print(f"wrote {', '.join(written)} to {out_dir.resolve()}")
+    report_removed(removed, out_dir)
+
+
+def report_removed(removed, out_dir):
+    if removed:
+        print(f"removed {', '.join(removed)} (from the earlier evaluation in {out_dir}; --overwrite replaces the "
+              f"whole set)")
 
 
 if __name__ == "__main__":

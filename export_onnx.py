@@ -3,9 +3,10 @@
     python export_onnx.py --checkpoint FER_resnet50.pth --out FER_resnet50.onnx
 
 Input `image`: N x 3 x S x S float32, RGB, ImageNet-normalised (any N). Outputs `logits` (N x classes) and
-`valence_arousal` (N x 2, unclipped). Class names, image size, normalisation and input format are in
-the model's metadata. After export the model runs in onnxruntime on random input; the script fails
-if the largest difference from PyTorch exceeds --tolerance.
+`valence_arousal` (N x 2, unclipped). Class names, image size, normalisation, input format and
+which heads were trained (`heads_trained`: a model trained without valence/arousal labels still has
+the output, but it means nothing) are in the model's metadata. After export the model runs in
+onnxruntime on random input; the script fails if the largest difference from PyTorch exceeds --tolerance.
 """
 import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import json
@@ -38,7 +39,7 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from FER_model import check_outputs_finite, model_from_checkpoint  # noqa: E402
+from FER_model import check_outputs_finite, heads_trained, model_from_checkpoint  # noqa: E402
 
 
 class _Named(torch.nn.Module):
@@ -52,6 +53,17 @@ class _Named(torch.nn.Module):
         return self.model(image)
 
 
+def onnx_metadata(meta):
+    """The model's metadata_props: everything a user of the .onnx file needs besides the graph."""
+    heads = heads_trained(meta)
+    va_note = "clip to [-1, 1]" if heads["valence_arousal"] else \
+        "NOT TRAINED (no valence/arousal labels in the training data): ignore it"
+    return {"class_names": json.dumps(meta["class_names"]), "img_size": str(int(meta["img_size"])),
+            "arch": meta["arch"], "input_format": "RGB, ImageNet-normalised: (pixel / 255 - mean) / std",
+            "normalization": json.dumps(meta.get("normalization", {})), "heads_trained": json.dumps(heads),
+            "outputs": f"logits: softmax gives class probabilities; valence_arousal: {va_note}"}
+
+
 def export(model, meta, out, opset=18):
     import onnx
 
@@ -62,12 +74,8 @@ def export(model, meta, out, opset=18):
                                 input_names=["image"], output_names=["logits", "valence_arousal"],
                                 dynamic_shapes={"image": {0: batch}}, verbose=False)
     proto = program.model_proto
-    info = {"class_names": json.dumps(meta["class_names"]), "img_size": str(size), "arch": meta["arch"],
-            "input_format": "RGB, ImageNet-normalised: (pixel / 255 - mean) / std",
-            "normalization": json.dumps(meta.get("normalization", {})),
-            "outputs": "logits: softmax gives class probabilities; valence_arousal: clip to [-1, 1]"}
     del proto.metadata_props[:]
-    for k, v in info.items():
+    for k, v in onnx_metadata(meta).items():
         proto.metadata_props.add(key=k, value=v)
     onnx.save_model(proto, str(out), save_as_external_data=False)
     onnx.checker.check_model(str(out))
@@ -104,6 +112,9 @@ def main(argv=None):
         size_mib = Path(tmp).stat().st_size / 2**20
     print(f"wrote {args.out} ({size_mib:.1f} MiB, {meta['arch']}, {meta['img_size']}px, "
           f"{len(meta['class_names'])} classes, dynamic batch); onnxruntime vs PyTorch: max |diff| {diff:.2e}")
+    if not meta["heads_trained"]["valence_arousal"]:
+        print("note: the valence_arousal output comes from a head that never trained (no valence/arousal labels); "
+              "the metadata says so (heads_trained)")
 
 
 if __name__ == "__main__":

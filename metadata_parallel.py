@@ -882,6 +882,20 @@ def summarize(problems, out=None):
         print(f"  {len(items)} {PROBLEMS[kind]}: {shown}{more}", file=out)
 
 
+def class_table(parts):
+    """Rows per class (canonical order) and split, with totals: the balance of what training will see."""
+    counts = pd.DataFrame({name: pd.Series(part["expression"]).value_counts() for name, part in parts.items()})
+    counts = counts.reindex(range(len(CLASS_NAMES))).fillna(0).astype(int)
+    counts.index = CLASS_NAMES
+    counts = counts[(counts > 0).any(axis=1)]  # a dataset without Contempt (RAF-DB, FER2013) shows 7 rows
+    counts["all splits"] = counts.sum(axis=1)
+    counts.loc["total"] = counts.sum()
+    width = max(8, *map(len, counts.columns))
+    lines = [f"  {'rows per class':<16}" + "".join(f"{c:>{width + 2}}" for c in counts.columns)]
+    lines += [f"  {name:<16}" + "".join(f"{n:>{width + 2},}" for n in row) for name, row in counts.iterrows()]
+    return "\n".join(lines)
+
+
 def detect_format(root):
     """The format whose files are in root; AffectNet's .npy layout when none is recognised."""
     if (root / "fer2013new.csv").exists():
@@ -996,6 +1010,7 @@ def main(argv=None):
     sizes = ", ".join(f"{name} {len(part)}" for name, part in parts.items())
     print(f"indexed {len(df)} images ({fmt}) in {elapsed:.1f}s ({len(df) / max(elapsed, 1e-9):.0f} img/s): "
           f"{sizes}, written to {out.resolve()}")
+    print(class_table(parts))
     summarize(problems)
 
 

@@ -29,6 +29,8 @@ VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", 
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our messages name the file; not OpenCV's warnings
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # nor FFmpeg's ("moov atom not found")
 BOX = ["face_x", "face_y", "face_w", "face_h"]
+DECIMALS = 4  # of probabilities and valence/arousal in the CSVs: finer digits are noise (float32, TTA, devices)
+ONE_LINE_EACH = 20  # up to this many images get a line each on the terminal; more get a summary table
 FIRST_COLUMNS = ["filename", "frame", "time_s", "face_index", "track_id", *BOX, "expression", "confidence"]
 
 
@@ -318,6 +320,8 @@ def predict(inputs, args, model, meta, device, detector=None):
     from FER_transform import build_transforms
 
     class_names = meta["class_names"]
+    va_trained = meta.get("heads_trained", {}).get("valence_arousal", True)  # untrained: columns left empty
+    nan = float("nan")
     transform = build_transforms(False, meta["img_size"])
     out_q, stop, skipped, notes = queue.Queue(maxsize=args.prefetch), threading.Event(), [], []
     worker = threading.Thread(target=produce, args=(inputs, args, detector, transform, out_q, stop, skipped, notes),
@@ -335,7 +339,8 @@ def predict(inputs, args, model, meta, device, detector=None):
         for (row, _), p, (v, a) in zip(batch, probs, va):
             k = int(p.argmax())
             row.update(expression=class_names[k], confidence=float(p[k]),
-                       **{f"prob_{n}": float(x) for n, x in zip(class_names, p)}, valence=float(v), arousal=float(a))
+                       **{f"prob_{n}": float(x) for n, x in zip(class_names, p)},
+                       valence=float(v) if va_trained else nan, arousal=float(a) if va_trained else nan)
 
     worker.start()
     try:
@@ -409,8 +414,9 @@ def draw(bgr, faces):
         if box:
             cv2.rectangle(bgr, (x, y), (x + w, y + h), color, thick)
         label = f"#{int(ident)} " if box and pd.notna(ident) else ""
-        lines = [f"{label}{r[pre + 'expression']} {r[pre + 'confidence']:.2f}",
-                 f"V {r[pre + 'valence']:+.2f} A {r[pre + 'arousal']:+.2f}"]
+        lines = [f"{label}{r[pre + 'expression']} {r[pre + 'confidence']:.2f}"]
+        if pd.notna(r[pre + "valence"]):  # empty when the checkpoint's valence/arousal head never trained
+            lines.append(f"V {r[pre + 'valence']:+.2f} A {r[pre + 'arousal']:+.2f}")
         ty = y + 4 if box is None else max(0, y - int(34 * scale * len(lines)))
         for k, text in enumerate(lines):
             (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
@@ -480,7 +486,7 @@ def write_outputs(df, inputs, plan, args, class_names, stage):
             continue
         if inp.kind == "video":
             summary = FER_track.track_summary(rows, class_names)
-            summary.to_csv(stage(files["tracks"]), index=False)
+            summary.round(DECIMALS).to_csv(stage(files["tracks"]), index=False)
             FER_track.plot_timeline(rows, summary, class_names, stage(files["timeline"]), inp.path.name)
             n_frames = rows["frame"].nunique()
             found = rows.loc[rows["expression"].notna(), "frame"].nunique()
@@ -492,8 +498,46 @@ def write_outputs(df, inputs, plan, args, class_names, stage):
                 annotate_image(inp, rows, files["annotated"], stage)
             else:
                 annotate_video(inp, rows, args.frame_step, files["annotated"], stage)
-    ordered(df).to_csv(stage(Path(args.out)), index=False)
+    ordered(df).round(DECIMALS).to_csv(stage(Path(args.out)), index=False)
     return report
+
+
+def label_of(row):
+    """"Happy 0.93 (V +0.41 A +0.12)" for one predicted face; without V/A when that head never trained."""
+    import pandas as pd
+
+    va = f" (V {row['valence']:+.2f} A {row['arousal']:+.2f})" if pd.notna(row["valence"]) else ""
+    return f"{row['expression']} {row['confidence']:.2f}{va}"
+
+
+def image_lines(df):
+    """The terminal's view of the images' predictions: a line per image (each face's label), or, for
+    many images, a table of the predicted expressions (every row is in the CSV)."""
+    import pandas as pd
+
+    images = df[df["frame"].isna()] if "frame" in df.columns else df
+    if images.empty:
+        return []
+    groups = list(images.groupby("filename", sort=False))
+    if len(groups) <= ONE_LINE_EACH:
+        lines = []
+        for name, rows in groups:
+            faces = rows[rows["expression"].notna()]
+            if faces.empty:
+                lines.append(f"{shown(name)}: no face found")
+            elif "face_index" in rows.columns:
+                labels = "; ".join(label_of(r) for _, r in faces.iterrows())
+                lines.append(f"{shown(name)}: {len(faces)} face(s): {labels}")
+            else:
+                lines.append(f"{shown(name)}: {label_of(faces.iloc[0])}")
+        return lines
+    faces = images["expression"].dropna()
+    counts = faces.value_counts()
+    table = [f"{len(groups)} images, {len(faces)} faces predicted:", f"  {'expression':<12}{'faces':>7}{'share':>8}"]
+    table += [f"  {name:<12}{n:>7}{n / max(len(faces), 1):>8.0%}" for name, n in counts.items()]
+    if pd.notna(images["valence"]).any():
+        table.append(f"  mean valence {images['valence'].mean():+.2f}, arousal {images['arousal'].mean():+.2f}")
+    return table
 
 
 def main(argv=None):
@@ -522,7 +566,12 @@ def main(argv=None):
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     class_names = list(meta["class_names"])
-    print(f"predicting {len(inputs)} input(s) on {device}", flush=True)
+    n_videos = sum(inp.kind == "video" for inp in inputs)
+    print(f"predicting {len(inputs)} file(s) ({len(inputs) - n_videos} image(s), {n_videos} video(s)) on {device}",
+          flush=True)
+    if not meta["heads_trained"]["valence_arousal"]:
+        print("note: this checkpoint's valence/arousal head never trained (its training data had no valence/arousal "
+              "labels): the valence and arousal columns are left empty")
     rows, unreadable, notes = predict(inputs, args, model, meta, device, FaceDetector() if args.detect_faces else None)
     skipped += unreadable
     if skipped:
@@ -537,6 +586,8 @@ def main(argv=None):
         report = write_outputs(df, inputs, plan, args, class_names, stage)
 
     n_faces = int(df["expression"].notna().sum())
+    for line in image_lines(df):
+        print(line)
     print(f"wrote {len(df)} rows ({n_faces} predicted) to {shown(args.out)}", *report, sep="\n")
     if annotate:
         print(f"annotated copies in {shown(annotate)}")

@@ -4,10 +4,11 @@
     torchrun --nproc_per_node=4 train_vggface2_resnet50.py ...        # several GPUs, same flags
     python train_vggface2_resnet50.py ... --resume FER_resnet50_last.pth  # continue a stopped run
 
-Staged fine-tuning: for epochs < --freeze_epochs only layer4 of the backbone trains, then layer3 and
-layer4 (conv1/bn1/layer1/layer2 stay frozen, weights and BatchNorm statistics alike), and from the
-1-based epoch --unfreeze_all_at on, everything. Heads always train. Loss = cross-entropy (label
-smoothing 0.1, inverse-frequency class weights) + 0.5 * MSE(valence, arousal). Mixed precision on CUDA.
+Staged fine-tuning, with epochs numbered from 1 as in the epoch lines: epochs 1..--freeze_epochs train
+only layer4 of the backbone, later epochs layer3 and layer4 (conv1/bn1/layer1/layer2 stay frozen,
+weights and BatchNorm statistics alike), and from epoch --unfreeze_all_at on, everything. Heads always
+train. Loss = cross-entropy (label smoothing 0.1, inverse-frequency class weights) + 0.5 * MSE(valence,
+arousal). Mixed precision on CUDA.
 
 Outputs, named after --save_path (default FER_resnet50.pth):
     FER_resnet50.pth          best epoch by validation accuracy (weights + everything to use them)
@@ -23,6 +24,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -51,7 +53,7 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Flags a resumed run may change: they change speed or where files go, not what is computed.
 # Every other flag defines the run, so a resume with another value is refused.
 RESUMABLE_CHANGES = ("num_workers", "prefetch_factor", "device", "amp_dtype", "compile", "deterministic",
-                     "resume", "overwrite", "save_path", "config", "tensorboard")
+                     "resume", "overwrite", "save_path", "config", "tensorboard", "root")
 HANDLES_ERRORS = True  # main() turns errors into one line itself (rank-aware), without FER_io.run_main
 NONFINITE_CHECK_EVERY = 16  # steps between looks at the loss: one device sync each time, not every step
 
@@ -66,6 +68,8 @@ def get_args(argv=None):
     g.add_argument("--train_meta", nargs="+", default=["metadata_train.parquet"],
                    help="training index file(s) from metadata_parallel.py; several files train jointly")
     g.add_argument("--val_meta", nargs="+", default=["metadata_val.parquet"], help="validation index file(s)")
+    g.add_argument("--root", help="dataset folder, if the images are no longer where the index(es) recorded them "
+                                  "(the dataset moved); applies to every index file")
     g.add_argument("--img_size", type=int_at_least(32, 4096), default=224,
                    help="input side in pixels (32-4096: the ResNet downsamples 32x)")
     g.add_argument("--batch_size", type=positive_int, default=8, help="batch size per process")
@@ -95,10 +99,12 @@ def get_args(argv=None):
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=positive_int, default=100, help="number of epochs (also the cosine schedule's T_max)")
     g.add_argument("--freeze_epochs", type=nonneg_int, default=None,
-                   help="epochs in which only layer4 of the backbone trains (default 3; with --no_pretrained "
-                        "nothing is frozen unless this or --unfreeze_all_at is given)")
+                   help="epochs 1..N (numbered from 1, as printed) train only the backbone's last stage; later "
+                        "epochs the last two (0: from the start). Default 3; with --no_pretrained nothing is "
+                        "frozen unless this or --unfreeze_all_at is given")
     g.add_argument("--unfreeze_all_at", type=positive_int, default=None,
-                   help="1-based epoch from which the whole backbone trains")
+                   help="from this epoch on (numbered from 1, as printed) the whole backbone trains; 1: from the "
+                        "start. Default: never")
     g.add_argument("--patience", type=positive_int, default=15,
                    help="stop when neither validation accuracy nor RMSE improved for this many epochs")
     g.add_argument("--lr", type=float_in(0, 10), default=1e-4, help="AdamW learning rate (0-10)")
@@ -215,6 +221,8 @@ def preflight(args):
     for flag in ("resume", "init_from", "vggface2_ckpt", "config"):
         if getattr(args, flag):
             check_input(getattr(args, flag), f"--{flag}")
+    if args.root:
+        check_input(args.root, "--root", folder=True)
     paths = output_paths(args.save_path)
     for path in paths.values():
         check_output(path, "--save_path")
@@ -300,10 +308,24 @@ def build_model(args, say, class_names=CLASS_NAMES):
 
 
 def trainable_blocks(epoch, freeze_epochs, unfreeze_all_at):
-    """Backbone blocks that train in a (0-based) epoch; None means all of them."""
+    """Backbone blocks that train in a (0-based) epoch; None means all of them. In the epochs as printed
+    (from 1): epochs 1..freeze_epochs train layer4, and from epoch unfreeze_all_at on everything trains."""
     if unfreeze_all_at is not None and epoch + 1 >= unfreeze_all_at:
         return None
     return ("layer4",) if epoch < freeze_epochs else ("layer3", "layer4")
+
+
+def schedule_text(epochs, freeze_epochs, unfreeze_all_at):
+    """The fine-tuning stages as epoch ranges, e.g. "epochs 1-3 layer4, 4-9 layer3+layer4, 10-100 all"."""
+    stages = []
+    for epoch in range(1, epochs + 1):
+        blocks = trainable_blocks(epoch - 1, freeze_epochs, unfreeze_all_at)
+        name = "all" if blocks is None else "+".join(blocks)
+        if stages and stages[-1][0] == name:
+            stages[-1][2] = epoch
+        else:
+            stages.append([name, epoch, epoch])
+    return "epochs " + ", ".join(f"{a}{f'-{b}' if b > a else ''} {name}" for name, a, b in stages)
 
 
 def apply_freezing(model, blocks):
@@ -440,26 +462,33 @@ def write_history(history, paths, stage):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (title, keys) in zip(axes, (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_acc", "val_acc")),
-                                        ("RMSE (valence/arousal)", ("val_rmse", "val_rmse_valence", "val_rmse_arousal")))):
+    panels = [("loss", ("train_loss", "val_loss")), ("accuracy", ("train_acc", "val_acc")),
+              ("RMSE (valence/arousal)", ("val_rmse", "val_rmse_valence", "val_rmse_arousal"))]
+    # Only series with data: no empty RMSE panel for a classification-only run, no legend entry without a line.
+    panels = [(title, [k for k in keys if any(h.get(k) == h.get(k) and h.get(k) is not None for h in history)])
+              for title, keys in panels]
+    panels = [(title, keys) for title, keys in panels if keys]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels):
         for k in keys:
             ax.plot(epochs, [h[k] for h in history], marker="o", ms=3, label=k)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(keys), frameon=False)  # below
     fig.tight_layout()
-    fig.savefig(stage(paths["curves"]), dpi=110)
+    fig.savefig(stage(paths["curves"]), dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, run):
+def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, run, heads_trained):
     """The epoch's checkpoints, history, curves, run record and config, replaced together or not at all."""
     meta = dict(epoch=row["epoch"], metrics={k: v for k, v in row.items() if k.startswith("val")}, args=vars(args),
-                run=run)
+                run=run, heads_trained=heads_trained)
     with staged_outputs() as stage:
         FER_run.write_json(run, stage(paths["run"]))
         FER_run.write_config(args, stage(paths["config"]))
@@ -529,8 +558,10 @@ def train(args, rank, world, device, command=None):
         raise TrainError(f"{', '.join(args.train_meta)}: {len(class_names)} expression class(es) with labels 0-7; "
                          f"at least 2 are needed")
     resumed = check_resume(args.resume, args, class_names) if args.resume else None
-    train_ds = FERDataset(args.train_meta, train=True, size=args.img_size, classes=class_names, verbose=rank == 0)
-    val_ds = FERDataset(args.val_meta, train=False, size=args.img_size, classes=class_names, verbose=rank == 0)
+    train_ds = FERDataset(args.train_meta, train=True, size=args.img_size, root=args.root, classes=class_names,
+                          verbose=rank == 0)
+    val_ds = FERDataset(args.val_meta, train=False, size=args.img_size, root=args.root, classes=class_names,
+                        verbose=rank == 0)
     counted_twice(args.train_meta + args.val_meta, train_ds.faces(), val_ds.faces(),
                   "in both training (--train_meta) and validation (--val_meta)")
     for metas, ds in ((args.train_meta, train_ds), (args.val_meta, val_ds)):
@@ -539,6 +570,11 @@ def train(args, rank, world, device, command=None):
                              f"{', '.join(class_names)} with valid values)")
     counts = np.bincount(train_ds.labels, minlength=len(class_names))
     say("train classes: " + ", ".join(f"{c} {n}" for c, n in zip(class_names, counts)))
+    # Recorded in the checkpoint, so that predict.py and the ONNX export can say a head never trained.
+    heads_trained = {"expression": True, "valence_arousal": bool(np.isfinite(train_ds.va).any())}
+    if not heads_trained["valence_arousal"]:
+        say("valence/arousal: no labels in the training index(es): that head does not train, and the checkpoint "
+            "says so (predict.py leaves its columns empty)")
     train_loader, val_loader, sampler, weights, workers = make_loaders(args, train_ds, val_ds, rank, world, cuda)
 
     model = build_model(args, say, class_names).to(device)
@@ -570,6 +606,8 @@ def train(args, rank, world, device, command=None):
     tensorboard = FER_run.TensorBoardLog(tb_dir if rank == 0 else None, purge_step=state.setdefault("steps", 0))
 
     show = rank == 0 and sys.stderr.isatty()
+    say(f"schedule: {schedule_text(args.epochs, args.freeze_epochs, args.unfreeze_all_at)} "
+        f"(--freeze_epochs {args.freeze_epochs}, --unfreeze_all_at {args.unfreeze_all_at or 'none'})")
     say(f"training on {device}{f' x{world}' if world > 1 else ''}, "
         f"{'mixed precision ' + args.amp_dtype if amp_dtype else 'float32'}, {len(train_ds)} train / "
         f"{len(val_ds)} val images, batch {args.batch_size}{f' x{world}' if world > 1 else ''}, {workers} loader workers")
@@ -607,7 +645,8 @@ def train(args, rank, world, device, command=None):
         state["steps"] += len(step_losses)
         if rank == 0:
             run.update(state, model.state_dict() if better_acc else None)
-            save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, run.record)
+            save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, run.record,
+                       heads_trained)
         say(f"epoch {epoch + 1}/{args.epochs} [{stage_name}] lr {lr:.2e} | train loss {stats['train_loss']:.4f} "
             f"acc {stats['train_acc']:.4f} | val loss {stats['val_loss']:.4f} acc {stats['val_acc']:.4f} "
             f"rmse {fmt(stats['val_rmse'])} (V {fmt(stats['val_rmse_valence'], '.3f')} "
@@ -623,18 +662,32 @@ def train(args, rank, world, device, command=None):
         + (f", TensorBoard {tb_dir}" if tb_dir is not None else ""))
 
 
+def interrupted_message(args, argv, last_before):
+    """What Ctrl-C leaves: the epochs saved and how to resume, or that nothing was saved and the command
+    that starts again (a --resume of a file this run never wrote would fail or continue an older run)."""
+    last = output_paths(args.save_path)["last"]
+    saved = last.exists() and (last_before is None or last.stat().st_mtime_ns != last_before)
+    if saved or args.resume:
+        return (f"interrupted: every epoch reported above is saved; resume with: "
+                f"--resume {last if saved else args.resume}")
+    command = shlex.join([Path(__file__).name, *(sys.argv[1:] if argv is None else argv)])
+    earlier = f" (the earlier run's files at {args.save_path} are unchanged)" if last_before is not None else ""
+    return (f"interrupted before the first epoch finished: nothing was saved{earlier}; start again with: "
+            f"python {command}")
+
+
 def main(argv=None):
     args = get_args(argv)
     code, rank = 0, 0
+    last = output_paths(args.save_path)["last"]
+    last_before = last.stat().st_mtime_ns if last.is_file() else None
     try:
         preflight(args)
         rank, world, device = setup_distributed(args.device)
         train(args, rank, world, device, FER_run.command_line(__file__, argv))
     except KeyboardInterrupt:
-        last = output_paths(args.save_path)["last"]
         if rank == 0:
-            hint = f"; resume with: --resume {last}" if last.exists() else ""
-            print(f"\ninterrupted: every epoch reported above is saved{hint}", file=sys.stderr)
+            print("\n" + interrupted_message(args, argv, last_before), file=sys.stderr)
         code = 130
     except torch.OutOfMemoryError:
         if rank == 0:

@@ -47,7 +47,7 @@ def test_eight_class_model_on_a_seven_class_set(trained, seven, tmp_path):
     expected = model_logits[:, [CLASS_NAMES.index(c) for c in SEVEN]].argmax(1)
     assert (pred["y_pred"].to_numpy() == expected).all()
     assert m["accuracy"] == pytest.approx((pred["y_true"] == pred["y_pred"]).mean())
-    m_all, pred_all, _ = evaluate(trained, seven["val"], tmp_path, "--all_classes")
+    m_all, pred_all, _ = evaluate(trained, seven["val"], tmp_path, "--all_classes", "--overwrite")
     assert m_all["classes_scored"] == CLASS_NAMES and "prob_Contempt" in pred_all
     assert (pred_all["y_pred"].to_numpy() == model_logits.argmax(1)).all()
 
@@ -68,6 +68,8 @@ def seven_model(seven, demo, tmp_path_factory):
                                                           "--val_meta", seven["val"]))
     assert r.returncode == 0, r.stderr
     assert "rmse n/a" in r.stdout  # no valence/arousal anywhere: classification only
+    assert torch.load(out / "m.pth", weights_only=True)["heads_trained"] == {"expression": True,
+                                                                            "valence_arousal": False}
     return out / "m.pth"
 
 
@@ -78,7 +80,8 @@ def test_seven_class_training_has_a_seven_way_head(seven_model, demo, tmp_path):
     m, pred, out = evaluate(seven_model, demo["val"], tmp_path)
     assert m["classes_scored"] == SEVEN and m["classes_left_out"]["evaluation_set"] == ["Contempt"]
     assert m["n"] == 14 and m["rows_not_scored"] == {"classes not in " + "+".join(SEVEN): 2}
-    assert "valence" in m  # the model's V/A head is scored wherever the set has labels
+    assert "valence" in m  # the model's V/A head is scored wherever the set has labels, with a note:
+    assert any("valence/arousal head never trained" in n for n in m["notes"])
 
 
 def test_init_from_another_dataset_reinitialises_the_head(trained, seven, demo, tmp_path):

@@ -134,6 +134,8 @@ def test_cli_writes_three_files_and_summary(tmp_path):
                    "--quiet")
     assert r.returncode == 0, r.stderr
     assert "train 15, val 8" in r.stdout and "1 images without _exp.npy" in r.stdout and "2.jpg" in r.stdout
+    assert "rows per class" in r.stdout
+    assert [ln.split()[1:] for ln in r.stdout.splitlines() if ln.split()[:1] == ["total"]] == [["15", "8", "23"]]
     for name in ("all", "train", "val"):
         assert (tmp_path / "out" / f"metadata_{name}.parquet").is_file()
 

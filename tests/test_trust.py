@@ -90,7 +90,7 @@ def test_eval_on_a_full_disk_keeps_the_old_report(trained, demo, mount):
     disk = mount("512k", fill=old_report)
     before = snapshot(disk)
     r = run_here("eval_resnet50.py", "--checkpoint", trained, "--meta", demo["val"], "--out_dir", disk,
-                   "--num_workers", 0)
+                   "--num_workers", 0, "--overwrite")  # without it: refused, the folder holds an evaluation
     one_error_line(r, "no space left on device writing", disk)
     assert snapshot(disk) == before
 
