@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+import FER_face
 import FER_metrics
 from FER_io import (ArgumentParser, check_device, check_not_inputs, check_input, check_output, int_at_least, nonneg_int,
                     positive_int, run_main, staged_outputs, write_text)
@@ -46,7 +47,14 @@ def get_args(argv=None):
     p.add_argument("--num_workers", type=nonneg_int, default=min(4, os.cpu_count() or 1),
                    help="loader processes (0: load in this process)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (faster; tiny differences)")
-    return p.parse_args(argv)
+    g = p.add_argument_group("crops as predict.py makes them")
+    g.add_argument("--recrop", choices=("none", "detect"), default="none",
+                   help="detect: detect the face in every image again and crop it as predict.py --detect_faces "
+                        "does (--detector, --align) before predicting; none (default): the dataset's crops")
+    FER_face.add_arguments(g, min_face=20)
+    args = p.parse_args(argv)
+    args.face_threshold = FER_face.check_arguments(args)
+    return args
 
 
 def plot_confusion(cm, class_names, path):
@@ -136,7 +144,14 @@ def evaluate_checkpoint(args):
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     scored, set_only, ckpt_only = scored_classes(meta["class_names"], args.meta, args.all_classes)
-    ds = FERDataset(args.meta, train=False, size=args.img_size or meta["img_size"], root=args.root, classes=scored)
+    recrop, fallback = None, None
+    if args.recrop == "detect":
+        template = FER_face.check_template(meta.get("crop_template"), f"{args.checkpoint}: field crop_template")
+        recrop = dict(detector=args.detector, min_face=args.min_face, threshold=args.face_threshold,
+                      template=template, align=args.align)
+        fallback = FER_face.fallback(args.detector, template, args.align)
+    ds = FERDataset(args.meta, train=False, size=args.img_size or meta["img_size"], root=args.root, classes=scored,
+                    recrop=recrop)
     if len(ds) == 0:
         raise FERDataError(f"{', '.join(args.meta)}: no usable rows")
     loader = DataLoader(ds, args.batch_size, shuffle=False, num_workers=args.num_workers,
@@ -151,6 +166,18 @@ def evaluate_checkpoint(args):
     if ckpt_only:
         metrics["notes"].insert(0, f"checkpoint classes absent from the evaluation set, left out of the argmax: "
                                    f"{', '.join(ckpt_only)} (--all_classes keeps them)")
+    if recrop:
+        found = out["recrop_found"].astype(bool)
+        missed = [ds.filenames[i] for i in out["index"][~found]]
+        metrics["recrop"] = dict(detector=args.detector, align=args.align, min_face=args.min_face,
+                                 face_threshold=args.face_threshold if args.detector == "mtcnn" else None,
+                                 aligned_to_template=fallback is None, faces_found=int(found.sum()),
+                                 no_face=len(missed), no_face_examples=missed[:10])
+        metrics["notes"].insert(0, f"--recrop detect: faces detected and cropped as predict.py does in {int(found.sum())} "
+                                   f"of {len(found)} images ({args.detector}, "
+                                   f"{'box + margin: ' + fallback if fallback else 'aligned to ' + args.align}); "
+                                   f"{len(missed)} without a face kept the dataset's crop"
+                                   + (f", e.g. {', '.join(missed[:3])}" if missed else ""))
     metrics.update(classes_scored=scored, classes_left_out={"evaluation_set": set_only, "checkpoint": ckpt_only},
                    rows_not_scored=ds.dropped, checkpoint=str(args.checkpoint), meta=list(map(str, args.meta)),
                    tta=args.tta, all_classes=args.all_classes)
