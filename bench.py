@@ -302,8 +302,10 @@ def write_face_clip(path, n, size=(640, 480)):
 
 def bench_video(args, rows, tmp):
     """predict.py's pipeline (decode and detection in a thread, the model on batches of faces) on a
-    640x480 clip with two faces, beside decode + detection alone: the pipeline is as fast as its
-    slower half when the two overlap."""
+    640x480 clip with two faces, with each detector (mtcnn: aligned onto a crop template; haar: box
+    crops), beside decode + detection alone: the pipeline is as fast as its slower half when the two
+    overlap."""
+    import FER_face
     import predict
 
     n = 16 if args.quick else 100
@@ -314,23 +316,27 @@ def bench_video(args, rows, tmp):
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     meta = {"class_names": list(CLASS_NAMES), "img_size": args.img_size}
-    pargs = predict.get_args([str(clip), "--detect_faces", "--batch_size", str(args.batch_size)])
     inputs, _ = predict.collect_inputs([clip])
-    detector = predict.FaceDetector()
-    faces = []
+    template = [[0.39, 0.46], [0.64, 0.46], [0.52, 0.56], [0.42, 0.72], [0.63, 0.72]]  # the demo model's
+    for name in FER_face.DETECTORS:
+        pargs = predict.get_args([str(clip), "--detect_faces", "--detector", name, "--batch_size", str(args.batch_size)])
+        cropper = FER_face.Cropper(FER_face.make_detector(name), np.array(template), "template", args.img_size)
+        faces = []
 
-    def pipeline():
-        faces[:] = [r for r in predict.predict(inputs, pargs, model, meta, device, detector)[0] if "face_x" in r]
+        def pipeline():
+            faces[:] = [r for r in predict.predict(inputs, pargs, model, meta, device, cropper)[0] if "face_x" in r]
 
-    def decode_detect():
-        for _, _, rgb in predict.video_frames(clip, 1):
-            detector(rgb)
-    t = timed(pipeline, args.reps, device)
-    rows.append(("video", "predict.py on a 640x480 video with two faces", n / t, "frame/s",
-                 f"{len(faces) / n:.1f} faces per frame; decode + Haar detection + {args.arch} {args.img_size}px "
-                 f"batch {args.batch_size}"))
-    t = timed(decode_detect, args.reps, "cpu")
-    rows.append(("video", "decode + face detection alone", n / t, "frame/s", f"{n} frames, one thread"))
+        def decode_detect():
+            for _, _, rgb in predict.video_frames(clip, 1):
+                cropper.detector(rgb)
+        t = timed(pipeline, args.reps, device)
+        crop = "box crops" if cropper.fallback else "aligned crops"
+        rows.append(("video", f"predict.py on a 640x480 video with two faces, {name}", n / t, "frame/s",
+                     f"{len(faces) / n:.1f} faces per frame; decode + {name} detection ({crop}) + {args.arch} "
+                     f"{args.img_size}px batch {args.batch_size}"))
+        t = timed(decode_detect, args.reps, "cpu")
+        rows.append(("video", f"decode + face detection alone, {name}", n / t, "frame/s",
+                     f"{n} frames" + (", detector on one torch thread" if name == "mtcnn" else ", one thread")))
 
 
 def main(argv=None):

@@ -81,6 +81,17 @@ def test_mtcnn_finds_every_face_of_a_group_including_a_turned_one(group):
     assert not any(x <= centre[0] <= x + w and y <= centre[1] <= y + h for x, y, w, h in (f.box for f in haar))
 
 
+def test_mtcnn_needs_no_network(group, monkeypatch):
+    """Its weights are files of the installed package: building and running it opens no socket."""
+    import socket
+
+    def refuse(*a, **k):
+        raise OSError("no network in this test")
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    assert len(FER_face.make_detector("mtcnn")(group["rgb"])) == 4
+
+
 def test_min_face_is_in_pixels_whatever_the_picture_size():
     """Faces of 60 px in a 1600x1000 picture: found with the default --min_face 40 (the old rule, a
     tenth of the shorter side, looked for nothing under 100 px), not with --min_face 90."""
