@@ -165,17 +165,20 @@ def similarity(points, template, size):
     squares over all five (every point an inlier), by cv2.estimateAffinePartial2D."""
     src = np.asarray(points, np.float32).reshape(-1, 2)
     dst = from_unit(template, size).astype(np.float32)
+    if not np.isfinite(src).all() or np.ptp(src, 0).max() < 1e-3:  # all in one place: no face to align
+        return None
     m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1e6, refineIters=50)
-    if m is None:
-        raise FERError("five landmarks that do not determine a face (all in one place)")
-    return m
+    return m if m is not None and np.isfinite(m).all() and abs(np.linalg.det(m[:, :2])) > 1e-9 else None
 
 
 def warp(rgb, points, template, size):
     """The face with these five points warped onto the template: a size x size crop (outside the
-    picture: black, as face-alignment toolkits pad)."""
-    return cv2.warpAffine(rgb, similarity(points, template, size), (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    picture: black, as face-alignment toolkits pad); None when the points determine no face."""
+    m = similarity(points, template, size)
+    if m is None:
+        return None
+    return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0)
 
 
 def margin_box(box, shape, margin=BOX_MARGIN):
@@ -204,10 +207,11 @@ def check_template(template, where="crop_template"):
 
 
 def mean_template(unit_points):
-    """The template of (N, 5, 2) unit-square points (NaN rows skipped): their mean, as a 5 x 2 list of
-    floats (what a checkpoint stores), or None without any."""
+    """The template of (N, 5, 2) unit-square points (NaN and impossible rows skipped): their mean, as a
+    5 x 2 list of floats (what a checkpoint stores), or None without any."""
     pts = np.asarray(unit_points, np.float64).reshape(-1, 5, 2)
-    ok = np.isfinite(pts).all((1, 2))
+    # Landmarks far outside their crop, or with both eyes in one place, are annotation errors.
+    ok = (np.abs(pts - 0.5) <= 1).all((1, 2)) & (np.linalg.norm(pts[:, 1] - pts[:, 0], axis=1) > 1e-3)
     return pts[ok].mean(0).round(6).tolist() if ok.any() else None
 
 
@@ -235,7 +239,9 @@ class Cropper:
 
     def crop(self, rgb, face):
         if self.template is not None and face.points is not None:
-            return warp(rgb, face.points, self.template, self.size)
+            aligned = warp(rgb, face.points, self.template, self.size)
+            if aligned is not None:
+                return aligned
         x, y, w, h = margin_box(face.box, rgb.shape)
         return rgb[y:y + h, x:x + w] if w > 1 and h > 1 else None
 

@@ -393,7 +393,8 @@ class FERDataset(Dataset):
                                    f"{image.shape[1]}x{image.shape[0]} image")
             image, points = image[y0:y1, x0:x1], points - (x0, y0)
         if self.template is not None and np.isfinite(points).all():
-            image = FER_face.warp(image, points, self.template, self.size)
+            aligned = FER_face.warp(image, points, self.template, self.size)
+            image = image if aligned is None else aligned  # landmarks all in one place: the plain crop
         return image
 
     def _recrop(self, i, image):

@@ -122,6 +122,25 @@ def test_warp_puts_the_landmarks_on_the_template():
     assert abs(FER_face.rotation(points) - 30) < 1e-6
 
 
+def test_broken_landmarks_never_stop_a_run():
+    """Landmarks all in one place (AffectNet has rows of zeros) cannot be aligned: the box crop is used,
+    and the template leaves them out."""
+    rgb = background(100, 120)
+
+    class Fake:
+        name = "mtcnn"
+
+        def __call__(self, rgb):
+            return [FER_face.Face((30, 20, 40, 50), np.zeros((5, 2)), 0.99)]
+    template = np.array([[0.35, 0.42], [0.65, 0.42], [0.5, 0.58], [0.38, 0.75], [0.62, 0.75]])
+    assert FER_face.warp(rgb, np.zeros((5, 2)), template, 32) is None
+    (row, crop), = FER_face.Cropper(Fake(), template, "template", 32)(rgb)
+    assert crop.shape == (70, 60, 3) and (row["face_x"], row["face_y"], row["face_w"], row["face_h"]) == (20, 10, 60, 70)
+    good = FER_face.to_unit(FER_face.from_unit(template, 50), (0, 0, 50, 50))
+    np.testing.assert_allclose(FER_face.mean_template([good, np.zeros((5, 2)), good + 5, np.full((5, 2), np.nan)]),
+                               template, atol=1e-6)
+
+
 def test_template_of_an_affectnet_index_is_the_mean_of_its_landmarks(tmp_path):
     """Both AffectNet layouts: the .npy crops (landmarks in the crop's pixels) and the CSV release
     (landmarks in the full photo, the crop is the face box with FACE_MARGIN)."""
