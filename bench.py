@@ -308,7 +308,7 @@ def bench_video(args, rows, tmp):
     import FER_face
     import predict
 
-    n = 16 if args.quick else 100
+    n = 8 if args.quick else 100
     clip = tmp / "two_faces.mp4"
     write_face_clip(clip, n)
     device = torch.device(args.device)
