@@ -228,6 +228,8 @@ def image_size(path):
     """(width, height) of an image file from its header (Pillow reads no pixels)."""
     from PIL import Image
 
+    if not os.path.isfile(path):  # the words load_image uses; also keeps FIFOs away
+        raise FERDataError(f"{path}: {'not a regular file' if os.path.exists(path) else 'file not found'}")
     try:
         with Image.open(path) as im:
             return im.size
