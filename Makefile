@@ -15,7 +15,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 # Synthetic AffectNet-style data -> index -> look at the augmentation -> train -> evaluate -> a second run
-# compared with the first -> predict, export.
+# compared with the first -> predict (whole images, then faces found by MTCNN and aligned onto the
+# checkpoint's crop template), export.
 # The demo trains the small resnet18 from random weights so that it finishes in a few CPU minutes;
 # drop --arch/--no_pretrained and the small sizes for the real ResNet50 recipe (see README).
 demo: $(STAMP)
@@ -37,6 +38,8 @@ demo: $(STAMP)
 		--meta $(DEMO)/metadata_val.parquet --out_dir $(DEMO)/lr1e-3 --overwrite
 	$(PY) predict.py --checkpoint $(DEMO)/FER_resnet50.pth data/demo/images/0.jpg data/demo/images/1.jpg \
 		--out $(DEMO)/predictions_demo.csv --annotate $(DEMO)/annotated
+	$(PY) predict.py --checkpoint $(DEMO)/FER_resnet50.pth data/demo/images/0.jpg data/demo/images/3.jpg \
+		--detect_faces --min_face 24 --out $(DEMO)/predictions_demo_faces.csv --annotate $(DEMO)/annotated_faces
 	$(PY) export_onnx.py --checkpoint $(DEMO)/FER_resnet50.pth --out $(DEMO)/FER_resnet50.onnx
 
 # pytest exits 5 when it collects nothing: a suite that vanished is a failure, and is named as one.

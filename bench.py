@@ -299,11 +299,13 @@ def write_face_clip(path, n, size=(640, 480)):
 
 def bench_video(args, rows, tmp):
     """predict.py's pipeline (decode and detection in a thread, the model on batches of faces) on a
-    640x480 clip with two faces, beside decode + detection alone: the pipeline is as fast as its
-    slower half when the two overlap."""
+    640x480 clip with two faces, with each detector (mtcnn: aligned onto a crop template; haar: box
+    crops), beside decode + detection alone: the pipeline is as fast as its slower half when the two
+    overlap."""
+    import FER_face
     import predict
 
-    n = 16 if args.quick else 100
+    n = 8 if args.quick else 100
     clip = tmp / "two_faces.mp4"
     write_face_clip(clip, n)
     device = torch.device(args.device)
@@ -311,23 +313,33 @@ def bench_video(args, rows, tmp):
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     meta = {"class_names": list(CLASS_NAMES), "img_size": args.img_size}
-    pargs = predict.get_args([str(clip), "--detect_faces", "--batch_size", str(args.batch_size)])
     inputs, _ = predict.collect_inputs([clip])
-    detector = predict.FaceDetector()
-    faces = []
+    template = [[0.39, 0.46], [0.64, 0.46], [0.52, 0.56], [0.42, 0.72], [0.63, 0.72]]  # the demo model's
+    threads = torch.get_num_threads()
+    for name, detector_threads in (("mtcnn", 1), ("mtcnn", threads), ("haar", None)):
+        if name == "mtcnn" and detector_threads > 1 and (args.quick or threads == 1):
+            continue  # the thread comparison: one run is enough, and it needs several cores
+        pargs = predict.get_args([str(clip), "--detect_faces", "--detector", name, "--batch_size", str(args.batch_size)])
+        cropper = FER_face.Cropper(FER_face.make_detector(name), np.array(template), "template", args.img_size)
+        label = name
+        if detector_threads:
+            cropper.detector.threads = detector_threads
+            label = f"{name} on {detector_threads} torch thread{'s' if detector_threads > 1 else ''}"
+        faces = []
 
-    def pipeline():
-        faces[:] = [r for r in predict.predict(inputs, pargs, model, meta, device, detector)[0] if "face_x" in r]
+        def pipeline():
+            faces[:] = [r for r in predict.predict(inputs, pargs, model, meta, device, cropper)[0] if "face_x" in r]
 
-    def decode_detect():
-        for _, _, rgb in predict.video_frames(clip, 1):
-            detector(rgb)
-    t = timed(pipeline, args.reps, device)
-    rows.append(("video", "predict.py on a 640x480 video with two faces", n / t, "frame/s",
-                 f"{len(faces) / n:.1f} faces per frame; decode + Haar detection + {args.arch} {args.img_size}px "
-                 f"batch {args.batch_size}"))
-    t = timed(decode_detect, args.reps, "cpu")
-    rows.append(("video", "decode + face detection alone", n / t, "frame/s", f"{n} frames, one thread"))
+        def decode_detect():
+            for _, _, rgb in predict.video_frames(clip, 1):
+                cropper.detector(rgb)
+        t = timed(pipeline, args.reps, device)
+        crop = "box crops" if cropper.fallback else "aligned crops"
+        rows.append(("video", f"predict.py on a 640x480 video with two faces, {label}", n / t, "frame/s",
+                     f"{len(faces) / n:.1f} faces per frame; decode + {name} detection ({crop}) + {args.arch} "
+                     f"{args.img_size}px batch {args.batch_size}"))
+        t = timed(decode_detect, args.reps, "cpu")
+        rows.append(("video", f"decode + face detection alone, {label}", n / t, "frame/s", f"{n} frames"))
 
 
 # --- experiments ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import FER_face  # light (cv2, numpy): its flags are part of the parser
 from FER_io import (ArgumentParser, FERError, check_device, check_not_inputs, check_input, check_output, int_at_least,
                     nonneg_int, positive_int, run_main, staged_outputs, write_text)
 
@@ -60,6 +61,11 @@ def get_args(argv=None):
                    help="write report_resnet50.html, the evaluation as one self-contained page (default: on)")
     p.add_argument("--report_images", type=nonneg_int, default=24,
                    help="thumbnails per confusion-matrix cell (and of mistakes, largest errors) in the report")
+    g = p.add_argument_group("crops as predict.py makes them")
+    g.add_argument("--recrop", choices=("none", "detect"), default="none",
+                   help="detect: detect the face in every image again and crop it as predict.py --detect_faces "
+                        "does (--detector, --align) before predicting; none (default): the dataset's crops")
+    FER_face.add_arguments(g, min_face=20)
     p.add_argument("--bootstrap", type=nonneg_int, default=1000, metavar="N",
                    help="resamples of the images for the 95%% intervals (0: no intervals)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the bootstrap resamples")
@@ -69,6 +75,7 @@ def get_args(argv=None):
     if len(args.checkpoint) == 2 and args.save_predictions:
         p.error("--save_predictions: give one --checkpoint (evaluate each model alone to save its predictions)")
     args.checkpoint, args.checkpoint_b = args.checkpoint[0], (args.checkpoint[1:] or [None])[0]
+    args.face_threshold = FER_face.check_arguments(args)
     return args
 
 
@@ -201,7 +208,14 @@ def evaluate_checkpoint(args):
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     scored, set_only, ckpt_only = scored_classes(meta["class_names"], args.meta, args.all_classes)
-    ds = FERDataset(args.meta, train=False, size=args.img_size or meta["img_size"], root=args.root, classes=scored)
+    recrop, fallback = None, None
+    if args.recrop == "detect":
+        template = FER_face.check_template(meta.get("crop_template"), f"{args.checkpoint}: field crop_template")
+        recrop = dict(detector=args.detector, min_face=args.min_face, threshold=args.face_threshold,
+                      template=template, align=args.align)
+        fallback = FER_face.fallback(args.detector, template, args.align)
+    ds = FERDataset(args.meta, train=False, size=args.img_size or meta["img_size"], root=args.root, classes=scored,
+                    recrop=recrop)
     if len(ds) == 0:
         raise FERDataError(f"{', '.join(args.meta)}: no usable rows")
     loader = DataLoader(ds, args.batch_size, shuffle=False, num_workers=args.num_workers,
@@ -225,6 +239,18 @@ def evaluate_checkpoint(args):
     if "valence" in metrics and not meta["heads_trained"]["valence_arousal"]:
         metrics["notes"].append("this checkpoint's valence/arousal head never trained (no labels in its training "
                                 "data): the regression figures measure an untrained head")
+    if recrop:
+        found = out["recrop_found"].astype(bool)
+        missed = [ds.filenames[i] for i in out["index"][~found]]
+        metrics["recrop"] = dict(detector=args.detector, align=args.align, min_face=args.min_face,
+                                 face_threshold=args.face_threshold if args.detector == "mtcnn" else None,
+                                 aligned_to_template=fallback is None, faces_found=int(found.sum()),
+                                 no_face=len(missed), no_face_examples=missed[:10])
+        metrics["notes"].insert(0, f"--recrop detect: faces detected and cropped as predict.py does in {int(found.sum())} "
+                                   f"of {len(found)} images ({args.detector}, "
+                                   f"{'box + margin: ' + fallback if fallback else 'aligned to ' + args.align}); "
+                                   f"{len(missed)} without a face kept the dataset's crop"
+                                   + (f", e.g. {', '.join(missed[:3])}" if missed else ""))
     metrics.update(classes_scored=scored, classes_left_out={"evaluation_set": set_only, "checkpoint": ckpt_only},
                    rows_not_scored=ds.dropped, checkpoint=str(args.checkpoint), meta=list(map(str, args.meta)),
                    heads_trained=meta["heads_trained"], tta=args.tta, all_classes=args.all_classes, data=FER_run.data_record(ds),

@@ -81,6 +81,7 @@ PROBLEMS = {
     "conflicting_labels": "images listed more than once with different labels (dropped: no label can be trusted)",
     "duplicate_name": "names that differ only in case or extension (kept on one side of a random split)",
     "split_leak": "names on both sides of the official split or in both --root and --val_root (left as given)",
+    "no_face": "images where --detect_landmarks found no face (landmarks5 left empty; kept)",
 }
 
 
@@ -920,6 +921,62 @@ def check_val_root(root, val_root):
     return val_root
 
 
+# --- five landmarks by the face detector (--detect_landmarks) ------------------------------------
+def _detect_chunk(task):
+    """Worker: five landmarks of the largest face (the one on the face box, where the index has one)
+    of each image, in pixels of the image file; (name, why) for images without one."""
+    import cv2
+
+    import FER_face
+
+    paths, boxes, min_face, threshold = task
+    detector = _detect_chunk.__dict__.get("detector")
+    if detector is None or (detector.min_face, detector.threshold) != (min_face, threshold):
+        detector = _detect_chunk.detector = FER_face.make_detector("mtcnn", min_face, threshold)
+    points, missed = [], []
+    for (path, name), box in zip(paths, boxes):
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        if bgr is None:
+            points.append(None)
+            missed.append((name, "cannot be decoded"))
+            continue
+        rgb, x0, y0 = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), 0, 0
+        if box is not None:  # detect inside the crop training makes, report in the file's pixels
+            from FER_transform import crop_rect
+            x0, y0, x1, y1 = crop_rect(rgb.shape, box)
+            rgb = rgb[y0:y1, x0:x1]
+        face = FER_face.best_face(detector(rgb))
+        points.append(None if face is None else (face.points + (x0, y0)).reshape(-1).round(3))
+        if face is None:
+            missed.append((name, "no face found"))
+    return points, missed
+
+
+def detect_landmarks(df, args):
+    """df with a landmarks5 column (10 floats: FER_face.POINTS in pixels of the image file, or None)
+    from MTCNN on every image, in worker processes; images without a face are recorded as problems."""
+    images_dir = Path(df.attrs["images_dir"])
+    stage = getattr(args, "stage", None)
+    paths = []
+    for name in df["filename"]:
+        target = images_dir / name  # PNGs written from CSV pixels are still under their staged names
+        paths.append((str(stage.files.get(target, target) if stage is not None else target), name))
+    boxes = [None] * len(df)
+    if set(FACE_BOX) <= set(df.columns):
+        boxes = [tuple(b) for b in df[FACE_BOX].to_numpy(np.float64)]
+    step = 64
+    tasks = [(paths[i:i + step], boxes[i:i + step], args.min_face, args.face_threshold)
+             for i in range(0, len(df), step)]
+    points, missed = [], []
+    for chunk_points, chunk_missed in run_chunks(_detect_chunk, tasks, args.workers, [len(t[0]) for t in tasks],
+                                                 "landmarks", args.progress):
+        points += chunk_points
+        missed += chunk_missed
+    df = df.copy()
+    df["landmarks5"] = points
+    return df, missed
+
+
 def index_dataset(fmt, root, args, stage):
     """(table, problems) for a format, with the common checks applied."""
     args.stage, args.progress = stage, not args.quiet
@@ -931,7 +988,10 @@ def index_dataset(fmt, root, args, stage):
                   "ferplus": read_ferplus, "folders": read_folders}[fmt]
         df, problems = reader(root, args)
     verify = args.verify_images and fmt not in ("fer2013", "ferplus")  # our own PNGs, from checked pixels
-    return finish(df, problems, verify, args.workers, args.progress), problems
+    df = finish(df, problems, verify, args.workers, args.progress)
+    if args.detect_landmarks:
+        df, problems["no_face"] = detect_landmarks(df, args)
+    return df, problems
 
 
 def parse_args(argv):
@@ -949,6 +1009,13 @@ def parse_args(argv):
                    help="decode every image completely (Pillow) and skip, and name, unreadable or truncated ones "
                         "and formats OpenCV cannot read (slower)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--detect_landmarks", action="store_true",
+                   help="add a landmarks5 column: five landmarks (eye centres, nose tip, mouth corners) per image "
+                        "by the MTCNN face detector, for datasets without landmarks; training takes its crop "
+                        "template from them. Images without a face are named")
+    import FER_face
+    FER_face.add_arguments(p.add_argument_group("with --detect_landmarks (MTCNN)"), min_face=20, detector=False,
+                           align=False)
     g = p.add_argument_group("affectnet (.npy layout) only")
     g.add_argument("--images_dir", help="images folder, if not <root>/images")
     g.add_argument("--annotations_dir", help="annotations folder, if not <root>/annotations")
@@ -964,7 +1031,9 @@ def parse_args(argv):
                    help="folders: FOLDER=CLASS pairs, e.g. 0=anger,1=contempt,2=disgust,3=fear,4=happy,5=neutral,"
                         "6=sad,7=surprise for numeric folders; class names: neutral, happy, sad, surprise, fear, "
                         "disgust, anger, contempt or a synonym (happiness, angry, surprised, fearful, disgusted...)")
-    return p, p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.face_threshold = FER_face.check_arguments(args)
+    return p, args
 
 
 def main(argv=None):

@@ -4,9 +4,11 @@
     python predict.py --checkpoint FER_resnet50.pth group.jpg class.mp4 --detect_faces --smooth 0.3 --annotate ann/
 
 Preprocessing is exactly eval_resnet50.py's, so the probabilities match its --save_predictions.
-The model expects face crops (as in AffectNet); for wider pictures use --detect_faces, which crops
-every face found by OpenCV's Haar cascade (shipped inside opencv-python-headless; nothing is
-downloaded). In videos, faces are linked into tracks (see FER_track.py for the rule) and each video
+The model expects face crops (as in AffectNet); for wider pictures use --detect_faces, which finds
+every face with MTCNN (its weights ship with facenet-pytorch; nothing is downloaded) and warps each
+onto the checkpoint's crop_template by its five landmarks, so the crop is framed like the training
+images (FER_face.py; --align box, --detector haar for the older crop and detector). In videos,
+faces are linked into tracks (see FER_track.py for the rule) and each video
 gets a per-track summary CSV and a timeline plot beside --out.
 
 Decoding and detection run in a thread that feeds the model batches through a bounded queue.
@@ -21,6 +23,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import FER_face
 from FER_io import (ArgumentParser, FERError, check_device, check_input, check_not_inputs, check_output,
                     check_replaceable, float_in, int_at_least, positive_int, run_main, staged_outputs)
 
@@ -31,7 +34,8 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # nor FFmpeg's ("moov ato
 BOX = ["face_x", "face_y", "face_w", "face_h"]
 DECIMALS = 4  # of probabilities and valence/arousal in the CSVs: finer digits are noise (float32, TTA, devices)
 ONE_LINE_EACH = 20  # up to this many images get a line each on the terminal; more get a summary table
-FIRST_COLUMNS = ["filename", "frame", "time_s", "face_index", "track_id", *BOX, "expression", "confidence"]
+FIRST_COLUMNS = ["filename", "frame", "time_s", "face_index", "track_id", *BOX, "face_score", "rotation",
+                 *FER_face.POINT_COLUMNS, "expression", "confidence"]
 
 
 def get_args(argv=None):
@@ -46,10 +50,11 @@ def get_args(argv=None):
                    help="faces per forward pass (default 32)")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped face")
     p.add_argument("--detect_faces", action="store_true",
-                   help="predict every face found by the Haar cascade (crop with a 20%% margin) instead of the "
-                        "whole picture")
+                   help="predict every face found by --detector, cropped as --align says, instead of the whole "
+                        "picture")
     p.add_argument("--largest_face", action="store_true", help="with face detection, keep only the largest face "
                                                                "(implies --detect_faces)")
+    FER_face.add_arguments(p.add_argument_group("face detection (with --detect_faces)"))
     p.add_argument("--annotate", metavar="DIR",
                    help="write copies of the images (same name and format) and <video>_annotated.mp4 with every "
                         "face's box, track id, expression and valence/arousal")
@@ -181,36 +186,6 @@ def plan_outputs(inputs, out, annotate):
 
 
 # --- decoding and detection (the producer thread) -----------------------------------------------
-class FaceDetector:
-    """Every frontal face by OpenCV's Haar cascade, expanded by FER_transform.FACE_MARGIN (the margin
-    AffectNet-CSV boxes get in training), largest first."""
-
-    def __init__(self):
-        import cv2
-
-        from FER_transform import FACE_MARGIN
-        self.margin = FACE_MARGIN
-        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-        self.cascade = cv2.CascadeClassifier(str(path))
-        if self.cascade.empty():
-            raise FERError(f"cannot load the face detector from {path}")
-
-    def __call__(self, rgb):
-        import cv2
-
-        gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-        side = min(gray.shape)
-        faces = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                              minSize=(max(24, side // 10),) * 2)
-        boxes = []
-        for x, y, w, h in sorted(faces, key=lambda f: -f[2] * f[3]):
-            m = int(round(self.margin * max(w, h)))
-            x0, y0 = max(0, x - m), max(0, y - m)
-            x1, y1 = min(rgb.shape[1], x + w + m), min(rgb.shape[0], y + h + m)
-            boxes.append((int(x0), int(y0), int(x1 - x0), int(y1 - y0)))
-        return boxes
-
-
 def open_video(path):
     import cv2
 
@@ -249,7 +224,7 @@ def video_frames(path, step, notes=None):
                      f"the rows of those {i} frames are kept")
 
 
-def units(inp, args, detector, transform, notes):
+def units(inp, args, cropper, transform, notes):
     """(rows, crops) for each image or analysed frame: one row per face, or one row without a
     prediction when no face was found."""
     from FER_transform import load_image
@@ -259,15 +234,15 @@ def units(inp, args, detector, transform, notes):
     for frame, t, rgb in frames:
         where = {"filename": inp.name} if frame is None else {"filename": inp.name, "frame": frame,
                                                               "time_s": round(t, 3)}
-        if detector is None:
+        if cropper is None:
             yield [dict(where)], [transform(image=rgb)["image"]]
             continue
-        boxes = detector(rgb)[:1 if args.largest_face else None]
-        if not boxes:
+        faces = cropper(rgb, args.largest_face)
+        if not faces:
             yield [dict(where)], []
             continue
-        rows = [dict(where, face_index=k, **dict(zip(BOX, box))) for k, box in enumerate(boxes)]
-        yield rows, [transform(image=rgb[y:y + h, x:x + w])["image"] for x, y, w, h in boxes]
+        yield ([dict(where, face_index=k, **row) for k, (row, _) in enumerate(faces)],
+               [transform(image=crop)["image"] for _, crop in faces])
 
 
 class WorkerFailed:
@@ -278,7 +253,7 @@ class WorkerFailed:
 DONE = object()
 
 
-def produce(inputs, args, detector, transform, out_q, stop, skipped, notes):
+def produce(inputs, args, cropper, transform, out_q, stop, skipped, notes):
     """Decode and detect in order, feeding out_q; bad inputs are skipped, anything unexpected is
     handed to the consumer, which ends the run with one line."""
     import cv2
@@ -298,7 +273,7 @@ def produce(inputs, args, detector, transform, out_q, stop, skipped, notes):
     try:
         for inp in inputs:
             try:
-                for unit in units(inp, args, detector, transform, notes):
+                for unit in units(inp, args, cropper, transform, notes):
                     if not put(unit):
                         return
             except FERDataError as e:
@@ -310,7 +285,7 @@ def produce(inputs, args, detector, transform, out_q, stop, skipped, notes):
         put(WorkerFailed(inp, e))
 
 
-def predict(inputs, args, model, meta, device, detector=None):
+def predict(inputs, args, model, meta, device, cropper=None):
     """Rows (dicts, in input order) for every face, and (skipped, notes). Decoding and detection run
     in a thread; the model runs here on full batches."""
     import torch
@@ -324,7 +299,7 @@ def predict(inputs, args, model, meta, device, detector=None):
     nan = float("nan")
     transform = build_transforms(False, meta["img_size"])
     out_q, stop, skipped, notes = queue.Queue(maxsize=args.prefetch), threading.Event(), [], []
-    worker = threading.Thread(target=produce, args=(inputs, args, detector, transform, out_q, stop, skipped, notes),
+    worker = threading.Thread(target=produce, args=(inputs, args, cropper, transform, out_q, stop, skipped, notes),
                               name="decode-detect", daemon=True)
     rows, pending = [], []
 
@@ -372,10 +347,13 @@ def predict(inputs, args, model, meta, device, detector=None):
 
 
 # --- outputs ------------------------------------------------------------------------------------
-def to_frame(rows, class_names):
+def to_frame(rows, class_names, detect=False):
     import pandas as pd
 
     df = pd.DataFrame(rows)
+    for c in (*BOX, "face_score", "rotation", *FER_face.POINT_COLUMNS) if detect else ():  # same columns for every detector
+        if c not in df.columns:
+            df[c] = float("nan")
     for c in ("expression", "confidence", *[f"prob_{n}" for n in class_names], "valence", "arousal"):
         if c not in df.columns:
             df[c] = None if c == "expression" else float("nan")
@@ -553,6 +531,7 @@ def main(argv=None):
     if args.device and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):  # without waiting for torch
         raise FERError(f"--device {args.device}: unknown device (use cpu, cuda or cuda:N)")
     check_input(args.checkpoint, "--checkpoint")
+    threshold = FER_face.check_arguments(args)
     device = check_device(args.device)
     if not inputs:
         raise FERError(f"nothing to predict: {'; '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}")
@@ -572,14 +551,22 @@ def main(argv=None):
     if not meta["heads_trained"]["valence_arousal"]:
         print("note: this checkpoint's valence/arousal head never trained (its training data had no valence/arousal "
               "labels): the valence and arousal columns are left empty")
-    rows, unreadable, notes = predict(inputs, args, model, meta, device, FaceDetector() if args.detect_faces else None)
+    cropper = None
+    if args.detect_faces:
+        template = FER_face.check_template(meta.get("crop_template"), f"{args.checkpoint}: field crop_template")
+        cropper = FER_face.Cropper(FER_face.make_detector(args.detector, args.min_face, threshold), template,
+                                   args.align, meta["img_size"])
+        if cropper.fallback:
+            print(f"note: --align template: {cropper.fallback}; each face is cropped to its box with a "
+                  f"{FER_face.BOX_MARGIN:.0%} margin instead", flush=True)
+    rows, unreadable, notes = predict(inputs, args, model, meta, device, cropper)
     skipped += unreadable
     if skipped:
         print(f"skipped {len(skipped)} unreadable input(s):", *skipped, sep="\n  ")
     if not rows:
         raise FERError("nothing could be predicted: every input was skipped (listed above)")
 
-    df = FER_track.assign_tracks(to_frame(rows, class_names), args.track_iou, args.track_gap)
+    df = FER_track.assign_tracks(to_frame(rows, class_names, args.detect_faces), args.track_iou, args.track_gap)
     if args.smooth is not None and "track_id" in df.columns:  # tracks exist in videos only
         df = FER_track.smooth(df, args.smooth, class_names)
     with staged_outputs() as stage:

@@ -44,7 +44,7 @@ from FER_io import (ArgumentParser, FERError, check_device, check_input, check_n
 from FER_model import (ARCHS, CheckpointError, FERNet, as_state_dict, checkpoint_payload, imagenet_state_dict,
                        load_backbone_weights, model_initialised_from, predict_batches, read_checkpoint, read_weights,
                        save_checkpoint)
-from FER_transform import CLASS_NAMES, FERDataset, classes_in, counted_twice
+from FER_transform import CLASS_NAMES, FERDataset, classes_in, counted_twice, crop_template
 
 DEFAULT_VGGFACE2 = "weight/resnet50_vggface2.pth"
 REG_WEIGHT = 0.5
@@ -54,6 +54,8 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Every other flag defines the run, so a resume with another value is refused.
 RESUMABLE_CHANGES = ("num_workers", "prefetch_factor", "device", "amp_dtype", "compile", "deterministic",
                      "resume", "overwrite", "save_path", "config", "tensorboard", "root")
+# Flags newer than some saved runs, with the value those runs trained with (their args lack them).
+FLAGS_ADDED_SINCE = {"align": "none"}
 HANDLES_ERRORS = True  # main() turns errors into one line itself (rank-aware), without FER_io.run_main
 NONFINITE_CHECK_EVERY = 16  # steps between looks at the loss: one device sync each time, not every step
 
@@ -83,6 +85,11 @@ def get_args(argv=None):
                         "loss are then off unless --keep_class_weights)")
     g.add_argument("--keep_class_weights", action="store_true",
                    help="keep the loss's inverse-frequency class weights with --balanced_sampling")
+    g.add_argument("--align", choices=("none", "template"), default="none",
+                   help="template: warp every training and validation image onto the crop template (the mean "
+                        "position of five landmarks in the training crops) before augmentation, as predict.py "
+                        "--detect_faces crops faces; needs landmarks in the index (AffectNet's, or "
+                        "metadata_parallel.py --detect_landmarks). Default none: the dataset's crops")
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="resnet50", choices=ARCHS, help="backbone")
     g.add_argument("--vggface2_ckpt", default=None,
@@ -262,12 +269,29 @@ def check_resume(ckpt_path, args, class_names):
         raise TrainError(f"{ckpt_path}: field class_names = {meta['class_names']}, but the training index has "
                          f"{class_names}")
     old = ckpt["args"]
+    old = {**FLAGS_ADDED_SINCE, **old}
     changed = [f"--{k} {old.get(k)} -> {v}" for k, v in vars(args).items()
                if k not in RESUMABLE_CHANGES and old.get(k) != v]
     if changed:
         raise TrainError(f"{ckpt_path}: resuming would change the run ({'; '.join(changed)}); resume with the "
                          f"original flags, or start a new run with another --save_path")
     return ckpt
+
+
+def template_of(args, say):
+    """The checkpoint's crop_template: where the five landmarks sit on average in the training crops
+    (predict.py warps detected faces onto it), or None when the training index has no landmarks."""
+    template, n = crop_template(args.train_meta, root=args.root, progress=say.enabled and sys.stderr.isatty())
+    if template is None:
+        if args.align == "template":
+            raise TrainError(f"--align template: no landmarks in {', '.join(args.train_meta)}; add five per image "
+                             f"with metadata_parallel.py --detect_landmarks")
+        say("crop template: none (no landmarks in the training index); predict.py will crop the detector's box "
+            "with a margin")
+    else:
+        say(f"crop template from the landmarks of {n} training images: eyes at "
+            f"({template[0][0]:.3f}, {template[0][1]:.3f}), ({template[1][0]:.3f}, {template[1][1]:.3f}) of the crop")
+    return template
 
 
 # --- model --------------------------------------------------------------------------------------
@@ -485,10 +509,11 @@ def write_history(history, paths, stage):
     plt.close(fig)
 
 
-def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, run, heads_trained):
-    """The epoch's checkpoints, history, curves, run record and config, replaced together or not at all."""
+def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, fields):
+    """The epoch's checkpoints, history, curves, run record and config, replaced together or not at all.
+    fields: what every checkpoint records besides the weights (run record, heads trained, crop template)."""
     meta = dict(epoch=row["epoch"], metrics={k: v for k, v in row.items() if k.startswith("val")}, args=vars(args),
-                run=run, heads_trained=heads_trained)
+                **fields)
     with staged_outputs() as stage:
         FER_run.write_json(run, stage(paths["run"]))
         FER_run.write_config(args, stage(paths["config"]))
@@ -558,12 +583,18 @@ def train(args, rank, world, device, command=None):
         raise TrainError(f"{', '.join(args.train_meta)}: {len(class_names)} expression class(es) with labels 0-7; "
                          f"at least 2 are needed")
     resumed = check_resume(args.resume, args, class_names) if args.resume else None
+    template = template_of(args, say)
+    align = template if args.align == "template" else None
     train_ds = FERDataset(args.train_meta, train=True, size=args.img_size, root=args.root, classes=class_names,
-                          verbose=rank == 0)
+                          verbose=rank == 0, template=align)
     val_ds = FERDataset(args.val_meta, train=False, size=args.img_size, root=args.root, classes=class_names,
-                        verbose=rank == 0)
+                        verbose=rank == 0, template=align)
     counted_twice(args.train_meta + args.val_meta, train_ds.faces(), val_ds.faces(),
                   "in both training (--train_meta) and validation (--val_meta)")
+    if align is not None:
+        say(f"--align template: {len(train_ds) - train_ds.unaligned} training and {len(val_ds) - val_ds.unaligned} "
+            f"validation images warped onto the template; {train_ds.unaligned + val_ds.unaligned} without "
+            f"landmarks keep the dataset's crop")
     for metas, ds in ((args.train_meta, train_ds), (args.val_meta, val_ds)):
         if len(ds) == 0:
             raise TrainError(f"{', '.join(metas)}: no rows left after filtering (labels of the trained classes "
@@ -645,8 +676,8 @@ def train(args, rank, world, device, command=None):
         state["steps"] += len(step_losses)
         if rank == 0:
             run.update(state, model.state_dict() if better_acc else None)
-            save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, run.record,
-                       heads_trained)
+            save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler,
+                       dict(run=run.record, heads_trained=heads_trained, crop_template=template))
         say(f"epoch {epoch + 1}/{args.epochs} [{stage_name}] lr {lr:.2e} | train loss {stats['train_loss']:.4f} "
             f"acc {stats['train_acc']:.4f} | val loss {stats['val_loss']:.4f} acc {stats['val_acc']:.4f} "
             f"rmse {fmt(stats['val_rmse'])} (V {fmt(stats['val_rmse_valence'], '.3f')} "

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import FER_face
 import FER_io
 import predict
 from conftest import ROOT, interruptible, run_script
@@ -241,7 +242,7 @@ def run_in_process(argv, capsys):
 def test_failing_detection_thread_one_line(trained, clip, old_out, monkeypatch, capsys):
     def boom(self, rgb):
         raise RuntimeError("detector exploded")
-    monkeypatch.setattr(predict.FaceDetector, "__call__", boom)
+    monkeypatch.setattr(FER_face.MTCNNDetector, "__call__", boom)
     code, err = run_in_process(["--checkpoint", trained, clip, "--detect_faces", "--out", old_out], capsys)
     assert code == 1 and err.strip().count("\n") == 0 and "Traceback" not in err
     assert "error: the decode/detect thread failed reading" in err and "clip.mp4: RuntimeError: detector exploded" in err
