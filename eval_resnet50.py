@@ -307,16 +307,20 @@ def write_report(args, metrics, class_names, ds, out):
                                      progress=sys.stderr.isatty())
             Path(stage(out_dir / OUTPUTS[3])).write_bytes(page.encode("utf-8", "xmlcharrefreplace"))
             written.append(OUTPUTS[3])
-    return written, remove_earlier(out_dir, stage)
+        stale = earlier_files(out_dir, stage)
+    return written, remove(stale)
 
 
-def remove_earlier(out_dir, stage):
-    """After the new set is in place, the files of an earlier evaluation that this run did not write:
-    the folder then holds this evaluation only. Returns their names."""
-    stale = [out_dir / name for name in OUTPUTS if out_dir / name not in stage.files and (out_dir / name).exists()]
-    for path in stale:
+def earlier_files(out_dir, stage):
+    """The files of an earlier evaluation in out_dir that this run does not write (asked before the
+    stage commits): removed once the new set is in place, so the folder holds one evaluation only."""
+    return [out_dir / name for name in OUTPUTS if out_dir / name not in stage.files and (out_dir / name).exists()]
+
+
+def remove(paths):
+    for path in paths:
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    return [p.name for p in stale]
+    return [p.name for p in paths]
 
 
 def save_predictions(path, ds, out, va_pred, class_names):
@@ -363,7 +367,8 @@ def main(argv=None):
         comp = compare_checkpoints(args)
         with staged_outputs() as stage:
             write_text(json.dumps(comp, indent=2), out_dir / COMPARISON, stage)
-        removed = remove_earlier(out_dir, stage)
+            stale = earlier_files(out_dir, stage)
+        removed = remove(stale)
         print(FER_metrics.format_comparison(comp, args.checkpoint, args.checkpoint_b))
         print(f"wrote {COMPARISON} to {out_dir.resolve()}")
         report_removed(removed, out_dir)

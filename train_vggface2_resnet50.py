@@ -515,7 +515,7 @@ def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler,
     meta = dict(epoch=row["epoch"], metrics={k: v for k, v in row.items() if k.startswith("val")}, args=vars(args),
                 **fields)
     with staged_outputs() as stage:
-        FER_run.write_json(run, stage(paths["run"]))
+        FER_run.write_json(fields["run"], stage(paths["run"]))
         FER_run.write_config(args, stage(paths["config"]))
         if better_acc:
             save_checkpoint(checkpoint_payload(model, args.img_size, **meta), paths["best"], stage)

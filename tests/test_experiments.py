@@ -311,10 +311,10 @@ def test_eval_records_intervals_and_fingerprints(trained, demo, tmp_path):
     assert "ci95" not in off and "bootstrap" not in off and off["accuracy"] == m["accuracy"]
 
     # Two models on the same images, from the checkpoints and from saved predictions.
-    r = run_here("eval_resnet50.py", "--checkpoint", trained, trained, "--meta", demo["val"], "--out_dir", tmp_path,
-                 "--num_workers", 0, "--bootstrap", 100)
+    r = run_here("eval_resnet50.py", "--checkpoint", trained, trained, "--meta", demo["val"],
+                 "--out_dir", tmp_path / "pair", "--num_workers", 0, "--bootstrap", 100)
     assert r.returncode == 0, r.stderr
-    comp = json.loads((tmp_path / "comparison_resnet50.json").read_text())
+    comp = json.loads((tmp_path / "pair" / "comparison_resnet50.json").read_text())
     assert comp["metrics"]["accuracy"]["diff"] == 0 and comp["mcnemar"]["p_value"] == 1.0
     assert comp["metrics"]["accuracy"]["ci95_diff"] == [0.0, 0.0] and "McNemar" in r.stdout
 
