@@ -316,8 +316,7 @@ class BatchMix:
     def __init__(self, num_classes, mixup=None, cutmix=None):
         from torchvision.transforms import v2
         self.num_classes = num_classes
-        self.choices = [(v2.MixUp, mixup), (v2.CutMix, cutmix)]
-        self.choices = [(cls, alpha) for cls, alpha in self.choices if alpha]
+        self.choices = [(cls, alpha) for cls, alpha in ((v2.MixUp, mixup), (v2.CutMix, cutmix)) if alpha]
 
     def __call__(self, x, y_cls, y_reg):
         from torchvision.transforms import v2

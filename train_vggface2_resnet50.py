@@ -277,7 +277,7 @@ def build_model(args, say, class_names=CLASS_NAMES):
         model = FERNet(args.arch, class_names, img_size=args.img_size)
         missing = load_backbone_weights(model.backbone, as_state_dict(read_weights(args.weights), args.weights),
                                         f"--weights {args.weights}", verbose=bool(say.enabled))
-        if len(missing) == len(load_backbone_weights(model.backbone, {}, verbose=False)):
+        if len(missing) == sum(not k.endswith("num_batches_tracked") for k in model.backbone.state_dict()):
             raise TrainError(f"--weights {args.weights}: none of its tensors fits a {args.arch} backbone "
                              f"(names and shapes as in torchvision's {args.arch})")
         return model
