@@ -1,4 +1,5 @@
-"""The multitask ResNet, pretrained-weight loading, checkpoint I/O and batched prediction.
+"""The multitask FER model on torchvision backbones (families, their stages, layer-wise learning rates),
+pretrained-weight loading, checkpoint I/O and batched prediction.
 
 Shared by train_vggface2_resnet50.py, eval_resnet50.py, predict.py, export_onnx.py and bench.py.
 """
@@ -6,6 +7,7 @@ import pickle
 import re
 from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -16,38 +18,101 @@ from tqdm import tqdm
 from FER_io import FERError, staged_outputs
 from FER_transform import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
 INPUT_FORMATS = ("imagenet", "caffe_bgr")
 # The VGGFace2 ResNet-50 (Cao et al. 2018) was trained in Caffe on BGR pixels 0-255 minus this mean.
 VGGFACE2_MEAN_BGR = (91.4953, 103.8827, 131.0912)
 CHECKPOINT_VERSION = 1
 
 
+class Family(NamedTuple):
+    """How a torchvision backbone becomes a FER backbone.
+
+    head: the classifier module replaced by Identity, so the backbone returns its pooled features.
+    stages: the backbone's last two stages as module-name prefixes, (second to last, last): the blocks at
+    1/16 and 1/32 of the input resolution (ViT: blocks 7-9 and 10-12, its last two quarters), with what
+    follows them (head convolution, final norm) in the last. Staged fine-tuning trains the last, then both.
+    dropout: before the heads, as in the family's ImageNet recipe (ResNet: 0.7, as the original scripts).
+    """
+    head: str
+    stages: tuple
+    dropout: float
+
+
+_RESNET = Family("fc", (("layer3",), ("layer4",)), 0.7)
+_EFF = (("features.4", "features.5"), ("features.6", "features.7", "features.8"))
+_CONVNEXT = (("features.4", "features.5"), ("features.6", "features.7", "classifier"))
+_VIT_BLOCKS = [f"encoder.layers.encoder_layer_{i}" for i in range(12)]
+FAMILIES = {
+    "resnet18": _RESNET, "resnet34": _RESNET, "resnet50": _RESNET,
+    "efficientnet_b0": Family("classifier", _EFF, 0.2),
+    "efficientnet_b2": Family("classifier", _EFF, 0.3),
+    "efficientnet_v2_s": Family("classifier", (("features.4", "features.5"), ("features.6", "features.7")), 0.2),
+    "convnext_tiny": Family("classifier.2", _CONVNEXT, 0.0),
+    "convnext_small": Family("classifier.2", _CONVNEXT, 0.0),
+    "vit_b_16": Family("heads", (tuple(_VIT_BLOCKS[6:9]), tuple(_VIT_BLOCKS[9:]) + ("encoder.ln",)), 0.0),
+    "swin_t": Family("head", (("features.4", "features.5"), ("features.6", "features.7", "norm")), 0.0),
+    "regnet_y_1_6gf": Family("fc", (("trunk_output.block3",), ("trunk_output.block4",)), 0.0),
+    "mobilenet_v3_large": Family("classifier.3", (tuple(f"features.{i}" for i in range(7, 13)),
+                                                  tuple(f"features.{i}" for i in range(13, 17)) + ("classifier",)),
+                                 0.2),
+}
+ARCHS = tuple(FAMILIES)
+RESNETS = ("resnet18", "resnet34", "resnet50")
+LAYER_DECAY_ARCHS = ("convnext_tiny", "convnext_small", "vit_b_16", "swin_t")
+PATCH = {"vit_b_16": 16}  # input side must be a multiple of this
+
+
 class CheckpointError(FERError):
     """A weights file that cannot be used; the message names the file and the problem."""
 
 
+def check_img_size(arch, img_size):
+    """None, or why this family cannot take img_size."""
+    patch = PATCH.get(arch)
+    if patch and img_size % patch:
+        return f"{arch} takes images whose side is a multiple of {patch} pixels, not {img_size}"
+    return None
+
+
+def _replace(module, dotted, new):
+    parent, _, name = dotted.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, name, new)
+
+
+def _features(module, dotted):
+    """in_features of the Linear at dotted, or of the first Linear inside it (ViT's heads)."""
+    m = module.get_submodule(dotted)
+    return m.in_features if isinstance(m, nn.Linear) else next(x for x in m.modules() if isinstance(x, nn.Linear)).in_features
+
+
 class FERNet(nn.Module):
-    """ResNet backbone (fc -> Identity) + Dropout + expression head (fc_cls) + valence/arousal head (fc_reg).
+    """Backbone (classifier -> Identity) + Dropout + expression head (fc_cls) + valence/arousal head (fc_reg).
 
     Module names match the original scripts, so their state dicts load unchanged. Inputs are always
     ImageNet-normalised RGB (what FERDataset yields). With input_format="caffe_bgr" the model converts
     them to what Caffe-trained VGGFace2 weights expect (BGR, 0-255, minus the VGGFace2 mean) and uses
     the Caffe ResNet-50 layout, so that frozen pretrained layers see their training distribution.
+    img_size matters to ViT only, whose position embeddings are made for one input size.
     """
 
-    def __init__(self, arch="resnet50", class_names=CLASS_NAMES, dropout=0.7, input_format="imagenet"):
+    def __init__(self, arch="resnet50", class_names=CLASS_NAMES, dropout=None, input_format="imagenet", img_size=224):
         super().__init__()
-        if arch not in ARCHS:
+        if arch not in FAMILIES:
             raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
         if input_format not in INPUT_FORMATS:
             raise ValueError(f"unknown input_format {input_format!r}")
+        if check_img_size(arch, img_size):
+            raise ValueError(check_img_size(arch, img_size))
+        family = FAMILIES[arch]
         self.arch, self.input_format, self.class_names = arch, input_format, list(class_names)
         num_classes = len(self.class_names)
-        self.backbone = getattr(torchvision.models, arch)(weights=None)
-        in_features = self.backbone.fc.in_features
-        self.backbone.fc = nn.Identity()
-        self.dropout = nn.Dropout(p=dropout)
+        extra = {"image_size": img_size} if arch in PATCH else {}
+        self.backbone = torchvision.models.get_model(arch, weights=None, **extra)
+        in_features = _features(self.backbone, family.head)
+        _replace(self.backbone, family.head, nn.Identity())
+        if arch == "mobilenet_v3_large":  # its recipe's dropout is ours, before the heads
+            self.backbone.classifier[2] = nn.Identity()
+        self.dropout = nn.Dropout(p=family.dropout if dropout is None else dropout)
         self.fc_cls = nn.Linear(in_features, num_classes)
         self.fc_reg = nn.Linear(in_features, 2)
         if input_format == "caffe_bgr":
@@ -75,6 +140,83 @@ def to_caffe_layout(resnet):
     resnet.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
     for layer in (resnet.layer2, resnet.layer3, resnet.layer4):
         layer[0].conv1.stride, layer[0].conv2.stride = (2, 2), (1, 1)
+
+
+# --- staged fine-tuning and layer-wise learning rates ---------------------------------------------
+def _under(name, prefixes):
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def freeze_backbone(model, prefixes):
+    """requires_grad per backbone tensor: those under prefixes train (all when prefixes is None).
+    Returns the largest modules holding nothing that trains: they stay in eval mode while training,
+    so their BatchNorm statistics do not move (LayerNorm weights are frozen by requires_grad)."""
+    backbone = unwrap(model).backbone
+    for name, p in backbone.named_parameters():
+        p.requires_grad_(prefixes is None or _under(name, prefixes))
+    if prefixes is None:
+        return []
+    frozen = []
+
+    def walk(module, path):
+        for name, child in module.named_children():
+            full = f"{path}{name}"
+            if _under(full, prefixes):
+                continue
+            if any(p.startswith(full + ".") for p in prefixes):
+                walk(child, full + ".")
+            else:
+                frozen.append(child)
+    walk(backbone, "")
+    return frozen
+
+
+def layer_ids(model):
+    """{parameter name: depth} for layer-wise learning-rate decay (ViT, Swin, ConvNeXt), and the top depth.
+
+    Depth 0 is the stem (ViT: patch projection, class token, position embedding); each transformer or
+    ConvNeXt block is one deeper, a downsampling layer goes with the block after it, and the final
+    norm and the heads are the top (BEiT's convention)."""
+    model = unwrap(model)
+    backbone, prefix_depth = model.backbone, {}
+    if model.arch == "vit_b_16":
+        layers = list(backbone.encoder.layers.named_children())
+        prefix_depth = {f"encoder.layers.{n}": i + 1 for i, (n, _) in enumerate(layers)}
+        top = len(layers) + 1
+    else:  # convnext / swin: features = stem, stage, downsample, stage, ...
+        depth = 0
+        for k, stage in enumerate(backbone.features):
+            if k % 2 == 1:
+                for j in range(len(stage)):
+                    depth += 1
+                    prefix_depth[f"features.{k}.{j}"] = depth
+            elif k > 0:
+                prefix_depth[f"features.{k}"] = depth + 1
+        top = depth + 1
+    ids = {}
+    for name, _ in model.named_parameters():
+        if not name.startswith("backbone."):
+            ids[name] = top
+            continue
+        inner = name[len("backbone."):]
+        hit = [d for p, d in prefix_depth.items() if _under(inner, (p,))]
+        stem = inner.startswith(("features.0.", "conv_proj.", "class_token", "encoder.pos_embedding"))
+        ids[name] = hit[0] if hit else 0 if stem else top
+    return ids, top
+
+
+def param_groups(model, lr, layer_decay=None):
+    """AdamW parameter groups: one (all at lr), or one per depth with lr x layer_decay^(top - depth),
+    the top (heads) first, so param_groups[0]["lr"] is the heads' learning rate."""
+    if layer_decay is None:
+        return [{"params": list(model.parameters())}]
+    ids, top = layer_ids(model)
+    params = dict(model.named_parameters())
+    groups = []
+    for depth in sorted(set(ids.values()), reverse=True):
+        groups.append({"params": [params[n] for n, d in ids.items() if d == depth],
+                       "lr": lr * layer_decay ** (top - depth)})
+    return groups
 
 
 # --- reading weight files safely ----------------------------------------------------------------
@@ -197,13 +339,23 @@ def _strip(state, prefixes):
     return out
 
 
+def fit_position_embedding(state, backbone):
+    """A ViT's position embeddings resized (bicubic, torchvision's interpolate_embeddings) to the backbone's
+    image size when the weights were made for another; other state dicts are returned unchanged."""
+    key = "encoder.pos_embedding"
+    if not hasattr(backbone, "image_size") or key not in state or state[key].shape == backbone.encoder.pos_embedding.shape:
+        return state
+    from torchvision.models.vision_transformer import interpolate_embeddings
+    return interpolate_embeddings(backbone.image_size, backbone.patch_size, dict(state))
+
+
 def load_backbone_weights(backbone, state, label="VGGFace2", verbose=True):
     """Copy every compatible tensor (same name and shape, not fc.*) into the backbone.
 
     Returns the names of the backbone tensors still not covered. Coverage counts weights and BN
     statistics, not num_batches_tracked.
     """
-    state = _strip(state, ("module.", "backbone."))
+    state = fit_position_embedding(_strip(state, ("module.", "backbone.")), backbone)
     bad = nonfinite_tensor(state)
     if bad:
         raise CheckpointError(f"{label}: refused, the weights hold non-finite values (NaN or inf in {bad})")
@@ -211,12 +363,14 @@ def load_backbone_weights(backbone, state, label="VGGFace2", verbose=True):
     countable = [k for k in own if not k.endswith("num_batches_tracked") and not k.startswith("fc.")]
     usable = {k: v for k, v in state.items() if k in own and not k.startswith("fc.") and v.shape == own[k].shape}
     mismatched = [k for k, v in state.items() if k in own and not k.startswith("fc.") and v.shape != own[k].shape]
+    unexpected = [k for k in state if k not in own]
     backbone.load_state_dict({k: v.to(own[k].dtype) for k, v in usable.items()}, strict=False)
     loaded = [k for k in countable if k in usable]
     if verbose:
         extra = f", {len(mismatched)} skipped for shape mismatch" if mismatched else ""
         print(f"{label}: loaded {len(loaded)}/{len(countable)} backbone tensors "
-              f"({100 * len(loaded) / len(countable):.1f}%){extra}")
+              f"({100 * len(loaded) / len(countable):.1f}%){extra}; {len(countable) - len(loaded)} missing, "
+              f"{len(unexpected)} unexpected (ignored)")
     return [k for k in countable if k not in usable]
 
 
@@ -226,8 +380,11 @@ def imagenet_state_dict(arch):
     try:
         return weights.get_state_dict(progress=True)
     except Exception as e:
-        raise CheckpointError(f"ImageNet weights for {arch} cannot be downloaded ({type(e).__name__}); "
-                              f"use --no_pretrained, or put resnet50_vggface2.pth in weight/") from None
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        vggface2 = ", or put resnet50_vggface2.pth in weight/" if arch == "resnet50" else ""
+        raise CheckpointError(f"ImageNet weights for {arch} cannot be downloaded ({type(e).__name__}): put "
+                              f"{weights.url.rsplit('/', 1)[-1]} (from {weights.url}) in {folder}/; or use "
+                              f"--no_pretrained, or --weights FILE{vggface2}") from None
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -296,6 +453,8 @@ def check_metadata(meta, state, path):
         raise CheckpointError(f"{path}: field input_format = caffe_bgr exists for resnet50 only, not {arch}")
     if isinstance(img_size, bool) or not isinstance(img_size, int) or not 32 <= img_size <= 4096:
         raise CheckpointError(f"{path}: field img_size = {img_size!r} is not a whole number of pixels in 32-4096")
+    if check_img_size(arch, img_size):
+        raise CheckpointError(f"{path}: field img_size = {img_size}: {check_img_size(arch, img_size)}")
     norm = meta.get("normalization", {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
     if not _is_imagenet(norm):
         raise CheckpointError(f"{path}: field normalization = {norm!r} is not the ImageNet mean/std this model "
@@ -329,9 +488,16 @@ def read_checkpoint(path):
     return {**meta, **check_metadata(meta, state, path)}, state
 
 
-def build_from_state(meta, state, path):
-    """The FERNet that meta describes, with state loaded strictly."""
-    model = FERNet(meta["arch"], class_names=meta["class_names"], input_format=meta["input_format"])
+def build_from_state(meta, state, path, img_size=None):
+    """The FERNet that meta describes, with state loaded strictly (a ViT's position embeddings resized to
+    img_size when given)."""
+    img_size = img_size or meta["img_size"]
+    model = FERNet(meta["arch"], class_names=meta["class_names"], input_format=meta["input_format"],
+                   img_size=img_size)
+    key = "backbone.encoder.pos_embedding"
+    if key in state:  # ViT
+        resized = fit_position_embedding({"encoder.pos_embedding": state[key]}, model.backbone)
+        state = {**state, key: resized["encoder.pos_embedding"]}
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -352,12 +518,15 @@ def heads_trained(meta):
     return {k: bool(recorded.get(k, True)) for k in ("expression", "valence_arousal")}
 
 
-def model_from_checkpoint(path, device="cpu"):
+def model_from_checkpoint(path, device="cpu", img_size=None):
     """Build the model a checkpoint describes. Accepts our checkpoints and the plain state dicts of the
     original scripts. Returns (model in eval mode, checkpoint metadata without the weights, with
-    heads_trained always filled in)."""
+    heads_trained always filled in). img_size: another input size than the checkpoint's (a ViT's
+    position embeddings are resized to it)."""
     meta, state = read_checkpoint(path)
-    model = build_from_state(meta, state, path)
+    if img_size and check_img_size(meta["arch"], img_size):
+        raise CheckpointError(f"{path}: --img_size {img_size}: {check_img_size(meta['arch'], img_size)}")
+    model = build_from_state(meta, state, path, img_size)
     model.source = str(path)  # infer() names it when its outputs are not finite
     meta = {k: v for k, v in meta.items() if k not in ("model", "optimizer", "scheduler", "scaler")}
     meta["heads_trained"] = heads_trained(meta)
@@ -372,7 +541,7 @@ def check_outputs_finite(model, *outputs):
                               f"(NaN or inf) for a finite input: its weights or BatchNorm statistics are invalid")
 
 
-def model_initialised_from(path, arch, class_names, say=print):
+def model_initialised_from(path, arch, class_names, say=print, img_size=None):
     """The model of a trained checkpoint as the start of a new run (fine-tuning, e.g. AffectNet -> RAF-DB).
 
     Backbone, input format and valence/arousal head are kept; the expression head too when the
@@ -382,7 +551,7 @@ def model_initialised_from(path, arch, class_names, say=print):
     if meta["arch"] != arch:
         raise CheckpointError(f"{path}: --init_from holds a {meta['arch']} model, this run builds {arch}; "
                               f"use --arch {meta['arch']}")
-    model = build_from_state(meta, state, path)
+    model = build_from_state(meta, state, path, img_size)
     if list(meta["class_names"]) == list(class_names):
         head = "expression head too"
     else:

@@ -451,6 +451,31 @@ class FERDataset(Dataset):
         return False if crop is None else crop
 
 
+class BatchMix:
+    """MixUp and/or CutMix (torchvision.transforms.v2, one of them per batch when both are on) of a
+    training batch: the expression target becomes a distribution over classes, valence/arousal are mixed
+    with the same weights (NaN where a mixed-in sample has none). Draws from torch's global RNG."""
+
+    def __init__(self, num_classes, mixup=None, cutmix=None):
+        from torchvision.transforms import v2
+        self.num_classes = num_classes
+        self.choices = [(cls, alpha) for cls, alpha in ((v2.MixUp, mixup), (v2.CutMix, cutmix)) if alpha]
+
+    def __call__(self, x, y_cls, y_reg):
+        from torchvision.transforms import v2
+        n = len(y_cls)
+        # Mixing sample indices (labels 0..n-1) gives the weight of every source sample in every mixed one.
+        mixes = [cls(alpha=alpha, num_classes=n) for cls, alpha in self.choices]
+        mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+        x, weights = mix(x, torch.arange(n, device=x.device))
+        weights = weights.to(torch.float32)
+        y_soft = weights @ torch.nn.functional.one_hot(y_cls, self.num_classes).float()
+        has = ~torch.isnan(y_reg)
+        va = weights @ torch.nan_to_num(y_reg)
+        va = torch.where(weights @ (~has).float() > 0, torch.full_like(va, float("nan")), va)
+        return x, y_soft, va
+
+
 def denormalize(images):
     """Normalised NCHW tensor -> NHWC uint8, for looking at samples."""
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

@@ -32,7 +32,7 @@ import FER_metrics  # noqa: E402
 from FER_run import cpu_name  # noqa: E402
 import make_demo_data  # noqa: E402
 import metadata_parallel  # noqa: E402
-from FER_model import FERNet, predict_batches  # noqa: E402
+from FER_model import ARCHS, FERNet, check_img_size, predict_batches  # noqa: E402
 from FER_transform import CLASS_NAMES, FastISONoise, FERDataset, build_transforms, load_image, seed_augmentation  # noqa: E402
 from train_vggface2_resnet50 import (TrainSampler, class_weights, make_criterion, train_one_epoch,  # noqa: E402
                                      train_step)
@@ -42,7 +42,9 @@ def get_args(argv=None):
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if cuda else "cpu", help="device of the model rows")
-    p.add_argument("--arch", default="resnet50", help="model of the training/evaluation rows")
+    p.add_argument("--arch", default=None, choices=ARCHS, metavar="ARCH",
+                   help=f"model of the training/evaluation rows: {', '.join(ARCHS)} (default resnet50; --quick: "
+                        f"resnet18)")
     p.add_argument("--img_size", type=int, default=224 if cuda else 112, help="model input side")
     p.add_argument("--batch_size", type=int, default=256 if cuda else 16, help="batch of the model rows")
     p.add_argument("--index_images", type=int, default=20000, help="size of the generated tree for the index rows")
@@ -58,8 +60,11 @@ def get_args(argv=None):
     p.add_argument("--json", help="write the results here as JSON")
     args = p.parse_args(argv)
     if args.quick:
-        args.arch, args.img_size, args.batch_size, args.index_images, args.reps = "resnet18", 32, 4, 300, 1
+        args.arch, args.img_size, args.batch_size, args.index_images, args.reps = args.arch or "resnet18", 32, 4, 300, 1
         args.workers = args.workers or [0, 1]
+    args.arch = args.arch or "resnet50"
+    if check_img_size(args.arch, args.img_size):
+        p.error(f"argument --img_size: {check_img_size(args.arch, args.img_size)}")
     cpus = os.cpu_count() or 1
     args.workers = args.workers or list(range(0, min(cpus, 8) + 1))
     args.steps = args.steps or (2 if args.quick else 10 if args.device.startswith("cuda") else 3)
@@ -218,7 +223,7 @@ def bench_train_step(args, rows):
                       torch.bfloat16 if cuda else None, True)]
     for name, cl, dtype, compiled in variants:
         torch.manual_seed(0)
-        model = FERNet(args.arch).to(device)
+        model = FERNet(args.arch, img_size=args.img_size).to(device)
         if cl:
             model = model.to(memory_format=torch.channels_last)
         run_model = torch.compile(model) if compiled else model
@@ -251,7 +256,7 @@ def bench_end_to_end(args, rows, train_meta, val_meta):
     workers = max(args.workers)
     loader = DataLoader(ds, args.batch_size, sampler=TrainSampler(len(ds), seed=0), num_workers=workers,
                         pin_memory=cuda, persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
-    model = FERNet(args.arch).to(device)
+    model = FERNet(args.arch, img_size=args.img_size).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -309,7 +314,7 @@ def bench_video(args, rows, tmp):
     clip = tmp / "two_faces.mp4"
     write_face_clip(clip, n)
     device = torch.device(args.device)
-    model = FERNet(args.arch).to(device).eval()
+    model = FERNet(args.arch, img_size=args.img_size).to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     meta = {"class_names": list(CLASS_NAMES), "img_size": args.img_size}

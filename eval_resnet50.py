@@ -204,7 +204,7 @@ def evaluate_checkpoint(args):
     device = check_device(args.device)
     for m in args.meta:
         check_input(m, "--meta")
-    model, meta = model_from_checkpoint(args.checkpoint, device)
+    model, meta = model_from_checkpoint(args.checkpoint, device, args.img_size)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     scored, set_only, ckpt_only = scored_classes(meta["class_names"], args.meta, args.all_classes)

@@ -4,11 +4,13 @@
     torchrun --nproc_per_node=4 train_vggface2_resnet50.py ...        # several GPUs, same flags
     python train_vggface2_resnet50.py ... --resume FER_resnet50_last.pth  # continue a stopped run
 
+Backbones (--arch): ResNet, EfficientNet, ConvNeXt, ViT, Swin, RegNet, MobileNetV3 (torchvision).
 Staged fine-tuning, with epochs numbered from 1 as in the epoch lines: epochs 1..--freeze_epochs train
-only layer4 of the backbone, later epochs layer3 and layer4 (conv1/bn1/layer1/layer2 stay frozen,
-weights and BatchNorm statistics alike), and from epoch --unfreeze_all_at on, everything. Heads always
-train. Loss = cross-entropy (label smoothing 0.1, inverse-frequency class weights) + 0.5 * MSE(valence,
-arousal). Mixed precision on CUDA.
+only the backbone's last stage (ResNet: layer4), later epochs the last two (layer3 and layer4; the rest
+stays frozen, weights and BatchNorm statistics alike), and from epoch --unfreeze_all_at on, everything.
+Heads always train. Loss = cross-entropy (label smoothing 0.1, inverse-frequency class weights) + 0.5 *
+MSE(valence, arousal). Mixed precision on CUDA (and bfloat16 on CPUs that have it). Optional: --ema,
+--mixup/--cutmix, --warmup_epochs, --layer_decay.
 
 Outputs, named after --save_path (default FER_resnet50.pth):
     FER_resnet50.pth          best epoch by validation accuracy (weights + everything to use them)
@@ -41,10 +43,11 @@ import FER_metrics
 import FER_run
 from FER_io import (ArgumentParser, FERError, check_device, check_input, check_not_inputs, check_output, float_in, int_at_least,
                     nonneg_float, nonneg_int, one_line, positive_int, staged_outputs)
-from FER_model import (ARCHS, CheckpointError, FERNet, as_state_dict, checkpoint_payload, imagenet_state_dict,
-                       load_backbone_weights, model_initialised_from, predict_batches, read_checkpoint, read_weights,
-                       save_checkpoint)
-from FER_transform import CLASS_NAMES, FERDataset, classes_in, counted_twice, crop_template
+from FER_model import (ARCHS, FAMILIES, LAYER_DECAY_ARCHS, RESNETS, CheckpointError, FERNet, as_state_dict,
+                       check_img_size, checkpoint_payload, freeze_backbone, imagenet_state_dict, load_backbone_weights,
+                       model_initialised_from, param_groups, predict_batches, read_checkpoint, read_weights,
+                       save_checkpoint, unwrap)
+from FER_transform import CLASS_NAMES, BatchMix, FERDataset, classes_in, counted_twice, crop_template
 
 DEFAULT_VGGFACE2 = "weight/resnet50_vggface2.pth"
 REG_WEIGHT = 0.5
@@ -54,8 +57,6 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Every other flag defines the run, so a resume with another value is refused.
 RESUMABLE_CHANGES = ("num_workers", "prefetch_factor", "device", "amp_dtype", "compile", "deterministic",
                      "resume", "overwrite", "save_path", "config", "tensorboard", "root")
-# Flags newer than some saved runs, with the value those runs trained with (their args lack them).
-FLAGS_ADDED_SINCE = {"align": "none"}
 HANDLES_ERRORS = True  # main() turns errors into one line itself (rank-aware), without FER_io.run_main
 NONFINITE_CHECK_EVERY = 16  # steps between looks at the loss: one device sync each time, not every step
 
@@ -73,7 +74,7 @@ def get_args(argv=None):
     g.add_argument("--root", help="dataset folder, if the images are no longer where the index(es) recorded them "
                                   "(the dataset moved); applies to every index file")
     g.add_argument("--img_size", type=int_at_least(32, 4096), default=224,
-                   help="input side in pixels (32-4096: the ResNet downsamples 32x)")
+                   help="input side in pixels (32-4096: the backbones downsample 32x; vit_b_16: a multiple of 16)")
     g.add_argument("--batch_size", type=positive_int, default=8, help="batch size per process")
     g.add_argument("--num_workers", type=nonneg_int, default=None,
                    help="loader processes per training process; 0 loads in the training process itself "
@@ -91,7 +92,8 @@ def get_args(argv=None):
                         "--detect_faces crops faces; needs landmarks in the index (AffectNet's, or "
                         "metadata_parallel.py --detect_landmarks). Default none: the dataset's crops")
     g = p.add_argument_group("model")
-    g.add_argument("--arch", default="resnet50", choices=ARCHS, help="backbone")
+    g.add_argument("--arch", default="resnet50", choices=ARCHS, metavar="ARCH",
+                   help=f"backbone, with torchvision's ImageNet weights: {', '.join(ARCHS)} (README: their stages)")
     g.add_argument("--vggface2_ckpt", default=None,
                    help=f"VGGFace2 backbone weights (.pth/.pt state dict or the VGGFace2-pytorch .pkl); default "
                         f"{DEFAULT_VGGFACE2}, and ImageNet weights when that file is absent")
@@ -99,6 +101,9 @@ def get_args(argv=None):
                    help="caffe: weights converted from the VGGFace2 authors' Caffe ResNet-50 (BGR mean-subtracted "
                         "input, stride on the 1x1 conv), as in resnet50_ft_weight.pkl; torchvision: weights "
                         "trained in torchvision's layout on ImageNet-normalised RGB")
+    g.add_argument("--weights", metavar="FILE", default=None,
+                   help="backbone weights for any --arch (a state dict in torchvision's layout, e.g. from a face "
+                        "or self-supervised model), instead of the ImageNet ones")
     g.add_argument("--no_pretrained", action="store_true", help="start from random weights (nothing is loaded)")
     g.add_argument("--init_from", metavar="CKPT", default=None,
                    help="start from a trained FER checkpoint's weights (fine-tuning, e.g. AffectNet -> RAF-DB); "
@@ -106,9 +111,9 @@ def get_args(argv=None):
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=positive_int, default=100, help="number of epochs (also the cosine schedule's T_max)")
     g.add_argument("--freeze_epochs", type=nonneg_int, default=None,
-                   help="epochs 1..N (numbered from 1, as printed) train only the backbone's last stage; later "
-                        "epochs the last two (0: from the start). Default 3; with --no_pretrained nothing is "
-                        "frozen unless this or --unfreeze_all_at is given")
+                   help="epochs 1..N (numbered from 1, as printed) train only the backbone's last stage (ResNet: "
+                        "layer4; README: each family's); later epochs the last two (0: from the start). Default 3; "
+                        "with --no_pretrained nothing is frozen unless this or --unfreeze_all_at is given")
     g.add_argument("--unfreeze_all_at", type=positive_int, default=None,
                    help="from this epoch on (numbered from 1, as printed) the whole backbone trains; 1: from the "
                         "start. Default: never")
@@ -116,12 +121,29 @@ def get_args(argv=None):
                    help="stop when neither validation accuracy nor RMSE improved for this many epochs")
     g.add_argument("--lr", type=float_in(0, 10), default=1e-4, help="AdamW learning rate (0-10)")
     g.add_argument("--weight_decay", type=nonneg_float, default=1e-3, help="AdamW weight decay (>= 0)")
+    g.add_argument("--warmup_epochs", type=nonneg_int, default=0,
+                   help="epochs of linear learning-rate warm-up (from lr/(N+1)) before the cosine schedule")
+    g.add_argument("--layer_decay", type=float_in(0, 1, lo_open=True), default=None,
+                   help=f"layer-wise learning-rate decay R in (0, 1] ({', '.join(LAYER_DECAY_ARCHS)}): a block "
+                        f"k blocks below the heads learns at lr x R^k")
+    g.add_argument("--ema", metavar="DECAY", type=float_in(0, 1, lo_open=True, hi_open=True), default=None,
+                   help="keep an exponential moving average of the weights (e.g. 0.9998), updated every step "
+                        "and validated each epoch beside the trained weights")
+    g.add_argument("--best_on", choices=("raw", "ema"), default=None,
+                   help="which weights' validation picks (and become) the best checkpoint and drive early "
+                        "stopping (default: ema with --ema, else raw)")
+    g.add_argument("--mixup", metavar="ALPHA", type=float_in(0, 100, lo_open=True), default=None,
+                   help="MixUp with Beta(ALPHA, ALPHA) weights, e.g. 0.8 (expression and valence/arousal targets "
+                        "mixed alike); with --cutmix, one of the two per batch")
+    g.add_argument("--cutmix", metavar="ALPHA", type=float_in(0, 100, lo_open=True), default=None,
+                   help="CutMix with Beta(ALPHA, ALPHA) box areas, e.g. 1.0")
     g.add_argument("--steps_per_epoch", type=positive_int, default=None,
                    help="cut each epoch after this many steps (quick runs)")
     g = p.add_argument_group("speed")
     g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     g.add_argument("--amp_dtype", default="fp16", choices=AMP_DTYPES,
-                   help="mixed-precision type on CUDA (fp16 uses a GradScaler); the CPU trains in float32")
+                   help="mixed-precision type on CUDA (fp16 uses a GradScaler); the CPU trains in float32, or "
+                        "with bf16 in bfloat16 autocast (CPUs with bfloat16 instructions: AVX512-BF16, AMX)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     g.add_argument("--deterministic", action="store_true", help="deterministic cuDNN kernels (slower)")
     g = p.add_argument_group("output")
@@ -138,8 +160,21 @@ def get_args(argv=None):
                         "checkpoint); view with: tensorboard --logdir <folder of your runs>")
     FER_run.apply_config(p, argv)
     args = p.parse_args(argv)
-    if args.init_from and (args.no_pretrained or args.vggface2_ckpt):
-        p.error("--init_from gives the starting weights: leave out --no_pretrained / --vggface2_ckpt")
+    if args.init_from and (args.no_pretrained or args.vggface2_ckpt or args.weights):
+        p.error("--init_from gives the starting weights: leave out --no_pretrained / --vggface2_ckpt / --weights")
+    if args.weights and (args.no_pretrained or args.vggface2_ckpt):
+        p.error("--weights gives the backbone weights: leave out --no_pretrained / --vggface2_ckpt")
+    if args.vggface2_ckpt and args.arch not in RESNETS:
+        p.error(f"--vggface2_ckpt is for the ResNets; give a {args.arch} backbone's weights with --weights")
+    if check_img_size(args.arch, args.img_size):
+        p.error(f"argument --img_size: {check_img_size(args.arch, args.img_size)}")
+    if args.layer_decay is not None and args.arch not in LAYER_DECAY_ARCHS:
+        p.error(f"--layer_decay is for {', '.join(LAYER_DECAY_ARCHS)}, not {args.arch}")
+    if args.warmup_epochs >= args.epochs:
+        p.error(f"--warmup_epochs {args.warmup_epochs} leaves no epoch of the --epochs {args.epochs} for the schedule")
+    if args.best_on == "ema" and args.ema is None:
+        p.error("--best_on ema needs --ema DECAY")
+    args.best_on = args.best_on or ("ema" if args.ema else "raw")
     if args.freeze_epochs is None:  # staged freezing keeps pretrained layers; random ones must train
         scratch = args.no_pretrained and args.unfreeze_all_at is None
         args.freeze_epochs, args.unfreeze_all_at = (0, 1) if scratch else (3, args.unfreeze_all_at)
@@ -225,7 +260,7 @@ def preflight(args):
     for flag in ("train_meta", "val_meta"):
         for path in getattr(args, flag):
             check_input(path, f"--{flag}")
-    for flag in ("resume", "init_from", "vggface2_ckpt", "config"):
+    for flag in ("resume", "init_from", "vggface2_ckpt", "config", "weights"):
         if getattr(args, flag):
             check_input(getattr(args, flag), f"--{flag}")
     if args.root:
@@ -235,7 +270,7 @@ def preflight(args):
         check_output(path, "--save_path")
     check_not_inputs([("--save_path", p) for p in paths.values()],  # --resume's file is meant to be replaced
                      [(f"--{k}", m) for k in ("train_meta", "val_meta") for m in getattr(args, k)]
-                     + [(f"--{k}", getattr(args, k)) for k in ("init_from", "vggface2_ckpt", "config")])
+                     + [(f"--{k}", getattr(args, k)) for k in ("init_from", "vggface2_ckpt", "config", "weights")])
     # Whatever starts the run (fresh, --init_from, --resume of another run's state): outputs of an
     # earlier run are replaced only with --overwrite, except by the continuation of that same run.
     existing = [p for p in paths.values() if p.exists()]
@@ -268,10 +303,9 @@ def check_resume(ckpt_path, args, class_names):
     if meta["class_names"] != class_names:
         raise TrainError(f"{ckpt_path}: field class_names = {meta['class_names']}, but the training index has "
                          f"{class_names}")
-    old = ckpt["args"]
-    old = {**FLAGS_ADDED_SINCE, **old}
-    changed = [f"--{k} {old.get(k)} -> {v}" for k, v in vars(args).items()
-               if k not in RESUMABLE_CHANGES and old.get(k) != v]
+    old, defaults = ckpt["args"], vars(get_args([]))  # a flag newer than the run counts as its default
+    changed = [f"--{k} {old.get(k, defaults.get(k))} -> {v}" for k, v in vars(args).items()
+               if k not in RESUMABLE_CHANGES and old.get(k, defaults.get(k)) != v]
     if changed:
         raise TrainError(f"{ckpt_path}: resuming would change the run ({'; '.join(changed)}); resume with the "
                          f"original flags, or start a new run with another --save_path")
@@ -298,14 +332,27 @@ def template_of(args, say):
 def build_model(args, say, class_names=CLASS_NAMES):
     """The initial model, loaded as the flags ask, with a line saying exactly what was loaded."""
     if args.init_from:
-        return model_initialised_from(args.init_from, args.arch, class_names, say)
+        return model_initialised_from(args.init_from, args.arch, class_names, say, args.img_size)
     if args.no_pretrained:
-        frozen = trainable_blocks(0, args.freeze_epochs, args.unfreeze_all_at) is not None
+        stages = FAMILIES[args.arch].stages
+        frozen = trainable_blocks(0, args.freeze_epochs, args.unfreeze_all_at, stages) is not None
         say(f"{args.arch}: random initialisation (--no_pretrained); " +
-            ("warning: the schedule you gave keeps conv1, layer1, layer2 frozen at their random values until "
-             "--unfreeze_all_at" if frozen else "every layer trains from the first epoch"))
-        return FERNet(args.arch, class_names)
+            ("warning: the schedule you gave keeps the layers before the last stage(s) frozen at their random "
+             "values until --unfreeze_all_at" if frozen else "every layer trains from the first epoch"))
+        return FERNet(args.arch, class_names, img_size=args.img_size)
+    if args.weights:
+        model = FERNet(args.arch, class_names, img_size=args.img_size)
+        missing = load_backbone_weights(model.backbone, as_state_dict(read_weights(args.weights), args.weights),
+                                        f"--weights {args.weights}", verbose=bool(say.enabled))
+        if len(missing) == sum(not k.endswith("num_batches_tracked") for k in model.backbone.state_dict()):
+            raise TrainError(f"--weights {args.weights}: none of its tensors fits a {args.arch} backbone "
+                             f"(names and shapes as in torchvision's {args.arch})")
+        return model
     path = Path(args.vggface2_ckpt or DEFAULT_VGGFACE2)
+    if args.arch not in RESNETS:
+        model = FERNet(args.arch, class_names, img_size=args.img_size)
+        load_backbone_weights(model.backbone, imagenet_state_dict(args.arch), "ImageNet", verbose=bool(say.enabled))
+        return model
     if path.is_file():
         caffe = args.vggface2_layout == "caffe"
         if caffe and args.arch != "resnet50":
@@ -331,36 +378,37 @@ def build_model(args, say, class_names=CLASS_NAMES):
     return model
 
 
-def trainable_blocks(epoch, freeze_epochs, unfreeze_all_at):
-    """Backbone blocks that train in a (0-based) epoch; None means all of them. In the epochs as printed
-    (from 1): epochs 1..freeze_epochs train layer4, and from epoch unfreeze_all_at on everything trains."""
+def trainable_blocks(epoch, freeze_epochs, unfreeze_all_at, stages=FAMILIES["resnet50"].stages):
+    """Backbone blocks that train in a (0-based) epoch: the family's last stage, then its last two
+    (stages from FER_model.FAMILIES); None means all of them. In the epochs as printed (from 1): epochs
+    1..freeze_epochs train the last stage, and from epoch unfreeze_all_at on everything trains."""
     if unfreeze_all_at is not None and epoch + 1 >= unfreeze_all_at:
         return None
-    return ("layer4",) if epoch < freeze_epochs else ("layer3", "layer4")
+    return stages[-1] if epoch < freeze_epochs else stages[-2] + stages[-1]
 
 
-def schedule_text(epochs, freeze_epochs, unfreeze_all_at):
+def schedule_text(epochs, freeze_epochs, unfreeze_all_at, stages=FAMILIES["resnet50"].stages):
     """The fine-tuning stages as epoch ranges, e.g. "epochs 1-3 layer4, 4-9 layer3+layer4, 10-100 all"."""
-    stages = []
+    ranges = []
     for epoch in range(1, epochs + 1):
-        blocks = trainable_blocks(epoch - 1, freeze_epochs, unfreeze_all_at)
-        name = "all" if blocks is None else "+".join(blocks)
-        if stages and stages[-1][0] == name:
-            stages[-1][2] = epoch
+        name = stage_label(trainable_blocks(epoch - 1, freeze_epochs, unfreeze_all_at, stages))
+        if ranges and ranges[-1][0] == name:
+            ranges[-1][2] = epoch
         else:
-            stages.append([name, epoch, epoch])
-    return "epochs " + ", ".join(f"{a}{f'-{b}' if b > a else ''} {name}" for name, a, b in stages)
+            ranges.append([name, epoch, epoch])
+    return "epochs " + ", ".join(f"{a}{f'-{b}' if b > a else ''} {name}" for name, a, b in ranges)
 
 
 def apply_freezing(model, blocks):
-    """Set requires_grad per backbone block; returns the frozen blocks (kept in eval mode while training)."""
-    frozen = []
-    for name, child in model.backbone.named_children():
-        trains = blocks is None or name in blocks
-        child.requires_grad_(trains)
-        if not trains:
-            frozen.append(child)
-    return frozen
+    """Set requires_grad per backbone block; returns the frozen modules (kept in eval mode while training)."""
+    return freeze_backbone(model, blocks)
+
+
+def stage_label(blocks):
+    """The history's name of a training stage: layer4, layer3+layer4, features.6..8, all."""
+    if blocks is None:
+        return "all"
+    return "+".join(blocks) if len(blocks) <= 2 else f"{blocks[0]}..{blocks[-1].rsplit('.', 1)[-1]}"
 
 
 def train_mode(model, frozen):
@@ -404,10 +452,11 @@ def stop_if_nonfinite(first_bad, epoch, amp_dtype, lr):
 
 
 def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dtype, steps, show, epoch=0,
-                    step_losses=None):
+                    step_losses=None, ema=None, mix=None):
     """Returns mean loss, accuracy, images/s and the share of wall time spent waiting for data.
     Stops with a TrainError at the first non-finite loss. step_losses: a list that receives each step's
-    loss as a device scalar (read once after the epoch, for TensorBoard)."""
+    loss as a device scalar (read once after the epoch, for TensorBoard); ema: updated after every step;
+    mix: a BatchMix applied to every batch (accuracy is counted on the unmixed labels)."""
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n: one sync per epoch
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
     wait, start = 0.0, time.perf_counter()
@@ -422,7 +471,10 @@ def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dty
             x = x.contiguous(memory_format=torch.channels_last)
         y_cls = batch["y_cls"].to(device, non_blocking=True)
         y_reg = batch["y_reg"].to(device, non_blocking=True)
-        loss, logits = train_step(model, x, y_cls, y_reg, optimizer, scaler, criterion, amp_dtype)
+        x, target, y_reg = mix(x, y_cls, y_reg) if mix else (x, y_cls, y_reg)
+        loss, logits = train_step(model, x, target, y_reg, optimizer, scaler, criterion, amp_dtype)
+        if ema is not None:
+            ema.update_parameters(unwrap(model))
         with torch.no_grad():
             n = y_cls.numel()
             sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y_cls).sum().double(),
@@ -489,8 +541,8 @@ def write_history(history, paths, stage):
     from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
-    panels = [("loss", ("train_loss", "val_loss")), ("accuracy", ("train_acc", "val_acc")),
-              ("RMSE (valence/arousal)", ("val_rmse", "val_rmse_valence", "val_rmse_arousal"))]
+    panels = [("loss", ("train_loss", "val_loss", "ema_val_loss")), ("accuracy", ("train_acc", "val_acc", "ema_val_acc")),
+              ("RMSE (valence/arousal)", ("val_rmse", "val_rmse_valence", "val_rmse_arousal", "ema_val_rmse"))]
     # Only series with data: no empty RMSE panel for a classification-only run, no legend entry without a line.
     panels = [(title, [k for k in keys if any(h.get(k) == h.get(k) and h.get(k) is not None for h in history)])
               for title, keys in panels]
@@ -509,19 +561,22 @@ def write_history(history, paths, stage):
     plt.close(fig)
 
 
-def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, fields):
+def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, fields, ema=None):
     """The epoch's checkpoints, history, curves, run record and config, replaced together or not at all.
-    fields: what every checkpoint records besides the weights (run record, heads trained, crop template)."""
-    meta = dict(epoch=row["epoch"], metrics={k: v for k, v in row.items() if k.startswith("val")}, args=vars(args),
-                **fields)
+    fields: what every checkpoint records besides the weights (run record, heads trained, crop template).
+    The best checkpoint holds the weights --best_on chose; the last one both, to resume."""
+    meta = dict(epoch=row["epoch"], metrics={k: v for k, v in row.items() if k.startswith(("val", "ema_val"))},
+                args=vars(args), **fields)
     with staged_outputs() as stage:
         FER_run.write_json(fields["run"], stage(paths["run"]))
         FER_run.write_config(args, stage(paths["config"]))
         if better_acc:
-            save_checkpoint(checkpoint_payload(model, args.img_size, **meta), paths["best"], stage)
+            best = ema.module if args.best_on == "ema" else model
+            save_checkpoint(checkpoint_payload(best, args.img_size, **meta), paths["best"], stage)
+        extra = {"ema": ema.state_dict()} if ema is not None else {}
         save_checkpoint(checkpoint_payload(model, args.img_size, optimizer=optimizer.state_dict(),
                                            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                                           train_state=state, **meta), paths["last"], stage)
+                                           train_state=state, **extra, **meta), paths["last"], stage)
         write_history(state["history"], paths, stage)
 
 
@@ -548,6 +603,40 @@ def fmt(x, spec=".4f"):
     return "n/a" if x != x else format(x, spec)
 
 
+def make_scheduler(optimizer, epochs, warmup_epochs):
+    """Cosine annealing over the epochs, after --warmup_epochs of linear warm-up from lr/(N+1)."""
+    if not warmup_epochs:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 1 / (warmup_epochs + 1), total_iters=warmup_epochs)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs - warmup_epochs)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_epochs])
+
+
+def make_ema(model, decay):
+    """The exponential moving average of the weights and buffers (BatchNorm statistics), starting at the
+    current weights: after step t, ema = decay * ema + (1 - decay) * weights."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.update_parameters(model)  # the first update copies: the average starts at the initial weights
+    return ema
+
+
+def training_dtype(args, device):
+    """The autocast dtype of the training step (None: float32), or one line saying why it cannot run."""
+    if device.type == "cuda":
+        return AMP_DTYPES[args.amp_dtype]
+    if args.amp_dtype != "bf16":
+        return None  # CPU default: float32
+    try:
+        supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        supported = False
+    if not supported:
+        raise TrainError("--amp_dtype bf16: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX); "
+                         "train in float32 (leave out --amp_dtype)")
+    return torch.bfloat16
+
+
 # --- main ---------------------------------------------------------------------------------------
 def make_loaders(args, train_ds, val_ds, rank, world, cuda):
     use_class_weights = not args.balanced_sampling or args.keep_class_weights
@@ -572,7 +661,8 @@ def train(args, rank, world, device, command=None):
     say = Say(rank == 0)
     paths = output_paths(args.save_path)
     cuda = device.type == "cuda"
-    amp_dtype = AMP_DTYPES[args.amp_dtype] if cuda else None
+    amp_dtype = training_dtype(args, device)
+    precision = "float32" if amp_dtype is None else f"{'mixed precision ' if cuda else ''}{args.amp_dtype}"
     if cuda:
         torch.backends.cudnn.benchmark = not args.deterministic
         torch.backends.cudnn.deterministic = args.deterministic
@@ -611,10 +701,13 @@ def train(args, rank, world, device, command=None):
     model = build_model(args, say, class_names).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    optimizer = torch.optim.AdamW(param_groups(model, args.lr, args.layer_decay), lr=args.lr,
+                                  weight_decay=args.weight_decay)
+    scheduler = make_scheduler(optimizer, args.epochs, args.warmup_epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     criterion = make_criterion(weights, device)
+    ema = make_ema(model, args.ema) if args.ema else None
+    mix = BatchMix(len(class_names), args.mixup, args.cutmix) if args.mixup or args.cutmix else None
     state = {"epoch": 0, "best_acc": -1.0, "best_rmse": math.inf, "bad_epochs": 0, "stopped": False, "history": [],
              "steps": 0}
     if resumed:
@@ -622,6 +715,8 @@ def train(args, rank, world, device, command=None):
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         scaler.load_state_dict(resumed["scaler"])
+        if ema is not None:
+            ema.load_state_dict(resumed["ema"])
         state = resumed["train_state"]
         say(f"resumed from {args.resume} after epoch {state['epoch']}")
         if state["stopped"] or state["epoch"] >= args.epochs:
@@ -637,15 +732,16 @@ def train(args, rank, world, device, command=None):
     tensorboard = FER_run.TensorBoardLog(tb_dir if rank == 0 else None, purge_step=state.setdefault("steps", 0))
 
     show = rank == 0 and sys.stderr.isatty()
-    say(f"schedule: {schedule_text(args.epochs, args.freeze_epochs, args.unfreeze_all_at)} "
+    plan = schedule_text(args.epochs, args.freeze_epochs, args.unfreeze_all_at, FAMILIES[args.arch].stages)
+    say(f"schedule: {plan} "
         f"(--freeze_epochs {args.freeze_epochs}, --unfreeze_all_at {args.unfreeze_all_at or 'none'})")
     say(f"training on {device}{f' x{world}' if world > 1 else ''}, "
-        f"{'mixed precision ' + args.amp_dtype if amp_dtype else 'float32'}, {len(train_ds)} train / "
+        f"{precision}, {len(train_ds)} train / "
         f"{len(val_ds)} val images, batch {args.batch_size}{f' x{world}' if world > 1 else ''}, {workers} loader workers")
     train_model, stage = None, "unset"
     for epoch in range(state["epoch"], args.epochs):
         t0 = time.time()
-        blocks = trainable_blocks(epoch, args.freeze_epochs, args.unfreeze_all_at)
+        blocks = trainable_blocks(epoch, args.freeze_epochs, args.unfreeze_all_at, FAMILIES[args.arch].stages)
         if blocks != stage:  # requires_grad changed: DDP must be rebuilt to see the new set
             stage, frozen = blocks, apply_freezing(model, blocks)
             train_model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) \
@@ -657,38 +753,46 @@ def train(args, rank, world, device, command=None):
         train_mode(model, frozen)
         step_losses = []
         stats = train_one_epoch(train_model, train_loader, optimizer, scaler, criterion, device, amp_dtype,
-                                args.steps_per_epoch, show, epoch, step_losses)
+                                args.steps_per_epoch, show, epoch, step_losses, ema, mix)
         stats.update(validate(model, val_loader, criterion, device, amp_dtype, world, show))
+        if ema is not None:
+            stats.update({f"ema_{k}": v for k, v in validate(ema.module, val_loader, criterion, device, amp_dtype,
+                                                              world, show).items()})
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
 
-        better_acc = stats["val_acc"] > state["best_acc"]
-        better_rmse = stats["val_rmse"] < state["best_rmse"]
-        state["best_acc"] = max(state["best_acc"], stats["val_acc"])
-        state["best_rmse"] = min(state["best_rmse"], stats["val_rmse"])
+        key = "ema_val" if args.best_on == "ema" else "val"  # the weights that pick the best checkpoint
+        better_acc = stats[f"{key}_acc"] > state["best_acc"]
+        better_rmse = stats[f"{key}_rmse"] < state["best_rmse"]
+        state["best_acc"] = max(state["best_acc"], stats[f"{key}_acc"])
+        state["best_rmse"] = min(state["best_rmse"], stats[f"{key}_rmse"])
         state["bad_epochs"] = 0 if better_acc or better_rmse else state["bad_epochs"] + 1
         state["epoch"] = epoch + 1
         state["stopped"] = state["bad_epochs"] >= args.patience
-        stage_name = "all" if blocks is None else "+".join(blocks)
+        stage_name = stage_label(blocks)
         row = {"epoch": epoch + 1, "lr": lr, "trainable": stage_name, **stats, "time_s": time.time() - t0}
         state["history"].append(row)
         tensorboard.epoch(row, torch.stack(step_losses).tolist() if step_losses else [], state["steps"])
         state["steps"] += len(step_losses)
         if rank == 0:
-            run.update(state, model.state_dict() if better_acc else None)
+            best = ema.module if args.best_on == "ema" else model
+            run.update(state, best.state_dict() if better_acc else None)
             save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler,
-                       dict(run=run.record, heads_trained=heads_trained, crop_template=template))
+                       dict(run=run.record, heads_trained=heads_trained, crop_template=template), ema)
         say(f"epoch {epoch + 1}/{args.epochs} [{stage_name}] lr {lr:.2e} | train loss {stats['train_loss']:.4f} "
             f"acc {stats['train_acc']:.4f} | val loss {stats['val_loss']:.4f} acc {stats['val_acc']:.4f} "
             f"rmse {fmt(stats['val_rmse'])} (V {fmt(stats['val_rmse_valence'], '.3f')} "
             f"A {fmt(stats['val_rmse_arousal'], '.3f')}) | "
-            f"{stats['img_per_s']:.0f} img/s, data wait {100 * stats['data_wait']:.0f}% | {row['time_s']:.0f}s"
+            + (f"EMA acc {stats['ema_val_acc']:.4f} rmse {fmt(stats['ema_val_rmse'])} | " if ema is not None else "")
+            + f"{stats['img_per_s']:.0f} img/s, data wait {100 * stats['data_wait']:.0f}% | {precision} | "
+            f"{row['time_s']:.0f}s"
             f"{' | best, saved' if better_acc else ''}")
         if state["stopped"]:
             say(f"early stopping: neither validation accuracy nor RMSE improved for {args.patience} epochs")
             break
     tensorboard.finish(run.record)
-    say(f"best validation accuracy {state['best_acc']:.4f}; checkpoint {paths['best']}, history {paths['history']}, "
+    say(f"best validation accuracy{' (EMA weights)' if args.best_on == 'ema' else ''} {state['best_acc']:.4f}; "
+        f"checkpoint {paths['best']}, history {paths['history']}, "
         f"curves {paths['curves']}, run record {paths['run']}, config {paths['config']}"
         + (f", TensorBoard {tb_dir}" if tb_dir is not None else ""))
 
