@@ -271,3 +271,8 @@ def best_face(faces, box=None):
 
     overlap = iou([f.box for f in faces], [box])[:, 0]
     return faces[int(overlap.argmax())] if overlap.max() > 0 else None
+
+
+if __name__ == "__main__":
+    from FER_io import not_a_script
+    not_a_script(__file__)

@@ -335,3 +335,8 @@ class TensorBoardLog:
     def close(self):
         if self._writer is not None:
             self._writer.close()
+
+
+if __name__ == "__main__":
+    from FER_io import not_a_script
+    not_a_script(__file__)
