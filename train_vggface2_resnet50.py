@@ -722,7 +722,6 @@ def train(args, rank, world, device, command=None):
         if state["stopped"] or state["epoch"] >= args.epochs:
             say("that run is already complete; nothing to do")
             return
-    precision = f"mixed {args.amp_dtype}" if amp_dtype else "float32"
     run = FER_run.RunRecord(args, command or FER_run.command_line(__file__), device, world, precision,
                             {"train": FER_run.data_record(train_ds), "val": FER_run.data_record(val_ds)},
                             {k: paths[k].name for k in ("best", "last", "history", "curves", "config")},
@@ -735,8 +734,7 @@ def train(args, rank, world, device, command=None):
     plan = schedule_text(args.epochs, args.freeze_epochs, args.unfreeze_all_at, FAMILIES[args.arch].stages)
     say(f"schedule: {plan} "
         f"(--freeze_epochs {args.freeze_epochs}, --unfreeze_all_at {args.unfreeze_all_at or 'none'})")
-    say(f"training on {device}{f' x{world}' if world > 1 else ''}, "
-        f"{precision}, {len(train_ds)} train / "
+    say(f"training on {device}{f' x{world}' if world > 1 else ''}, {precision}, {len(train_ds)} train / "
         f"{len(val_ds)} val images, batch {args.batch_size}{f' x{world}' if world > 1 else ''}, {workers} loader workers")
     train_model, stage = None, "unset"
     for epoch in range(state["epoch"], args.epochs):
