@@ -19,7 +19,6 @@ Imports only numpy and OpenCV at the top (torch and facenet-pytorch when MTCNN i
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from FER_io import FERError, float_in, int_at_least
@@ -87,6 +86,7 @@ class HaarDetector:
     def __init__(self, min_face=MIN_FACE):
         from pathlib import Path
 
+        import cv2
         path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
         self.cascade = cv2.CascadeClassifier(str(path))
         if self.cascade.empty():
@@ -94,6 +94,7 @@ class HaarDetector:
         self.min_face = min_face
 
     def __call__(self, rgb):
+        import cv2
         gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
         faces = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
                                               minSize=(self.min_face, self.min_face))
@@ -120,7 +121,7 @@ def add_arguments(p, min_face=MIN_FACE, detector=True, align=True):
         p.add_argument("--align", choices=ALIGNS, default="template",
                        help="template (default): warp each face onto the checkpoint's crop_template by its five "
                             "landmarks, at the model's input size; box: the detector's box widened by "
-                            f"{BOX_MARGIN:.0%} of its larger side (the crop before alignment existed). Falls back "
+                            f"{BOX_MARGIN:.0%}% of its larger side (the crop before alignment existed). Falls back "
                             "to box, with a note, without landmarks (haar) or without a template in the checkpoint")
 
 
@@ -167,6 +168,7 @@ def similarity(points, template, size):
     dst = from_unit(template, size).astype(np.float32)
     if not np.isfinite(src).all() or np.ptp(src, 0).max() < 1e-3:  # all in one place: no face to align
         return None
+    import cv2
     m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1e6, refineIters=50)
     return m if m is not None and np.isfinite(m).all() and abs(np.linalg.det(m[:, :2])) > 1e-9 else None
 
@@ -177,6 +179,7 @@ def warp(rgb, points, template, size):
     m = similarity(points, template, size)
     if m is None:
         return None
+    import cv2
     return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=0)
 

@@ -90,7 +90,9 @@ def test_compile_does_not_change_training(demo, tmp_path, monkeypatch):
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     for name, extra in (("eager", []), ("compiled", ["--compile"])):
         with pytest.raises(SystemExit) as e:
-            T.main(tiny_args(demo, tmp_path / name, "--epochs", 1, *extra))
+            # The staged schedule (as before --no_pretrained trained everything): fewer trained layers, whose
+            # float differences between fused and eager kernels Adam amplifies less in one epoch.
+            T.main(tiny_args(demo, tmp_path / name, "--epochs", 1, "--freeze_epochs", 3, *extra))
         assert e.value.code == 0
     runs = [torch.load(tmp_path / name / "m_last.pth", weights_only=True) for name in ("eager", "compiled")]
     for key in ("train_loss", "val_loss", "val_rmse"):

@@ -256,7 +256,7 @@ def test_align_box_with_haar_reproduces_the_old_crops(trained, tmp_path):
     t = build_transforms(False, meta["img_size"])
     logits, _ = infer(model, torch.stack([t(image=rgb[y:y + h, x:x + w])["image"] for x, y, w, h in boxes]), "cpu")
     np.testing.assert_allclose(df[[f"prob_{c}" for c in meta["class_names"]]].to_numpy(), softmax(logits.numpy()),
-                               atol=1e-6)
+                               atol=0.5e-4 + 1e-6)  # predict.py's CSV holds 4 decimals
 
 
 def test_without_a_template_prediction_falls_back_to_the_box_with_a_note(trained, group, tmp_path):
@@ -346,4 +346,5 @@ def test_eval_recrop_detect_scores_the_crops_predict_makes(trained, faces_folder
     evaluated = pd.read_csv(tmp_path / "pred.csv").set_index("filename")
     probs = [c for c in evaluated.columns if c.startswith("prob_")]
     names = [str(p.relative_to(faces_folder["root"])) for p in images]
-    np.testing.assert_allclose(evaluated.loc[names, probs].to_numpy(), pred[probs].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(evaluated.loc[names, probs].to_numpy(), pred[probs].to_numpy(),
+                               atol=0.5e-4 + 1e-5)  # predict.py's CSV holds 4 decimals

@@ -153,13 +153,13 @@ def test_evaluation_refuses_a_used_folder_and_overwrite_replaces_the_whole_set(t
     assert r.returncode == 0, r.stderr
     assert f"checkpoint: {trained}\nevaluated: {demo['val']}\n" in r.stdout
     name = f"{trained.parent.name}/{trained.name} on {demo['val'].parent.name}/{demo['val'].name}"
-    cm, va = saved_figures[-2:]
+    cm, va = saved_figures[:2]  # the pictures come first, then the report page's charts
     assert name in cm["titles"][0] and name in va["suptitle"]
     m = json.loads((out / "metrics_resnet50.json").read_text())
     assert m["checkpoint"] == str(trained) and m["meta"] == [str(demo["val"])]
     assert va["titles"] == [f"{k}: CCC {m[k]['ccc']:.3f}, RMSE {m[k]['rmse']:.3f}" for k in ("valence", "arousal")]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert set(before) == set(E.OUTPUTS)
+    assert set(before) == set(E.OUTPUTS) - {E.COMPARISON}
     # A classification-only index into the same folder: refused, nothing touched ...
     df = pd.read_parquet(demo["val"]).drop(columns=["valence", "arousal"])
     df.attrs = pd.read_parquet(demo["val"]).attrs
@@ -168,10 +168,11 @@ def test_evaluation_refuses_a_used_folder_and_overwrite_replaces_the_whole_set(t
     assert r.returncode == 1 and "holds an earlier evaluation" in r.stderr and "--overwrite" in r.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     # ... and with --overwrite the whole set is this evaluation's: no stale valence/arousal picture.
+    first = len(saved_figures)
     r = run_here("eval_resnet50.py", *base, "--meta", tmp_path / "cls.parquet", "--overwrite")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(E.OUTPUTS[:2]) and "removed ValenceArousal" in r.stdout
-    assert "cls.parquet" in saved_figures[-1]["titles"][0]
+    assert sorted(p.name for p in out.iterdir()) == sorted(E.OUTPUTS[:2] + E.OUTPUTS[3:4])
+    assert "removed ValenceArousal" in r.stdout and "cls.parquet" in saved_figures[first]["titles"][0]
     # The rule covers --save_predictions too.
     (tmp_path / "p.csv").write_text("earlier")
     r = run_here("eval_resnet50.py", *base, "--meta", demo["val"], "--out_dir", tmp_path / "ev2",

@@ -295,8 +295,9 @@ def test_official_split_leak_is_reported(tmp_path):
     r = index("--root", data, "--out_dir", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert "2 images listed more than once with the same label" in r.stdout  # kept in training only
-    assert f"{train['subDirectory_filePath'][0]}: listed 2 times with the same label in train and val: kept in " \
-           "train only" in r.stdout
+    first = train.iloc[0]  # named with its face box: two faces of one photo are not duplicates
+    assert (f"{first['subDirectory_filePath']} (face box {first['face_x']}, {first['face_y']}, {first['face_width']}, "
+            f"{first['face_height']}): listed 2 times with the same label in train and val: kept in train only") in r.stdout
     val = pd.read_parquet(tmp_path / "out" / "metadata_val.parquet")
     assert not set(val["filename"]) & set(train["subDirectory_filePath"])
 

@@ -141,7 +141,8 @@ def test_smoothing_keeps_raw_values_and_steadies_the_probabilities(runs):
 def test_track_summary_and_timeline(runs):
     tmp, video = runs["tmp"], runs["raw"][runs["raw"]["filename"] == runs["video"]]
     summary = pd.read_csv(tmp / "raw_two_tracks.csv")
-    assert summary["track_id"].tolist() == [0, 1] and summary["frames"].tolist() == [30, 27]
+    # One face is seen in every frame, the other leaves for a gap (which id each gets is the detector's order).
+    assert summary["track_id"].tolist() == [0, 1] and sorted(summary["frames"].tolist()) == [27, 30]
     np.testing.assert_allclose(summary[["first_s", "last_s"]].to_numpy(), [[0, 2.9], [0, 2.9]])
     for _, s in summary.iterrows():
         track = video[video["track_id"] == s["track_id"]]
