@@ -202,7 +202,7 @@ def cell(row, m):
 
 
 def table_cells(rows, differing):
-    header = ["name", *differing, "n", "val acc", "macro F1", "CCC V", "CCC A", "epochs", "wall s", "img/s"]
+    header = ["name", *differing, "n", "val acc", "macro F1", "CCC V", "CCC A", "epochs run", "wall s", "img/s"]
     body = [[r["name"], *(shown(r[k]) for k in differing), str(r["n"]), *(cell(r, m) for m in METRICS)]
             for r in rows]
     return header, body
