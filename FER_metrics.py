@@ -2,7 +2,9 @@
 
 Training's per-epoch validation and eval_resnet50.py both score through this module, so their
 numbers are the same by construction. scikit-learn and krippendorff compute what they can; SAGR and
-CCC, which they do not provide, are defined below (and in the README).
+CCC, which they do not provide, are defined below (and in the README), as are the calibration
+measures (ECE, NLL, Brier score, temperature scaling: Guo et al. 2017, "On Calibration of Modern
+Neural Networks").
 """
 import numpy as np
 from sklearn import metrics as skm
@@ -15,6 +17,12 @@ def softmax(logits):
     z = np.asarray(logits, np.float64)
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
+
+
+def log_softmax(logits):
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
 def clip_va(pred):
@@ -104,19 +112,107 @@ def classification_metrics(y_true, probs, class_names):
     return out, notes
 
 
+def most_confused(cm, class_names, k=2):
+    """Per true class, the k classes its images are most often predicted as (count > 0, most first;
+    ties in class order), with the count and its share of the class's images."""
+    cm = np.asarray(cm)
+    out = {}
+    for i, name in enumerate(class_names):
+        row = cm[i].astype(np.int64).copy()
+        row[i] = -1
+        order = sorted((j for j in range(len(class_names)) if row[j] > 0), key=lambda j: -row[j])[:k]
+        total = int(cm[i].sum())
+        out[name] = [{"class": class_names[j], "count": int(cm[i, j]), "share": float(cm[i, j] / total)}
+                     for j in order]
+    return out
+
+
+# --- calibration (Guo et al. 2017) ----------------------------------------------------------------
+CALIBRATION_BINS = 15
+TEMPERATURE_RANGE = (0.01, 100.0)  # the search range of the temperature
+
+
+def reliability(probs, y_true, bins=CALIBRATION_BINS):
+    """Confidence (top probability) against accuracy in equal-width bins (lo, hi]: one dict per bin
+    with count, accuracy and mean confidence (None when empty)."""
+    probs, y_true = np.asarray(probs, np.float64), np.asarray(y_true)
+    conf, correct = probs.max(1), probs.argmax(1) == y_true
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    out = []
+    for b in range(bins):
+        sel = which == b
+        n = int(sel.sum())
+        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": n,
+                    "accuracy": float(correct[sel].mean()) if n else None,
+                    "confidence": float(conf[sel].mean()) if n else None})
+    return out
+
+
+def ece(probs, y_true, bins=CALIBRATION_BINS):
+    """Expected calibration error: sum over bins of |accuracy - confidence| x share of samples."""
+    n = len(y_true)
+    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"])
+                     for b in reliability(probs, y_true, bins) if b["count"]))
+
+
+def nll(logits, y_true):
+    """Mean negative log-likelihood of the true class (natural log), from logits for accuracy."""
+    y_true = np.asarray(y_true)
+    return float(-log_softmax(logits)[np.arange(len(y_true)), y_true].mean())
+
+
+def brier(probs, y_true):
+    """Multi-class Brier score: mean over samples of sum over classes of (p - one-hot)^2, in [0, 2]."""
+    probs = np.asarray(probs, np.float64)
+    onehot = np.eye(probs.shape[1])[np.asarray(y_true)]
+    return float(((probs - onehot) ** 2).sum(1).mean())
+
+
+def fit_temperature(logits, y_true):
+    """The temperature T minimising the NLL of softmax(logits / T) on this set (searched on log T)."""
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, np.float64)
+    res = minimize_scalar(lambda t: nll(logits / np.exp(t), y_true), method="bounded",
+                          bounds=tuple(np.log(TEMPERATURE_RANGE)), options={"xatol": 1e-5})
+    return float(np.exp(res.x))
+
+
+def calibration(logits, y_true, bins=CALIBRATION_BINS):
+    """ECE, NLL, Brier score, the reliability bins, and the NLL-optimal temperature with the ECE and
+    NLL it would give. Reported only: nothing is rescaled. Returns (metrics, notes)."""
+    probs = softmax(logits)
+    t = fit_temperature(logits, y_true)
+    scaled = np.asarray(logits, np.float64) / t
+    out = {"ece": ece(probs, y_true, bins), "nll": nll(logits, y_true), "brier": brier(probs, y_true),
+           "temperature": t, "ece_at_temperature": ece(softmax(scaled), y_true, bins),
+           "nll_at_temperature": nll(scaled, y_true), "reliability": reliability(probs, y_true, bins)}
+    notes = []
+    if not TEMPERATURE_RANGE[0] * 1.01 < t < TEMPERATURE_RANGE[1] / 1.01:
+        notes.append(f"the NLL-optimal temperature lies at the end of the searched range "
+                     f"[{TEMPERATURE_RANGE[0]:g}, {TEMPERATURE_RANGE[1]:g}] (e.g. every image right with a margin)")
+    return out, notes
+
+
 def _or_none(x):
     x = float(x)
     return None if np.isnan(x) else x
 
 
 def evaluate(logits, va_pred, y_true, va_true, class_names):
-    """The full report: {'n', classification metrics, 'valence': {...}, 'arousal': {...}, 'notes'}.
+    """The full report: {'n', classification and calibration metrics, 'valence': {...}, 'arousal': {...},
+    'notes'}; per class also the two classes it is most often predicted as.
 
     va_true may be None or all-NaN (a classification-only dataset): regression is then left out.
     """
     probs = softmax(logits)
     out, notes = classification_metrics(y_true, probs, class_names)
-    out = {"n": int(len(y_true)), **out}
+    cal, cal_notes = calibration(logits, y_true)
+    out = {"n": int(len(y_true)), **out, **cal}
+    notes += cal_notes
+    for name, confused in most_confused(out["confusion_matrix"], class_names).items():
+        out["per_class"][name]["confused_with"] = confused
     has_va = va_true is not None and len(va_true) and not np.isnan(va_true).all()
     if has_va:
         ok = ~np.isnan(va_true).any(1)

@@ -47,7 +47,7 @@ def get_args(argv=None):
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (the median is reported)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compilation on a CPU)")
     p.add_argument("--only", nargs="+", choices=("index", "transforms", "train_step", "end_to_end", "eval",
-                                                 "video"),
+                                                 "video", "report"),
                    help="run only these sections")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks every row runs, in seconds")
     p.add_argument("--json", help="write the results here as JSON")
@@ -333,10 +333,38 @@ def bench_video(args, rows, tmp):
     rows.append(("video", "decode + face detection alone", n / t, "frame/s", f"{n} frames, one thread"))
 
 
+# --- report -------------------------------------------------------------------------------------
+def bench_report(args, rows, tmp):
+    """eval's HTML report for 800 images (make demo's validation split) with predictions that fill
+    every cell of the confusion matrix: the most thumbnails a page of that size can hold."""
+    import FER_metrics
+    import FER_report
+
+    n = 96 if args.quick else 800
+    make_demo_data.make_dataset(tmp / "report", n=n, size=64, seed=0, progress=False)
+    df, _ = metadata_parallel.build_index(tmp / "report" / "images", tmp / "report" / "annotations", workers=1,
+                                          progress=False)
+    rng = np.random.default_rng(0)
+    y = df["expression"].to_numpy()
+    logits = rng.normal(size=(n, 8)) + 1.5 * np.eye(8)[y]
+    va_true = df[["valence", "arousal"]].to_numpy(np.float64)
+    va = va_true + rng.normal(0, 0.2, va_true.shape)
+    metrics = FER_metrics.evaluate(logits, va, y, va_true, CLASS_NAMES)
+    metrics.update(classes_scored=list(CLASS_NAMES), checkpoint="bench.pth")
+    predictions = {"logits": logits, "y_cls": y, "va": va, "y_reg": va_true}
+    paths = [str(tmp / "report" / "images" / f) for f in df["filename"]]
+    page = []
+    t = timed(lambda: page.append(FER_report.render(metrics, predictions, paths, list(df["filename"]))),
+              args.reps, "cpu")
+    rows.append(("report", "HTML report (FER_report.render)", n / t, "img/s",
+                 f"{n} images in {t:.2f} s, page {len(page[-1].encode()) / 2 ** 20:.2f} MiB, "
+                 f"{page[-1].count('data:image/jpeg')} thumbnails"))
+
+
 def main(argv=None):
     args = get_args(argv)
     rows = []
-    only = set(args.only or ("index", "transforms", "train_step", "end_to_end", "eval", "video"))
+    only = set(args.only or ("index", "transforms", "train_step", "end_to_end", "eval", "video", "report"))
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -352,7 +380,8 @@ def main(argv=None):
                     ("transforms", lambda: bench_transforms(args, rows, tmp / "train.parquet")),
                     ("train_step", lambda: bench_train_step(args, rows)),
                     ("end_to_end", lambda: bench_end_to_end(args, rows, tmp / "train.parquet", tmp / "val.parquet")),
-                    ("video", lambda: bench_video(args, rows, tmp))]
+                    ("video", lambda: bench_video(args, rows, tmp)),
+                    ("report", lambda: bench_report(args, rows, tmp))]
         for name, fn in sections:
             if name in only or (name == "end_to_end" and "eval" in only):
                 print(f"[{name}] ...", end=" ", file=sys.stderr, flush=True)

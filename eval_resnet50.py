@@ -3,7 +3,9 @@
     python eval_resnet50.py --checkpoint FER_resnet50.pth --meta metadata_val.parquet --out_dir .
 
 Writes <out_dir>/metrics_resnet50.json, ConfusionMatrix_resnet50.png, ValenceArousal_resnet50.png,
-and with --save_predictions FILE.csv one row per image with every value that was scored.
+report_resnet50.html (one self-contained page: metrics, per-class table, confusion matrix linked to
+galleries of its images, confident mistakes, calibration; see FER_report.py), and with
+--save_predictions FILE.csv one row per image with every value that was scored.
 Metric definitions are in the README.
 
 An out_dir holds one evaluation: if it holds an earlier one, evaluation refuses to start unless
@@ -13,6 +15,7 @@ a folder never mixes two evaluations.
 import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -23,13 +26,15 @@ import torch
 from torch.utils.data import DataLoader
 
 import FER_metrics
+import FER_report
 from FER_io import (ArgumentParser, FERError, check_device, check_not_inputs, check_input, check_output, int_at_least,
                     nonneg_int, positive_int, run_main, staged_outputs, write_text)
 from FER_model import model_from_checkpoint, predict_batches
 from FER_transform import FERDataError, FERDataset, classes_in
 
 # Every file evaluation may write in --out_dir: together they are one evaluation (see the --overwrite rule).
-OUTPUTS = ("metrics_resnet50.json", "ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png")
+OUTPUTS = ("metrics_resnet50.json", "ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png",
+           "report_resnet50.html")
 
 
 def get_args(argv=None):
@@ -55,6 +60,10 @@ def get_args(argv=None):
     p.add_argument("--num_workers", type=nonneg_int, default=min(4, os.cpu_count() or 1),
                    help="loader processes (0: load in this process)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (faster; tiny differences)")
+    p.add_argument("--report", choices=("on", "off"), default="on",
+                   help="write report_resnet50.html, the evaluation as one self-contained page (default: on)")
+    p.add_argument("--report_images", type=nonneg_int, default=24,
+                   help="thumbnails per confusion-matrix cell (and of mistakes, largest errors) in the report")
     return p.parse_args(argv)
 
 
@@ -98,25 +107,14 @@ def plot_confusion(cm, class_names, path, title=""):
 
 def plot_valence_arousal(va_true, va_pred, path, metrics=None, title=""):
     """Predicted against true valence and arousal, with the identity line; each panel's CCC and RMSE."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = FER_report.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
-    for k, (ax, name) in enumerate(zip(axes, ("valence", "arousal"))):
-        if len(va_true) > 2000:
-            ax.hexbin(va_true[:, k], va_pred[:, k], gridsize=50, extent=(-1, 1, -1, 1), mincnt=1, cmap="viridis")
-        else:
-            ax.scatter(va_true[:, k], va_pred[:, k], s=6, alpha=0.5)
-        ax.plot([-1, 1], [-1, 1], "r--", lw=1, label="identity")
-        scores = ""
-        if metrics and name in metrics:
-            r = metrics[name]
-            scores = f": CCC {'n/a' if r['ccc'] is None else format(r['ccc'], '.3f')}, RMSE {r['rmse']:.3f}"
-        ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xlabel=f"true {name}", ylabel=f"predicted {name}",
-               title=f"{name}{scores}", aspect="equal")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
+    titles = []
+    for name in ("valence", "arousal"):
+        r = (metrics or {}).get(name)
+        titles.append(f"{name}: CCC {'n/a' if r['ccc'] is None else format(r['ccc'], '.3f')}, RMSE {r['rmse']:.3f}"
+                      if r else name)
+    FER_report.va_scatter(axes, va_true, va_pred, titles)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -136,6 +134,9 @@ def format_report(m, class_names):
     for name in class_names:
         c = m["per_class"][name]
         lines.append(f"  {name:<10}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}")
+    if "ece" in m:
+        lines.append(f"calibration: ECE {fmt(m['ece'])}  NLL {fmt(m['nll'])}  Brier {fmt(m['brier'])}  "
+                     f"(temperature {m['temperature']:.3f} would give ECE {fmt(m['ece_at_temperature'])})")
     for name in ("valence", "arousal"):
         if name in m:
             r = m[name]
@@ -185,6 +186,7 @@ def evaluate_checkpoint(args):
     metrics.update(classes_scored=scored, classes_left_out={"evaluation_set": set_only, "checkpoint": ckpt_only},
                    rows_not_scored=ds.dropped, checkpoint=str(args.checkpoint), meta=list(map(str, args.meta)),
                    heads_trained=meta["heads_trained"], tta=args.tta, all_classes=args.all_classes)
+    metrics.update(checkpoint_classes=list(meta["class_names"]), img_size=ds.size)
     return metrics, scored, ds, out
 
 
@@ -207,6 +209,13 @@ def write_report(args, metrics, class_names, ds, out):
         if args.save_predictions:
             save_predictions(stage(args.save_predictions), ds, out, va_pred, class_names)
             written.append(str(args.save_predictions))
+        if args.report == "on":
+            rows = out["index"]
+            page = FER_report.render(metrics, out, [ds.paths[i] for i in rows], [ds.filenames[i] for i in rows],
+                                     ds.boxes[rows] if ds.has_boxes else None, args.command, args.report_images,
+                                     progress=sys.stderr.isatty())
+            Path(stage(out_dir / OUTPUTS[3])).write_bytes(page.encode("utf-8", "xmlcharrefreplace"))
+            written.append(OUTPUTS[3])
         stale = [out_dir / name for name in OUTPUTS if out_dir / name not in stage.files and (out_dir / name).exists()]
     for path in stale:  # after the new set is in place: the folder holds this evaluation only
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
@@ -243,6 +252,8 @@ def check_earlier_evaluation(args, out_dir):
 
 def main(argv=None):
     args = get_args(argv)
+    args.command = shlex.join(["python", sys.argv[0] if argv is None else "eval_resnet50.py",
+                               *(sys.argv[1:] if argv is None else argv)])
     out_dir = check_output(args.out_dir, "--out_dir", folder=True)
     for name in OUTPUTS:
         check_output(out_dir / name, "--out_dir")

@@ -27,7 +27,8 @@ def test_bench_quick_produces_every_row(tmp_path):
                 ("train_step", "channels_last"), ("train_step", "bf16 autocast + channels_last"),
                 ("end_to_end", "training with the loader (1 workers)"),
                 ("eval", "predict_batches over the validation loader"),
-                ("video", "predict.py on a 640x480 video with two faces"), ("video", "decode + face detection alone")}
+                ("video", "predict.py on a 640x480 video with two faces"), ("video", "decode + face detection alone"),
+                ("report", "HTML report (FER_report.render)")}
     assert expected <= got, expected - got
     assert sum(row["what"].startswith("DataLoader") for row in rows) == 2  # --quick tries 0 and 1 workers
     for row in rows:
