@@ -482,3 +482,8 @@ def render(metrics, predictions, image_paths, names=None, boxes=None, command=No
         parts.append(va_section(metrics, va_true, va_pred, va_rows, class_names, y, pics, max_images))
     parts.append("</main></body></html>\n")
     return "".join(parts)
+
+
+if __name__ == "__main__":
+    from FER_io import not_a_script
+    not_a_script(__file__)

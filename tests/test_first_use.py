@@ -250,7 +250,7 @@ def test_help_shows_defaults(script, shown):
     assert "(default: None)" not in r.stdout and "(default: False)" not in r.stdout
 
 
-@pytest.mark.parametrize("module", ["FER_io.py", "FER_metrics.py", "FER_track.py", "FER_model.py"])
+@pytest.mark.parametrize("module", ["FER_io.py", "FER_metrics.py", "FER_track.py", "FER_model.py", "FER_report.py"])
 def test_modules_say_they_are_not_scripts(module, capsys):
     with pytest.raises(SystemExit) as e:  # as `python FER_x.py` runs it, in this process (imports are cached)
         runpy.run_path(str(ROOT / module), run_name="__main__")
