@@ -32,7 +32,8 @@ import FER_metrics  # noqa: E402
 from FER_run import cpu_name  # noqa: E402
 import make_demo_data  # noqa: E402
 import metadata_parallel  # noqa: E402
-from FER_model import ARCHS, FERNet, check_img_size, predict_batches  # noqa: E402
+from FER_backbones import ARCHS, check_img_size  # noqa: E402
+from FER_model import FERNet, predict_batches  # noqa: E402
 from FER_transform import CLASS_NAMES, FastISONoise, FERDataset, build_transforms, load_image, seed_augmentation  # noqa: E402
 from train_vggface2_resnet50 import (TrainSampler, class_weights, make_criterion, train_one_epoch,  # noqa: E402
                                      train_step)

@@ -31,28 +31,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.distributed as dist
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
-from tqdm import tqdm
-
-import FER_metrics
 import FER_run
+from FER_backbones import ARCHS, FAMILIES, LAYER_DECAY_ARCHS, RESNETS, check_img_size
 from FER_io import (ArgumentParser, FERError, check_device, check_input, check_not_inputs, check_output, float_in, int_at_least,
                     nonneg_float, nonneg_int, one_line, positive_int, staged_outputs)
-from FER_model import (ARCHS, FAMILIES, LAYER_DECAY_ARCHS, RESNETS, CheckpointError, FERNet, as_state_dict,
-                       check_img_size, checkpoint_payload, freeze_backbone, imagenet_state_dict, load_backbone_weights,
-                       model_initialised_from, param_groups, predict_batches, read_checkpoint, read_weights,
-                       save_checkpoint, unwrap)
-from FER_transform import CLASS_NAMES, BatchMix, FERDataset, classes_in, counted_twice, crop_template
 
 DEFAULT_VGGFACE2 = "weight/resnet50_vggface2.pth"
 REG_WEIGHT = 0.5
 LABEL_SMOOTHING = 0.1
-AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+AMP_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}  # names in torch
 # Flags a resumed run may change: they change speed or where files go, not what is computed.
 # Every other flag defines the run, so a resume with another value is refused.
 RESUMABLE_CHANGES = ("num_workers", "prefetch_factor", "device", "amp_dtype", "compile", "deterministic",
@@ -182,6 +169,24 @@ def get_args(argv=None):
     args.train_meta = [os.path.abspath(m) for m in args.train_meta]  # abspath: no link resolution (loops)
     args.val_meta = [os.path.abspath(m) for m in args.val_meta]
     return args
+
+
+if __name__ == "__main__":
+    get_args()  # flags first: a bad flag fails now, not after the imports below (seconds)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from torch.utils.data import DataLoader, DistributedSampler, Sampler  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import FER_metrics  # noqa: E402
+from FER_model import (CheckpointError, FERNet, as_state_dict, checkpoint_payload, freeze_backbone,  # noqa: E402
+                       imagenet_state_dict, load_backbone_weights, model_initialised_from, param_groups,
+                       predict_batches, read_checkpoint, read_weights, save_checkpoint, unwrap)
+from FER_transform import CLASS_NAMES, BatchMix, FERDataset, classes_in, counted_twice, crop_template  # noqa: E402
 
 
 # --- distributed --------------------------------------------------------------------------------
@@ -624,7 +629,7 @@ def make_ema(model, decay):
 def training_dtype(args, device):
     """The autocast dtype of the training step (None: float32), or one line saying why it cannot run."""
     if device.type == "cuda":
-        return AMP_DTYPES[args.amp_dtype]
+        return getattr(torch, AMP_DTYPES[args.amp_dtype])
     if args.amp_dtype != "bf16":
         return None  # CPU default: float32
     try:

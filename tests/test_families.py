@@ -13,7 +13,8 @@ import torch
 import FER_model
 import train_vggface2_resnet50 as T
 from conftest import run_here, tiny_args
-from FER_model import ARCHS, FAMILIES, RESNETS, FERNet
+from FER_backbones import ARCHS, FAMILIES, RESNETS
+from FER_model import FERNet
 
 NEW = [a for a in ARCHS if a not in RESNETS]  # the ResNets' path is tested in test_train.py
 # Seconds per step even at 32 px and ONNX files of hundreds of MB: in test_families_large.py, so that

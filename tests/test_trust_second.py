@@ -306,7 +306,9 @@ def test_stale_temporaries_of_a_killed_run_are_removed(demo, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("script,flag", [("eval_resnet50.py", ["--batch_size", "0"]),
-                                         ("export_onnx.py", ["--opset", "3"])])
+                                         ("export_onnx.py", ["--opset", "3"]),
+                                         ("train_vggface2_resnet50.py", ["--img_size", "100", "--arch", "vit_b_16"]),
+                                         ("train_vggface2_resnet50.py", ["--arch", "resnet51"])])
 def test_flag_errors_come_before_the_heavy_imports(script, flag):
     import subprocess
     import sys
