@@ -24,6 +24,7 @@ valence, eye and mouth opening follow arousal), so a small network can learn bot
 An existing output folder is replaced only when the new dataset is complete, and only if this script
 wrote it (or it is empty).
 """
+import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import errno
 import glob
 import hashlib

@@ -18,6 +18,7 @@ without one, scikit-learn's StratifiedShuffleSplit on the rows sorted by filenam
 seed: same split), with names that differ only in case or extension kept on one side.
 Damaged input never stops the run: bad rows and files are skipped, counted and named in the summary.
 """
+import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import ast
 import hashlib
 import os
