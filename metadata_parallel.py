@@ -290,6 +290,8 @@ def _index_chunk(task):
             if has[key]:
                 try:
                     values[i] = read_scalar(f"{base}_{key}.npy")
+                    if np.isnan(values[i]):  # "none" is -2 in AffectNet: a NaN is damage, not a value
+                        raise ValueError("not a number (nan)")
                 except (OSError, ValueError) as e:
                     problems.append(("corrupt_npy", f"{stem}_{key}.npy", why(e)))
         if has["lnd"]:
@@ -299,7 +301,10 @@ def _index_chunk(task):
                     raise ValueError(f"expected 136 values, found {lnd.size}")
                 if lnd.dtype.kind not in "iufUS":
                     raise ValueError(f"unexpected dtype {lnd.dtype}")
-                landmarks[row] = lnd.reshape(-1).astype(np.float64)  # also parses string-typed files
+                points = lnd.reshape(-1).astype(np.float64)  # also parses string-typed files
+                if not np.isfinite(points).all():  # as parse_landmarks: NaN/inf points are no landmarks
+                    raise ValueError(f"{int((~np.isfinite(points)).sum())} values not finite")
+                landmarks[row] = points
                 has_landmarks[row] = True
             except (OSError, ValueError) as e:
                 problems.append(("corrupt_npy", f"{stem}_lnd.npy", why(e)))

@@ -34,3 +34,26 @@ def test_ctrl_c_during_the_imports_is_one_line(script):
             f"runpy.run_path({str(ROOT / script)!r}, run_name='__main__')\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in r.stderr and r.stderr.strip() == "interrupted", r.stderr
+
+
+def test_affectnet_nan_values_and_landmarks_are_named(tmp_path):
+    """AffectNet marks "none" with -2; a 'nan' valence or landmarks with NaN/inf points in a .npy file
+    are damage, and were kept silently (landmarks that every later step then ignored) instead of being
+    named like every other damaged annotation."""
+    data = make_demo_data.make_dataset(tmp_path / "an", n=40, size=32, progress=False)
+    ann = data / "annotations"
+    np.save(ann / "0_val.npy", np.array("nan"))
+    np.save(ann / "1_lnd.npy", np.full(136, np.nan))
+    lnd = np.load(ann / "2_lnd.npy").astype(str)
+    lnd[5] = "inf"
+    np.save(ann / "2_lnd.npy", lnd)
+    np.save(ann / "3_aro.npy", np.array("-2"))  # AffectNet's "none": kept as it is, not named
+    r = index(data, tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if "corrupt .npy" in ln)
+    assert line.lstrip().startswith("3 ") and "0_val.npy" in line and "1_lnd.npy" in line and "2_lnd.npy" in line
+    assert "3_aro" not in r.stdout
+    df = pd.read_parquet(tmp_path / "out" / "metadata_all.parquet").set_index("filename")
+    assert np.isnan(df.loc["0.jpg", "valence"]) and df.loc["3.jpg", "arousal"] == -2
+    assert df.loc["1.jpg", "landmarks"] is None and df.loc["2.jpg", "landmarks"] is None
+    assert np.isfinite(df.loc["4.jpg", "landmarks"]).all()
