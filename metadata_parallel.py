@@ -697,9 +697,17 @@ def read_folders(root, opts):
     top = folders(root)
     by_split = {}
     for name in top:
-        if name.casefold() in SPLIT_FOLDERS:
-            by_split.setdefault(SPLIT_FOLDERS[name.casefold()], name)
-    if "train" in by_split and len(by_split) > 1:
+        split = SPLIT_FOLDERS.get(name.casefold())
+        if split in by_split:  # val/ and validation/: which one is the split cannot be known
+            raise IndexError_(f"--root {root}: folders {by_split[split]} and {name} are both the {split} split; "
+                              "merge them")
+        if split:
+            by_split[split] = name
+    if by_split and ("train" not in by_split or len(by_split) == 1):
+        missing = "a validation folder (val/, validation/ or test/)" if "train" in by_split else "train/"
+        raise IndexError_(f"--root {root}: split folder{'s' * (len(by_split) > 1)} {', '.join(by_split.values())} without {missing}; for a "
+                          "random split of one folder of class folders, pass that folder as --root")
+    if by_split:
         others = [n for n in top if n not in by_split.values()]
         if others:
             raise IndexError_(f"--root {root}: split folders beside other folders ({', '.join(others)})")

@@ -57,3 +57,16 @@ def test_affectnet_nan_values_and_landmarks_are_named(tmp_path):
     assert np.isnan(df.loc["0.jpg", "valence"]) and df.loc["3.jpg", "arousal"] == -2
     assert df.loc["1.jpg", "landmarks"] is None and df.loc["2.jpg", "landmarks"] is None
     assert np.isfinite(df.loc["4.jpg", "landmarks"]).all()
+
+
+def test_folders_with_one_split_folder_or_two_names_for_one_split(tmp_path):
+    """A lone train/ was reported as an unknown class folder 'train', and val/ beside validation/ as
+    'split folders beside other folders (validation)': both now say what is wrong with the splits."""
+    data = make_demo_data.make_dataset(tmp_path / "f", n=40, size=32, fmt="folders", progress=False)
+    (data / "val").rename(tmp_path / "val")
+    one_error_line(index(data, tmp_path / "out"), "split folder train without a validation folder")
+    (tmp_path / "val").rename(data / "validation")
+    (data / "Val").mkdir()
+    one_error_line(index(data, tmp_path / "out"), "folders Val and validation are both the val split")
+    (data / "Val").rmdir()
+    assert index(data, tmp_path / "out").returncode == 0
