@@ -487,7 +487,8 @@ def main(argv=None):
     p = ArgumentParser(description=__doc__)
     p.add_argument("--meta", required=True, nargs="+", help="index parquet(s) (e.g. metadata_train.parquet)")
     p.add_argument("--root", help="dataset folder, if not the one recorded in the index")
-    p.add_argument("--size", type=int_at_least(32), default=224, help="image side after the transforms (>= 32)")
+    p.add_argument("--size", type=int_at_least(32, 4096), default=224,
+                   help="image side after the transforms (32-4096, as training's --img_size)")
     p.add_argument("--n", type=int_at_least(1, 400), default=16, help="number of samples in the grid (1-400)")
     p.add_argument("--val", action="store_true", help="show the validation transform instead of augmentation")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the sample choice and the augmentation")

@@ -70,3 +70,11 @@ def test_folders_with_one_split_folder_or_two_names_for_one_split(tmp_path):
     one_error_line(index(data, tmp_path / "out"), "folders Val and validation are both the val split")
     (data / "Val").rmdir()
     assert index(data, tmp_path / "out").returncode == 0
+
+
+def test_grid_size_has_training_bound(demo, tmp_path):
+    """FER_transform.py --size 1000000 tried to allocate terabytes and ended in an OpenCV traceback;
+    the side is bounded as training's --img_size is (32-4096)."""
+    r = run_here("FER_transform.py", "--meta", demo["train"], "--out", tmp_path / "g.png", "--size", 10**6)
+    assert r.returncode == 2
+    one_error_line(r, "--size", "4096")
