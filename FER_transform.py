@@ -144,13 +144,16 @@ def images_dir_of(df, metadata_path, root=None):
     if root is not None:
         root = Path(root)
         # The images folder may sit below the dataset folder (AffectNet images/, RAF-DB Image/aligned/):
-        # try root itself and the last parts of the recorded path under it, with the first image as the probe.
+        # try root itself and the last parts of the recorded path under it, with the first images as probes.
         parts = recorded.parts if recorded else ()
         tails = [root / "images"] + [root.joinpath(*parts[-k:]) for k in range(1, min(4, len(parts)))]
-        first = next((f for f in df["filename"] if isinstance(f, str) and f), None)
+        probes = [f for f in df["filename"].iloc[:20] if isinstance(f, str) and f]
         for folder in [root, *tails]:
-            if first is not None and (folder / first).is_file():
+            if any((folder / f).is_file() for f in probes):
                 return folder
+        if probes:  # else the first sample would fail, after the model is built, naming no flag
+            raise FERDataError(f"--root {root}: not the images of {metadata_path} (none of its first images, e.g. {probes[0]}, is "
+                               f"in {', '.join(str(f) for f in dict.fromkeys([root, *tails]))})")
         return root / "images" if (root / "images").is_dir() else root
     if recorded is not None:
         if not recorded.is_dir():

@@ -78,3 +78,17 @@ def test_grid_size_has_training_bound(demo, tmp_path):
     r = run_here("FER_transform.py", "--meta", demo["train"], "--out", tmp_path / "g.png", "--size", 10**6)
     assert r.returncode == 2
     one_error_line(r, "--size", "4096")
+
+
+def test_a_root_without_the_indexs_images_is_named(demo, tmp_path):
+    """--root at a folder that is not the dataset (a typo, the parent folder) was taken as is: training
+    and the grid then stopped at the first image with 'file not found', naming no flag, after the model
+    was built. Now the start says --root does not hold the index's images; a right --root still works."""
+    (tmp_path / "elsewhere" / "images").mkdir(parents=True)
+    r = run_here("FER_transform.py", "--meta", demo["val"], "--out", tmp_path / "g.png", "--size", 32, "--n", 2,
+                 "--root", tmp_path / "elsewhere")
+    one_error_line(r, "--root", "elsewhere", "not the images of")
+    assert not (tmp_path / "g.png").exists()
+    r = run_here("FER_transform.py", "--meta", demo["val"], "--out", tmp_path / "g.png", "--size", 32, "--n", 2,
+                 "--root", demo["root"])
+    assert r.returncode == 0 and (tmp_path / "g.png").is_file(), r.stderr
