@@ -152,8 +152,8 @@ def images_dir_of(df, metadata_path, root=None):
             if any((folder / f).is_file() for f in probes):
                 return folder
         if probes:  # else the first sample would fail, after the model is built, naming no flag
-            raise FERDataError(f"--root {root}: not the images of {metadata_path} (none of its first images, e.g. {probes[0]}, is "
-                               f"in {', '.join(str(f) for f in dict.fromkeys([root, *tails]))})")
+            raise FERDataError(f"--root {root}: not the images of {metadata_path} (none of its first images, e.g. "
+                               f"{probes[0]}, is in {', '.join(str(f) for f in dict.fromkeys([root, *tails]))})")
         return root / "images" if (root / "images").is_dir() else root
     if recorded is not None:
         if not recorded.is_dir():
