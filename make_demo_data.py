@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from FER_io import ArgumentParser, FERError, check_output, int_at_least, positive_int, process_gone, run_main
+from FER_io import ArgumentParser, FERError, _signals_held, check_output, int_at_least, process_gone, run_main
 from metadata_parallel import FER2013_LABELS, FERPLUS_LABELS, FERPLUS_VOTES, RAFDB_LABELS
 
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
@@ -359,9 +359,10 @@ def replaced_folder(out):
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
+        with _signals_held():  # a Ctrl-C between the two renames would leave no --out at all
+            if out.exists():
+                os.replace(out, old)
+            os.replace(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
@@ -387,10 +388,10 @@ def main(argv=None):
     p = ArgumentParser(description=__doc__)
     p.add_argument("--format", choices=list(WRITERS), default="affectnet", help="dataset layout (default affectnet)")
     p.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
-    p.add_argument("--n", type=positive_int, default=4000,
-                   help="number of faces, balanced over the format's classes (default 4000; affectnet_csv adds "
-                        "n/20 rows coded 8-10; in ferplus 1 row in 5 has no majority, a tie, an unknown majority or no "
-                        "image name)")
+    p.add_argument("--n", type=int_at_least(1, 1_000_000), default=4000,
+                   help="number of faces, 1-1000000, balanced over the format's classes (default 4000; "
+                        "affectnet_csv adds n/20 rows coded 8-10; in ferplus 1 row in 5 has no majority, a tie, an "
+                        "unknown majority or no image name)")
     p.add_argument("--size", type=int_at_least(16, 1024),
                    help="face side in pixels, 16-1024 (default 64; rafdb 100; fer2013 and ferplus are always 48)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed; the same seed writes the same files")

@@ -92,3 +92,30 @@ def test_a_root_without_the_indexs_images_is_named(demo, tmp_path):
     r = run_here("FER_transform.py", "--meta", demo["val"], "--out", tmp_path / "g.png", "--size", 32, "--n", 2,
                  "--root", demo["root"])
     assert r.returncode == 0 and (tmp_path / "g.png").is_file(), r.stderr
+
+
+def test_demo_n_is_bounded(tmp_path):
+    """make_demo_data.py --n 10000000000 ended in numpy's MemoryError traceback."""
+    r = run_here("make_demo_data.py", "--out", tmp_path / "d", "--n", 10**10)
+    assert r.returncode == 2
+    one_error_line(r, "--n", "1000000")
+    assert not (tmp_path / "d").exists()
+
+
+def test_ctrl_c_between_the_demo_folder_swaps_keeps_a_folder(tmp_path, monkeypatch):
+    """The new demo folder replaced the old one with two renames (old away, new in): a Ctrl-C between
+    them left no --out at all. The interrupt now waits for the second rename."""
+    import os
+    import signal
+
+    out = make_demo_data.make_dataset(tmp_path / "d", n=8, size=16, progress=False)
+    real = os.replace
+
+    def replace_then_ctrl_c(src, dst):
+        real(src, dst)
+        if str(src) == str(out):  # the old folder has just moved away
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(make_demo_data.os, "replace", replace_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        make_demo_data.make_dataset(out, n=8, size=16, seed=1, progress=False, fmt="rafdb")
+    assert (out / "EmoLabel" / "list_patition_label.txt").is_file()  # the new, complete dataset
