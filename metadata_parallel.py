@@ -926,11 +926,11 @@ def detect_format(root):
     return "affectnet"
 
 
-def check_val_root(root, val_root):
+def check_val_root(root, val_root, flag="--root"):
     """--val_root must be another folder: equal or nested folders would validate on training images."""
-    a, b = root.resolve(), val_root.resolve()
+    a, b = Path(root).resolve(), val_root.resolve()
     if a == b or a in b.parents or b in a.parents:
-        raise FERError(f"--val_root {val_root} overlaps --root {root}: validation images would also be "
+        raise FERError(f"--val_root {val_root} overlaps {flag} {root}: validation images would also be "
                        "training images")
     return val_root
 
@@ -991,11 +991,13 @@ def detect_landmarks(df, args):
     return df, missed
 
 
-def index_dataset(fmt, root, args, stage):
-    """(table, problems) for a format, with the common checks applied."""
+def index_dataset(fmt, root, args, stage, is_val_root=False):
+    """(table, problems) for a format, with the common checks applied. --images_dir and --annotations_dir
+    are --root's folders: --val_root has its own (else validation would read training files)."""
     args.stage, args.progress = stage, not args.quiet
     if fmt == "affectnet":
-        df, problems = read_affectnet(args.images_dir or root / "images", args.annotations_dir or root / "annotations",
+        images_dir, annotations_dir = (None, None) if is_val_root else (args.images_dir, args.annotations_dir)
+        df, problems = read_affectnet(images_dir or root / "images", annotations_dir or root / "annotations",
                                       args.ext, args.workers, args.progress)
     else:
         reader = {"affectnet_csv": read_affectnet_csv, "rafdb": read_rafdb, "fer2013": read_fer2013,
@@ -1031,8 +1033,9 @@ def parse_args(argv):
     FER_face.add_arguments(p.add_argument_group("with --detect_landmarks (MTCNN)"), min_face=20, detector=False,
                            align=False)
     g = p.add_argument_group("affectnet (.npy layout) only")
-    g.add_argument("--images_dir", help="images folder, if not <root>/images")
-    g.add_argument("--annotations_dir", help="annotations folder, if not <root>/annotations")
+    g.add_argument("--images_dir", help="images folder, if not <root>/images (--val_root's is always its images/)")
+    g.add_argument("--annotations_dir", help="annotations folder, if not <root>/annotations (--val_root's is always "
+                                             "its annotations/)")
     g.add_argument("--ext", default="jpg", help="image file extension (default: jpg)")
     g.add_argument("--val_root", help="use this separately annotated folder (e.g. AffectNet's val_set, with images/ "
                                       "and annotations/) as the validation split instead of a random split; it "
@@ -1065,13 +1068,17 @@ def main(argv=None):
     if args.class_map and fmt != "folders":
         raise FERError(f"--class_map is for --format folders, not {fmt}")
     if args.val_root:
-        check_val_root(root, check_input(args.val_root, "--val_root", folder=True))
+        val_root = check_input(args.val_root, "--val_root", folder=True)
+        for flag, folder in (("--root", root), ("--images_dir", args.images_dir),
+                             ("--annotations_dir", args.annotations_dir)):
+            if folder:
+                check_val_root(folder, val_root, flag)
 
     with staged_outputs() as stage:
         df, problems = index_dataset(fmt, root, args, stage)
         if args.val_root:
             val_root = Path(args.val_root)
-            val_all, val_problems = index_dataset(fmt, val_root, args, stage)
+            val_all, val_problems = index_dataset(fmt, val_root, args, stage, is_val_root=True)
             for kind, items in val_problems.items():
                 problems[kind] += [(f"{val_root.name}/{name}", why) for name, why in items]
             in_both = same_image_key(df["filename"]).isin(set(same_image_key(val_all["filename"])))

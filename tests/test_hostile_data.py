@@ -119,3 +119,21 @@ def test_ctrl_c_between_the_demo_folder_swaps_keeps_a_folder(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         make_demo_data.make_dataset(out, n=8, size=16, seed=1, progress=False, fmt="rafdb")
     assert (out / "EmoLabel" / "list_patition_label.txt").is_file()  # the new, complete dataset
+
+
+def test_val_root_reads_its_own_folders_not_images_dir(tmp_path):
+    """--images_dir/--annotations_dir (for --root) were used for --val_root too: the validation split
+    then held the training images (or the training labels), exit 0. --val_root now reads its own
+    images/ and annotations/, and an --images_dir inside --val_root is refused."""
+    train = make_demo_data.make_dataset(tmp_path / "train_set", n=40, size=32, progress=False)
+    val = make_demo_data.make_dataset(tmp_path / "val_set", n=24, size=32, seed=5, progress=False)
+    for flag, folder in (("--images_dir", "images"), ("--annotations_dir", "annotations")):
+        out = tmp_path / f"out{flag}"
+        r = index(train, out, "--val_root", val, flag, train / folder)
+        assert r.returncode == 0, r.stderr
+        got = pd.read_parquet(out / "metadata_val.parquet")
+        assert got.attrs["images_dir"] == str((val / "images").resolve())
+        labels = {f: int(np.load(val / "annotations" / f"{f[:-4]}_exp.npy")) for f in got["filename"]}
+        assert got["expression"].tolist() == [labels[f] for f in got["filename"]]
+    one_error_line(index(train, tmp_path / "o", "--val_root", val, "--images_dir", val / "images"),
+                   "--val_root", "--images_dir")
