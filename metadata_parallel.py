@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from FER_io import (ArgumentParser, FERError, check_input, check_output, float_in, int_at_least, nonneg_int,
-                    remove_stale_temporaries, run_main, staged_outputs)
+from FER_io import (ArgumentParser, FERError, check_input, check_output, check_replaceable, float_in, int_at_least,
+                    nonneg_int, remove_stale_temporaries, run_main, staged_outputs)
 
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 NUM_CLASSES = 8
@@ -1058,6 +1058,8 @@ def main(argv=None):
     t0 = time.time()
     root = check_input(args.root, "--root", folder=True)
     out = check_output(args.out_dir, "--out_dir", folder=True)
+    for name in ("all", "train", "val", "test"):  # a folder there would fail only after the whole run
+        check_replaceable(out / f"metadata_{name}.parquet", "--out_dir")
     fmt = args.format or detect_format(root)
     if not args.format and fmt != "affectnet":
         print(f"format: {fmt} (recognised from {root}; --format overrides)")

@@ -137,3 +137,12 @@ def test_val_root_reads_its_own_folders_not_images_dir(tmp_path):
         assert got["expression"].tolist() == [labels[f] for f in got["filename"]]
     one_error_line(index(train, tmp_path / "o", "--val_root", val, "--images_dir", val / "images"),
                    "--val_root", "--images_dir")
+
+
+def test_a_folder_where_an_index_file_goes_is_named_before_the_run(tmp_path):
+    """A folder named metadata_all.parquet in --out_dir failed at the very end, naming the hidden
+    temporary ('.metadata_all.123.0.tmp.parquet: Is a directory'); now the start names the target."""
+    data = make_demo_data.make_dataset(tmp_path / "r", n=24, size=32, fmt="rafdb", progress=False)
+    (tmp_path / "out" / "metadata_val.parquet").mkdir(parents=True)
+    line = one_error_line(index(data, tmp_path / "out"), "--out_dir", "metadata_val.parquet", "folder")
+    assert ".tmp" not in line
