@@ -510,6 +510,11 @@ def main(argv=None):
     ds = FERDataset(args.meta, train=not args.val, size=args.size, root=args.root)
     if len(ds) == 0:
         raise FERDataError(f"{', '.join(args.meta)}: no usable rows")
+    if os.path.exists(args.out):  # the grid must not replace one of the dataset's own images
+        out = os.path.realpath(args.out)
+        for p in ds.paths:
+            if os.path.basename(p) == os.path.basename(out) and os.path.realpath(p) == out:
+                raise FERError(f"--out {args.out}: is one of the images of --meta ({p}); choose another name")
     rng = np.random.default_rng(args.seed)
     picks = rng.choice(len(ds), size=min(args.n, len(ds)), replace=False)
     batch = torch.utils.data.default_collate([ds[(int(i), args.seed + k)] for k, i in enumerate(picks)])

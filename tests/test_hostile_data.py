@@ -146,3 +146,15 @@ def test_a_folder_where_an_index_file_goes_is_named_before_the_run(tmp_path):
     (tmp_path / "out" / "metadata_val.parquet").mkdir(parents=True)
     line = one_error_line(index(data, tmp_path / "out"), "--out_dir", "metadata_val.parquet", "folder")
     assert ".tmp" not in line
+
+
+def test_the_grid_does_not_replace_a_dataset_image(tmp_path):
+    """FER_transform.py --out images/0.jpg replaced that image of the dataset with the grid, exit 0."""
+    data = make_demo_data.make_dataset(tmp_path / "d", n=40, size=32, progress=False)
+    assert index(data, tmp_path / "idx").returncode == 0
+    image = data / "images" / "0.jpg"
+    before = image.read_bytes()
+    r = run_here("FER_transform.py", "--meta", tmp_path / "idx" / "metadata_all.parquet", "--out", image,
+                 "--size", 32, "--n", 2)
+    one_error_line(r, "--out", "0.jpg", "images of --meta")
+    assert image.read_bytes() == before
