@@ -598,7 +598,8 @@ def read_fer2013(root, opts):
     bad = ~code.isin(list(FER2013_LABELS))
     for where, label in zip(table["where"][bad], table["emotion"][bad]):
         problems["invalid_label"].append((where, f"emotion {label!r} is not 0-6"))
-    table = table[~bad & table["split"].notna()].assign(emotion=code[~bad])
+    # the stripped codes of the rows kept (a Series assigned to an empty frame would bring its rows back)
+    table = table[~bad & table["split"].notna()].assign(emotion=lambda t: t["emotion"].str.strip())
     stems = [f"fer{i:07d}" for i in table.index]  # row number in fer2013.csv, from 0
     kept, names, images_dir = write_fer_images(table, stems, opts.out_dir, opts.stage, problems, opts.progress)
     t = table.iloc[kept]

@@ -158,3 +158,12 @@ def test_the_grid_does_not_replace_a_dataset_image(tmp_path):
                  "--size", 32, "--n", 2)
     one_error_line(r, "--out", "0.jpg", "images of --meta")
     assert image.read_bytes() == before
+
+
+def test_fer2013_whose_rows_all_lack_a_usage_is_one_line(tmp_path):
+    """A fer2013.csv cut short after its first row (no Usage) ended in a TypeError traceback: the
+    stripped labels assigned to the empty table of kept rows brought the dropped rows back, pixels NaN."""
+    data = make_demo_data.make_dataset(tmp_path / "f", n=10, fmt="fer2013", progress=False)
+    text = (data / "fer2013.csv").read_text()
+    (data / "fer2013.csv").write_text(text[:5000])  # the header and most of the first row's pixels
+    one_error_line(index(data, tmp_path / "out"), "0 training")
