@@ -883,6 +883,13 @@ def write_parquet(df, path, stage=None):
     df.drop(columns=["split", "listed_as"], errors="ignore").to_parquet(stage(path), index=False)  # attrs travel in metadata
 
 
+def skipped(problems):
+    """'; N <kind>, e.g. <name>: <why>' for the two largest kinds of problems (skipped rows...), or ''."""
+    kinds = sorted(((len(items), kind) for kind, items in problems.items() if items), reverse=True)[:2]
+    return "".join(f"; {n} {PROBLEMS[kind]}, e.g. {problems[kind][0][0]}: {problems[kind][0][1]}"
+                   for n, kind in kinds)
+
+
 def summarize(problems, out=None):
     out = out or sys.stdout  # looked up now: a redirected stdout gets the summary too
     for kind, items in problems.items():
@@ -1079,20 +1086,23 @@ def main(argv=None):
 
     with staged_outputs() as stage:
         df, problems = index_dataset(fmt, root, args, stage)
-        if args.val_root:
-            val_root = Path(args.val_root)
-            val_all, val_problems = index_dataset(fmt, val_root, args, stage, is_val_root=True)
-            for kind, items in val_problems.items():
-                problems[kind] += [(f"{val_root.name}/{name}", why) for name, why in items]
-            in_both = same_image_key(df["filename"]).isin(set(same_image_key(val_all["filename"])))
-            problems["split_leak"] += [(f, "also in --val_root") for f in df["filename"][in_both]]
-            parts = {"train": labelled(df), "val": labelled(val_all)}
-            if parts["val"].empty or parts["train"].empty:
-                raise IndexError_(f"no rows with labels 0-7 in {'--val_root' if parts['val'].empty else '--root'}")
-        elif "split" in df.columns:
-            parts = official_split(df)
-        else:
-            parts = dict(zip(("train", "val"), stratified_split(df, args.val_fraction, args.seed)))
+        try:
+            if args.val_root:
+                val_root = Path(args.val_root)
+                val_all, val_problems = index_dataset(fmt, val_root, args, stage, is_val_root=True)
+                for kind, items in val_problems.items():
+                    problems[kind] += [(f"{val_root.name}/{name}", why) for name, why in items]
+                in_both = same_image_key(df["filename"]).isin(set(same_image_key(val_all["filename"])))
+                problems["split_leak"] += [(f, "also in --val_root") for f in df["filename"][in_both]]
+                parts = {"train": labelled(df), "val": labelled(val_all)}
+                if parts["val"].empty or parts["train"].empty:
+                    raise IndexError_(f"no rows with labels 0-7 in {'--val_root' if parts['val'].empty else '--root'}")
+            elif "split" in df.columns:
+                parts = official_split(df)
+            else:
+                parts = dict(zip(("train", "val"), stratified_split(df, args.val_fraction, args.seed)))
+        except IndexError_ as e:  # too few rows: say what was skipped (the summary is not printed)
+            raise IndexError_(f"{e}{skipped(problems)}") from None
         for name, part in {"all": df, **parts}.items():
             write_parquet(part, out / f"metadata_{name}.parquet", stage)
     stale = out / "metadata_test.parquet"

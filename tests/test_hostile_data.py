@@ -167,3 +167,14 @@ def test_fer2013_whose_rows_all_lack_a_usage_is_one_line(tmp_path):
     text = (data / "fer2013.csv").read_text()
     (data / "fer2013.csv").write_text(text[:5000])  # the header and most of the first row's pixels
     one_error_line(index(data, tmp_path / "out"), "0 training")
+
+
+def test_too_few_rows_says_what_was_skipped(tmp_path):
+    """RAF-DB with an empty Image/aligned/ (the images only in original/) ended in 'the official split
+    leaves 0 training and 0 validation rows' and nothing else: the summary that says why is never
+    printed on an error. The line now names the largest kinds of skipped rows."""
+    data = make_demo_data.make_dataset(tmp_path / "r", n=24, size=32, fmt="rafdb", progress=False)
+    (data / "Image" / "aligned").rename(data / "Image" / "original")
+    (data / "Image" / "aligned").mkdir()
+    one_error_line(index(data, tmp_path / "out"), "0 training", "24 rows whose image file is missing",
+                   "no image train_00001_aligned.jpg")
