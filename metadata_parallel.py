@@ -114,7 +114,7 @@ def why_irregular(entry):
 
 
 def scan_files(folder, suffixes, recursive=False, problems=None):
-    """Regular files under folder with one of the suffixes, as sorted '/'-joined relative names.
+    """Regular files under folder with one of the suffixes (hidden ones left out), as sorted '/'-joined names.
 
     Entries that are not regular files or whose names are not UTF-8 go to problems (when given)
     and are left out, so nothing later opens a FIFO or chokes on a name.
@@ -128,8 +128,8 @@ def scan_files(folder, suffixes, recursive=False, problems=None):
                 if recursive and entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
                     stack.append((name + "/", entry.path))
                     continue
-                if not entry.name.lower().endswith(suffixes):
-                    continue
+                if not entry.name.lower().endswith(suffixes) or entry.name.startswith("."):
+                    continue  # hidden: macOS's ._x.jpg resource forks, our own temporaries
                 why = why_irregular(entry)
                 if why == "a folder":
                     continue

@@ -178,3 +178,13 @@ def test_too_few_rows_says_what_was_skipped(tmp_path):
     (data / "Image" / "aligned").mkdir()
     one_error_line(index(data, tmp_path / "out"), "0 training", "24 rows whose image file is missing",
                    "no image train_00001_aligned.jpg")
+
+
+def test_macos_resource_forks_are_not_images(tmp_path):
+    """A folders dataset copied from a Mac holds ._x.jpg files (resource forks, not images): they were
+    indexed with their folder's label, and training then stopped at the first one."""
+    data = make_demo_data.make_dataset(tmp_path / "f", n=40, size=32, fmt="folders", progress=False)
+    (data / "train" / "happy" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    assert index(data, tmp_path / "out").returncode == 0
+    names = pd.read_parquet(tmp_path / "out" / "metadata_all.parquet")["filename"]
+    assert not names.str.contains("/._").any() and len(names) == 40
