@@ -694,7 +694,12 @@ def read_folders(root, opts):
     """One folder per class, optionally under train/, val/ or test/ (test is the validation split
     when there is no val/). An --out_dir inside --root is not a class."""
     def folders(parent):
-        return [n for n in subfolders(parent) if (parent / n).resolve() != Path(opts.out_dir).resolve()]
+        names = subfolders(parent)
+        here = [n for n in names if (parent / n).resolve() == Path(opts.out_dir).resolve()]
+        if here and here[0].casefold() in {**SPLIT_FOLDERS, **(opts.class_map or CLASS_OF_NAME)}:
+            raise IndexError_(f"--out_dir {opts.out_dir}: is the folder {here[0]} of the dataset, whose images "
+                              "would be left out; choose another --out_dir")
+        return [n for n in names if n not in here]
     top = folders(root)
     by_split = {}
     for name in top:

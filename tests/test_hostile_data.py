@@ -188,3 +188,13 @@ def test_macos_resource_forks_are_not_images(tmp_path):
     assert index(data, tmp_path / "out").returncode == 0
     names = pd.read_parquet(tmp_path / "out" / "metadata_all.parquet")["filename"]
     assert not names.str.contains("/._").any() and len(names) == 40
+
+
+def test_out_dir_in_a_class_folder_does_not_drop_the_class(tmp_path):
+    """--out_dir root/train/happy: the folder was left out as 'the index's folder', so training had no
+    Happy images, exit 0. A class or split folder as --out_dir is now refused; a new folder still works."""
+    data = make_demo_data.make_dataset(tmp_path / "f", n=40, size=32, fmt="folders", progress=False)
+    one_error_line(index(data, data / "train" / "happy"), "--out_dir", "happy")
+    assert not list((data / "train" / "happy").glob("*.parquet"))
+    assert index(data, data / "index").returncode == 0
+    assert len(pd.read_parquet(data / "index" / "metadata_all.parquet")) == 40
