@@ -198,3 +198,17 @@ def test_out_dir_in_a_class_folder_does_not_drop_the_class(tmp_path):
     assert not list((data / "train" / "happy").glob("*.parquet"))
     assert index(data, data / "index").returncode == 0
     assert len(pd.read_parquet(data / "index" / "metadata_all.parquet")) == 40
+
+
+def test_the_real_affectnet_layout_is_not_taken_for_a_demo_folder(tmp_path):
+    """A folder with only images/<n>.jpg and annotations/<n>_exp.npy (the names of the real AffectNet's
+    train_set/) was taken for an old demo folder and replaced: make_demo_data.py --out on a dataset
+    deleted it. Only the marker file now proves a folder was written by this script."""
+    real = tmp_path / "train_set"
+    (real / "images").mkdir(parents=True)
+    (real / "annotations").mkdir()
+    (real / "images" / "0.jpg").write_bytes(b"a real face")
+    np.save(real / "annotations" / "0_exp.npy", np.array("3"))
+    one_error_line(run_here("make_demo_data.py", "--out", real, "--n", 8, "--size", 16), "--out", "not written by")
+    assert (real / "images" / "0.jpg").read_bytes() == b"a real face"
+    assert sorted(p.name for p in real.rglob("*")) == ["0.jpg", "0_exp.npy", "annotations", "images"]
