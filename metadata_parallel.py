@@ -686,6 +686,11 @@ def parse_class_map(text):
     return mapping
 
 
+def shown(name):
+    """A folder name for a one-line message: quoted and escaped when it holds a line break or the like."""
+    return name if name.isprintable() else repr(name)
+
+
 def subfolders(folder):
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
@@ -711,12 +716,13 @@ def read_folders(root, opts):
             by_split[split] = name
     if by_split and ("train" not in by_split or len(by_split) == 1):
         missing = "a validation folder (val/, validation/ or test/)" if "train" in by_split else "train/"
-        raise IndexError_(f"--root {root}: split folder{'s' * (len(by_split) > 1)} {', '.join(by_split.values())} without {missing}; for a "
-                          "random split of one folder of class folders, pass that folder as --root")
+        raise IndexError_(f"--root {root}: split folder{'s' * (len(by_split) > 1)} {', '.join(by_split.values())} "
+                          f"without {missing}; for a random split of one folder of class folders, pass that folder "
+                          "as --root")
     if by_split:
         others = [n for n in top if n not in by_split.values()]
         if others:
-            raise IndexError_(f"--root {root}: split folders beside other folders ({', '.join(others)})")
+            raise IndexError_(f"--root {root}: split folders beside other folders ({', '.join(map(shown, others))})")
         if "val" not in by_split:
             by_split["val"] = by_split.pop("test")
         groups = {split: (f"{folder}/", root / folder) for split, folder in by_split.items()}
@@ -730,7 +736,7 @@ def read_folders(root, opts):
     if unknown:
         hint = (" (numeric folder names need --class_map, e.g. --class_map 0=anger,1=contempt,...)"
                 if any(n.isdigit() for n in unknown) and not opts.class_map else "")
-        raise IndexError_(f"--root {root}: class folders not recognised: {', '.join(unknown)}; expected "
+        raise IndexError_(f"--root {root}: class folders not recognised: {', '.join(map(shown, unknown))}; expected "
                           f"{'the names in --class_map' if opts.class_map else 'expression names (see --help)'}{hint}")
     if not opts.class_map:  # synonyms: two folders of one class (happy/, happiness/) may be a mistake
         for split in groups:

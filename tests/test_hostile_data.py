@@ -212,3 +212,11 @@ def test_the_real_affectnet_layout_is_not_taken_for_a_demo_folder(tmp_path):
     one_error_line(run_here("make_demo_data.py", "--out", real, "--n", 8, "--size", 16), "--out", "not written by")
     assert (real / "images" / "0.jpg").read_bytes() == b"a real face"
     assert sorted(p.name for p in real.rglob("*")) == ["0.jpg", "0_exp.npy", "annotations", "images"]
+
+
+def test_a_folder_name_with_a_line_break_stays_on_the_error_line(tmp_path):
+    """An unknown class folder named 'sa\\nd' made the error two lines, of which only the last ('d;
+    expected expression names') was printed: the root and the folder were lost."""
+    data = make_demo_data.make_dataset(tmp_path / "f", n=40, size=32, fmt="folders", progress=False)
+    (data / "train" / "sa\nd").mkdir()
+    one_error_line(index(data, tmp_path / "out"), "--root", "class folders not recognised", "'sa\\nd'")
