@@ -381,7 +381,7 @@ def read_csv(path, required, what):
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise IndexError_(f"{path}: not a {what}: no column {', '.join(missing)} "
-                          f"(found: {', '.join(table.columns[:12])})")
+                          f"(found: {', '.join(map(shown, table.columns[:12]))})")
     return table
 
 

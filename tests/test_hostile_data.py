@@ -220,3 +220,10 @@ def test_a_folder_name_with_a_line_break_stays_on_the_error_line(tmp_path):
     data = make_demo_data.make_dataset(tmp_path / "f", n=40, size=32, fmt="folders", progress=False)
     (data / "train" / "sa\nd").mkdir()
     one_error_line(index(data, tmp_path / "out"), "--root", "class folders not recognised", "'sa\\nd'")
+
+
+def test_a_csv_header_with_a_line_break_stays_on_the_error_line(tmp_path):
+    """The same for a CSV whose header holds a quoted line break: only 'tion, pixels, Usage)' was left."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "fer2013.csv").write_text('"emo\ntion",pixels,Usage\n1,2 3,Training\n')
+    one_error_line(index(tmp_path / "d", tmp_path / "out", "--format", "fer2013"), "fer2013.csv", "no column emotion")
