@@ -168,7 +168,7 @@ def images_dir_of(df, metadata_path, root=None):
 def integer_labels(values):
     """(int64 labels, mask of values that are whole real numbers). Strings, 3.5, complex, NaN are not."""
     values = pd.Series(values)
-    if values.dtype.kind in "iu":
+    if values.dtype.kind in "iu" and not values.isna().any():  # a nullable Int64 column may hold <NA>
         return values.to_numpy(np.int64), np.ones(len(values), bool)
     if values.dtype.kind != "f":  # object (strings from another tool), complex, bool, ...
         numeric = np.array([float(v) if isinstance(v, (int, float, np.integer, np.floating))

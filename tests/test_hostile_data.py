@@ -227,3 +227,19 @@ def test_a_csv_header_with_a_line_break_stays_on_the_error_line(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "fer2013.csv").write_text('"emo\ntion",pixels,Usage\n1,2 3,Training\n')
     one_error_line(index(tmp_path / "d", tmp_path / "out", "--format", "fer2013"), "fer2013.csv", "no column emotion")
+
+
+def test_a_missing_label_in_a_nullable_int_column_is_a_dropped_row(demo, tmp_path):
+    """An index written by pandas with a nullable Int64 expression column holding <NA> ended in a
+    ValueError traceback (to_numpy(int64) of a missing value) in training, evaluation and the grid."""
+    from FER_transform import FERDataset
+
+    df = pd.read_parquet(demo["val"])
+    attrs = dict(df.attrs)
+    df["expression"] = df["expression"].astype("Int64")
+    df.loc[0, "expression"] = pd.NA
+    df.attrs = attrs
+    df.to_parquet(tmp_path / "m.parquet")
+    ds = FERDataset(tmp_path / "m.parquet", train=False, size=32, verbose=False)
+    assert len(ds) == len(df) - 1 and ds.dropped == {"labels that are not whole numbers": 1}
+    assert df["filename"].iloc[0] not in ds.filenames
