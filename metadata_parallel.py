@@ -1029,16 +1029,25 @@ def index_dataset(fmt, root, args, stage, is_val_root=False):
     return df, problems
 
 
+def random_split_flags(args, official):
+    """--val_fraction and --seed set the random split: with an official split they are not used, and say so."""
+    given = [f"{flag} {value}" for flag, value in (("--val_fraction", args.val_fraction), ("--seed", args.seed))
+             if value is not None]
+    if official and given:
+        print(f"note: {' and '.join(given)} not used: this dataset has an official split ({official})")
+
+
 def parse_args(argv):
     p = ArgumentParser(description=__doc__)
     p.add_argument("--format", choices=FORMATS, help="dataset layout (default: recognised from --root's files, "
                                                      "else affectnet)")
     p.add_argument("--root", default=".", help="dataset folder (default: .)")
     p.add_argument("--out_dir", default=".", help="where the parquet files (and PNGs of CSV pixels) go (default: .)")
-    p.add_argument("--val_fraction", type=float_in(0, 1, True, True), default=0.2,
-                   help="validation share of the random split, for datasets without an official one (default 0.2)")
-    p.add_argument("--seed", type=int_at_least(0, 2**32 - 1), default=42,
-                   help="random_state of the stratified split (default 42)")
+    p.add_argument("--val_fraction", type=float_in(0, 1, True, True),
+                   help="validation share of the random split, for datasets without an official one (default 0.2; "
+                        "not used with an official split, and a note says so)")
+    p.add_argument("--seed", type=int_at_least(0, 2**32 - 1),
+                   help="random_state of the random split (default 42; not used with an official split)")
     p.add_argument("--workers", type=nonneg_int, default=0, help="worker processes (default 0: one per CPU core)")
     p.add_argument("--verify_images", action="store_true",
                    help="decode every image completely (Pillow) and skip, and name, unreadable or truncated ones "
@@ -1055,12 +1064,12 @@ def parse_args(argv):
     g.add_argument("--images_dir", help="images folder, if not <root>/images (--val_root's is always its images/)")
     g.add_argument("--annotations_dir", help="annotations folder, if not <root>/annotations (--val_root's is always "
                                              "its annotations/)")
-    g.add_argument("--ext", default="jpg", help="image file extension (default: jpg)")
+    g.add_argument("--ext", help="image file extension (default: jpg)")
     g.add_argument("--val_root", help="use this separately annotated folder (e.g. AffectNet's val_set, with images/ "
                                       "and annotations/) as the validation split instead of a random split; it "
                                       "must not be --root or inside it (an error)")
     g = p.add_argument_group("other formats")
-    g.add_argument("--ferplus_label", choices=("majority", "plurality"), default="majority",
+    g.add_argument("--ferplus_label", choices=("majority", "plurality"),
                    help="ferplus: the authors' majority rule (votes of 1 dropped, top emotion needs more than half "
                         "of the rest) or the emotion with the most votes (ties dropped); default majority")
     g.add_argument("--class_map", type=parse_class_map,
@@ -1082,10 +1091,16 @@ def main(argv=None):
     fmt = args.format or detect_format(root)
     if not args.format and fmt != "affectnet":
         print(f"format: {fmt} (recognised from {root}; --format overrides)")
-    only = {"--images_dir": args.images_dir, "--annotations_dir": args.annotations_dir, "--val_root": args.val_root}
+    only = {"--images_dir": args.images_dir, "--annotations_dir": args.annotations_dir, "--val_root": args.val_root,
+            "--ext": args.ext}
     for flag, value in only.items():
         if value and fmt != "affectnet":
             raise FERError(f"{flag} is for --format affectnet, not {fmt}")
+    if args.ferplus_label and fmt != "ferplus":
+        raise FERError(f"--ferplus_label is for --format ferplus, not {fmt}")
+    official = "--val_root" if args.val_root else f"--format {fmt}" if fmt not in ("affectnet", "folders") else None
+    random_split_flags(args, official)  # folders: checked once its split folders are known
+    args.ext, args.ferplus_label = args.ext or "jpg", args.ferplus_label or "majority"
     if args.class_map and fmt != "folders":
         raise FERError(f"--class_map is for --format folders, not {fmt}")
     if args.val_root:
@@ -1109,9 +1124,11 @@ def main(argv=None):
                 if parts["val"].empty or parts["train"].empty:
                     raise IndexError_(f"no rows with labels 0-7 in {'--val_root' if parts['val'].empty else '--root'}")
             elif "split" in df.columns:
+                random_split_flags(args, "its split folders" if fmt == "folders" else None)  # others: said above
                 parts = official_split(df)
             else:
-                parts = dict(zip(("train", "val"), stratified_split(df, args.val_fraction, args.seed)))
+                parts = dict(zip(("train", "val"), stratified_split(df, args.val_fraction or 0.2,
+                                                                    42 if args.seed is None else args.seed)))
         except IndexError_ as e:  # too few rows: say what was skipped (the summary is not printed)
             raise IndexError_(f"{e}{skipped(problems)}") from None
         for name, part in {"all": df, **parts}.items():

@@ -243,3 +243,27 @@ def test_a_missing_label_in_a_nullable_int_column_is_a_dropped_row(demo, tmp_pat
     ds = FERDataset(tmp_path / "m.parquet", train=False, size=32, verbose=False)
     assert len(ds) == len(df) - 1 and ds.dropped == {"labels that are not whole numbers": 1}
     assert df["filename"].iloc[0] not in ds.filenames
+
+
+@pytest.mark.parametrize("fmt,flags,needle", [
+    ("rafdb", ["--ferplus_label", "plurality"], "--ferplus_label is for --format ferplus"),
+    ("fer2013", ["--ext", "png"], "--ext is for --format affectnet"),
+])
+def test_flags_of_another_format_are_errors(tmp_path, fmt, flags, needle):
+    """--ferplus_label and --ext on another format were silently ignored, while the other formats'
+    flags (--class_map, --images_dir...) were already errors."""
+    data = make_demo_data.make_dataset(tmp_path / "d", n=24, size=48, fmt=fmt, progress=False)
+    one_error_line(index(data, tmp_path / "out", *flags), needle)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.parquet"))
+
+
+@pytest.mark.parametrize("fmt,flags,note", [
+    ("rafdb", ["--val_fraction", 0.5, "--seed", 3], "--val_fraction 0.5 and --seed 3 not used"),
+    ("folders", ["--val_fraction", 0.5], "--val_fraction 0.5 not used"),
+])
+def test_split_flags_an_official_split_does_not_use_are_named(tmp_path, fmt, flags, note):
+    """--val_fraction 0.5 on RAF-DB (or a folders dataset with split folders) was silently ignored: the
+    official 80/20 split came out, exit 0, and nothing said the flag was not used."""
+    data = make_demo_data.make_dataset(tmp_path / "d", n=24, size=32, fmt=fmt, progress=False)
+    r = index(data, tmp_path / "out", *flags)
+    assert r.returncode == 0 and r.stdout.count(note) == 1, r.stdout
