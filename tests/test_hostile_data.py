@@ -267,3 +267,10 @@ def test_split_flags_an_official_split_does_not_use_are_named(tmp_path, fmt, fla
     data = make_demo_data.make_dataset(tmp_path / "d", n=24, size=32, fmt=fmt, progress=False)
     r = index(data, tmp_path / "out", *flags)
     assert r.returncode == 0 and r.stdout.count(note) == 1, r.stdout
+
+
+@pytest.mark.parametrize("flag,value", [("--min_face", 30), ("--face_threshold", 0.5)])
+def test_detector_flags_without_detect_landmarks(tmp_path, flag, value):
+    """--min_face / --face_threshold without --detect_landmarks were silently ignored."""
+    data = make_demo_data.make_dataset(tmp_path / "d", n=24, size=32, fmt="rafdb", progress=False)
+    one_error_line(index(data, tmp_path / "out", flag, value), flag, "--detect_landmarks")
