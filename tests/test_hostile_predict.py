@@ -1,0 +1,100 @@
+"""Hostile pass over prediction (predict.py, bench_faces.py): each test is a case that failed before
+its fix. They reuse the session fixtures (`trained`) and run scripts in-process where stderr is Python's
+(`run_here`), as a subprocess where a C library could write to it (`run_script`)."""
+import shutil
+
+import pandas as pd
+import pytest
+from skimage import data
+from PIL import Image
+
+from conftest import run_here, run_script
+from test_trust import one_error_line
+from test_trust_predict import mount_tmpfs  # noqa: F401 -- a fixture
+from test_video import face_video
+
+
+@pytest.fixture(scope="module")
+def astronaut_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("astronaut") / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)
+    return path
+
+
+# --- bench_faces.py -------------------------------------------------------------------------------
+def test_bench_faces_refuses_zero_scenes_in_one_line(trained):
+    """--scenes 0 ran the model, then divided by zero (a traceback)."""
+    r = run_script("bench_faces.py", "--checkpoint", trained, "--scenes", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    one_error_line(r, "--scenes", "0")
+
+
+def test_bench_faces_missing_checkpoint_one_line(tmp_path):
+    r = run_script("bench_faces.py", "--checkpoint", tmp_path / "none.pth", "--scenes", "1")
+    one_error_line(r, "--checkpoint", "none.pth", "file not found")
+
+
+def test_bench_faces_json_onto_its_checkpoint_is_refused(trained, tmp_path):
+    """--json onto --checkpoint overwrote the model with the table after the benchmark."""
+    ckpt = tmp_path / "m.pth"
+    shutil.copy(trained, ckpt)
+    before = ckpt.read_bytes()
+    r = run_script("bench_faces.py", "--checkpoint", ckpt, "--scenes", "1", "--json", ckpt)
+    one_error_line(r, "--json", "--checkpoint")
+    assert ckpt.read_bytes() == before
+
+
+# --- reruns into the same folders -----------------------------------------------------------------
+def test_rerun_with_out_beside_the_videos(trained, tmp_path):
+    """--out inside the searched folder: the second run read the first one's timeline PNG as an image,
+    then refused to overwrite it, naming '--annotate None'."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    face_video(folder / "clip.mp4", n=4)
+    for _ in range(2):
+        r = run_here("predict.py", "--checkpoint", trained, folder, "--out", folder / "p.csv")
+        assert r.returncode == 0, r.stderr
+    assert len(pd.read_csv(folder / "p.csv")) == 4  # the four frames, no row for the timeline
+
+
+def test_rerun_with_annotate_inside_the_input_folder(trained, tmp_path, astronaut_png):
+    """--annotate inside the searched folder: the second run read the annotated copies as inputs (and
+    refused to overwrite them)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(astronaut_png, folder)
+    for _ in range(2):
+        r = run_here("predict.py", "--checkpoint", trained, folder, "--out", tmp_path / "p.csv",
+                     "--annotate", folder / "ann")
+        assert r.returncode == 0, r.stderr
+    assert list(pd.read_csv(tmp_path / "p.csv")["filename"]) == [str(folder / "astronaut.png")]
+
+
+def test_a_timeline_given_as_input_names_out_not_annotate(trained, tmp_path, astronaut_png):
+    clip = face_video(tmp_path / "clip.mp4", n=2)
+    timeline = tmp_path / "p_clip_timeline.png"
+    shutil.copy(astronaut_png, timeline)
+    r = run_here("predict.py", "--checkpoint", trained, clip, timeline, "--out", tmp_path / "p.csv")
+    line = one_error_line(r, f"--out {tmp_path / 'p.csv'}", "would overwrite the input", str(timeline))
+    assert "--annotate" not in line
+
+
+# --- flags that did nothing -----------------------------------------------------------------------
+@pytest.mark.parametrize("flags", [["--detector", "haar"], ["--min_face", "20"], ["--face_threshold", "0.5"],
+                                   ["--align", "box"]])
+def test_detection_flags_without_detect_faces_are_refused(trained, tmp_path, astronaut_png, flags):
+    """They were ignored: the whole picture was predicted, exit 0, as if a face had been detected."""
+    r = run_here("predict.py", "--checkpoint", trained, astronaut_png, *flags, "--out", tmp_path / "p.csv")
+    assert r.returncode == 2
+    one_error_line(r, flags[0], "--detect_faces")
+    assert not (tmp_path / "p.csv").exists()
+
+
+# --- a full disk ----------------------------------------------------------------------------------
+def test_full_disk_on_an_annotated_image_is_one_line(trained, astronaut_png, mount_tmpfs):  # noqa: F811
+    """libpng printed 'libpng error: Write Error' above the error line."""
+    disk = mount_tmpfs("small", "size=100k")  # the CSV fits, the annotated PNG (~500 kB) does not
+    r = run_script("predict.py", "--checkpoint", trained, astronaut_png, "--out", disk / "p.csv",
+                   "--annotate", disk / "ann")
+    one_error_line(r, "no space left on device writing", str(disk / "ann" / "astronaut.png"))
+    assert not (disk / "p.csv").exists()
