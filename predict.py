@@ -551,6 +551,8 @@ def main(argv=None):
     args = get_args(argv)
     # Everything that can be checked without the model, first: a bad path fails in a second.
     out = check_output(args.out, "--out")
+    if args.annotate == "":  # an unset shell variable: not "no annotation", nor the current folder
+        raise FERError("--annotate: an empty path (give the folder for the annotated copies)")
     annotate = check_output(args.annotate, "--annotate", folder=True) if args.annotate else None
     inputs, skipped = collect_inputs(args.paths, own_outputs(out, annotate))
     plan = plan_outputs(inputs, out, annotate)
@@ -563,6 +565,9 @@ def main(argv=None):
     threshold = FER_face.check_arguments(args)
     device = check_device(args.device)
     if not inputs:
+        if not skipped:  # only folders, holding no image or video
+            raise FERError(f"nothing to predict: no image or video ({', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))}) "
+                           f"in {', '.join(map(shown, args.paths))}")
         raise FERError(f"nothing to predict: {'; '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}")
 
     import torch

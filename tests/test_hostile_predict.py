@@ -98,3 +98,20 @@ def test_full_disk_on_an_annotated_image_is_one_line(trained, astronaut_png, mou
                    "--annotate", disk / "ann")
     one_error_line(r, "no space left on device writing", str(disk / "ann" / "astronaut.png"))
     assert not (disk / "p.csv").exists()
+
+
+# --- empty things -------------------------------------------------------------------------------
+def test_a_folder_without_images_is_named(trained, tmp_path):
+    """The message was 'nothing to predict:' and nothing after it."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.txt").write_text("no image here")
+    r = run_here("predict.py", "--checkpoint", trained, folder, "--out", tmp_path / "p.csv")
+    one_error_line(r, "nothing to predict: no image or video", str(folder))
+
+
+def test_an_empty_annotate_path_is_refused(trained, tmp_path, astronaut_png):
+    """--annotate "" (an unset shell variable) was taken as no --annotate: exit 0 without the copies."""
+    r = run_here("predict.py", "--checkpoint", trained, astronaut_png, "--out", tmp_path / "p.csv", "--annotate", "")
+    one_error_line(r, "--annotate", "empty path")
+    assert not (tmp_path / "p.csv").exists()
