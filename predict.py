@@ -449,6 +449,13 @@ def annotate_image(inp, faces, target, stage):
     Path(stage(target)).write_bytes(data.tobytes())
 
 
+def video_size(width, height, largest=7680):
+    """The annotated video's frame size: the mp4v encoder cannot open 8192-px-wide (8K 360-degree) or
+    1-px frames, so larger frames are scaled down to fit and 1-px ones up."""
+    s = min(1.0, largest / max(width, height))
+    return max(2, round(width * s)), max(2, round(height * s))
+
+
 def annotate_video(inp, rows, frame_step, target, stage):
     """Decode the video again and write the analysed frames with their faces drawn."""
     import cv2
@@ -463,11 +470,12 @@ def annotate_video(inp, rows, frame_step, target, stage):
             if frame not in by_frame:
                 break
             if writer is None:
-                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps / frame_step,
-                                         (rgb.shape[1], rgb.shape[0]))
+                size = video_size(rgb.shape[1], rgb.shape[0])
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps / frame_step, size)
                 if not writer.isOpened():
                     raise write_failed(target, "the annotated video")
-            writer.write(draw(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), by_frame[frame]))
+            bgr = draw(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), by_frame[frame])
+            writer.write(bgr if bgr.shape[1::-1] == size else cv2.resize(bgr, size, interpolation=cv2.INTER_AREA))
             written += 1
     finally:
         if writer is not None:

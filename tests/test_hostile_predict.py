@@ -115,3 +115,26 @@ def test_an_empty_annotate_path_is_refused(trained, tmp_path, astronaut_png):
     r = run_here("predict.py", "--checkpoint", trained, astronaut_png, "--out", tmp_path / "p.csv", "--annotate", "")
     one_error_line(r, "--annotate", "empty path")
     assert not (tmp_path / "p.csv").exists()
+
+
+# --- videos the annotation encoder cannot take as they are ------------------------------------------
+def test_annotating_8192_wide_and_1_px_videos(trained, tmp_path):
+    """mp4v opens neither 8192-px-wide nor 1x1 frames: the whole run failed at the end with 'the
+    annotated video could not be written' (and OpenCV's lines). Now the copy is scaled to fit."""
+    import cv2
+    import numpy as np
+
+    sizes = {"wide": (8192, 64), "dot": (1, 1)}
+    for name, (w, h) in sizes.items():
+        writer = cv2.VideoWriter(str(tmp_path / f"{name}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
+        for k in range(2):
+            writer.write(np.full((h, w, 3), 60 * k, np.uint8))
+        writer.release()
+    r = run_here("predict.py", "--checkpoint", trained, *[tmp_path / f"{n}.avi" for n in sizes], "--out",
+                 tmp_path / "p.csv", "--annotate", tmp_path / "ann")
+    assert r.returncode == 0, r.stderr
+    for name, size in (("wide", (7680, 60)), ("dot", (2, 2))):
+        cap = cv2.VideoCapture(str(tmp_path / "ann" / f"{name}_annotated.mp4"))
+        got = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        assert got == size and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 2, (name, got)
+        cap.release()
