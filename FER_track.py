@@ -161,6 +161,7 @@ def plot_timeline(video, summary, class_names, path, title, max_tracks=8):
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 10), fontsize=8, frameon=False,
                    bbox_to_anchor=(0.5, 1 - 0.25 / fig.get_figheight()))
     more = len(summary) - len(shown)
+    title = title.replace("$", r"\$")  # a file name, not matplotlib mathtext ("a$^$b.mp4" would not parse)
     fig.suptitle(title + (" (smoothed)" if smoothed else "") + (f"; {more} shorter tracks only in the CSV" if more > 0
                                                                   else ""), y=1 - 0.02 / n)
     fig.savefig(path, dpi=80, bbox_inches="tight")

@@ -138,3 +138,12 @@ def test_annotating_8192_wide_and_1_px_videos(trained, tmp_path):
         got = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         assert got == size and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 2, (name, got)
         cap.release()
+
+
+def test_a_video_named_like_mathtext(trained, tmp_path):
+    """The timeline's title is the file name: 'a$^$b.mp4' made matplotlib fail to parse it, a
+    traceback after the whole run."""
+    clip = face_video(tmp_path / "a$^$b.mp4", n=2)
+    r = run_here("predict.py", "--checkpoint", trained, clip, "--out", tmp_path / "p.csv")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "p_a$^$b_timeline.png").stat().st_size > 0
