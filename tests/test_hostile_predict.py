@@ -147,3 +147,22 @@ def test_a_video_named_like_mathtext(trained, tmp_path):
     r = run_here("predict.py", "--checkpoint", trained, clip, "--out", tmp_path / "p.csv")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "p_a$^$b_timeline.png").stat().st_size > 0
+
+
+# --- tracks ---------------------------------------------------------------------------------------
+def test_frames_without_a_face_count_towards_the_track_gap():
+    """Only frames with a face reached the tracker: a face gone for 4 analysed frames (no face at all
+    in them) kept its id with --track_gap 2, as if it had never left."""
+    import FER_track
+
+    rows = []
+    for frame in range(10):
+        gone = 3 <= frame < 7
+        rows.append({"filename": "v.mp4", "frame": frame, "time_s": frame / 10, "face_x": None if gone else 10,
+                     "face_y": None if gone else 10, "face_w": None if gone else 50, "face_h": None if gone else 50,
+                     "expression": None if gone else "Happy"})
+    df = FER_track.assign_tracks(pd.DataFrame(rows), 0.3, max_gap=2)
+    assert df["track_id"].tolist()[:3] == [0] * 3 and df["track_id"].tolist()[7:] == [1] * 3
+    assert df["track_id"].iloc[3:7].isna().all()
+    df = FER_track.assign_tracks(pd.DataFrame(rows), 0.3, max_gap=4)  # up to 4 missed frames: the same track
+    assert df["track_id"].dropna().tolist() == [0] * 6
