@@ -5,8 +5,8 @@ import shutil
 
 import pandas as pd
 import pytest
-from skimage import data
 from PIL import Image
+from skimage import data
 
 from conftest import run_here, run_script
 from test_trust import one_error_line
