@@ -68,10 +68,14 @@ def assign_tracks(df, min_iou=0.3, max_gap=10):
     if not all(c in df.columns for c in BOX):
         df.loc[faces.index, "track_id"] = 0
         return df
-    for _, video in faces.groupby("filename", sort=False):
+    # Every analysed frame goes through the tracker, those without a face too: they count towards the gap.
+    for _, video in df[df["frame"].notna()].groupby("filename", sort=False):
         tracker = IouTracker(min_iou, max_gap)
         for _, frame in video.groupby("frame", sort=True):
-            df.loc[frame.index, "track_id"] = tracker.update(frame[BOX].to_numpy(float))
+            found = frame.loc[frame.index.intersection(faces.index)]
+            ids = tracker.update(found[BOX].to_numpy(float))
+            if len(found):
+                df.loc[found.index, "track_id"] = ids
     return df
 
 
@@ -161,6 +165,7 @@ def plot_timeline(video, summary, class_names, path, title, max_tracks=8):
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 10), fontsize=8, frameon=False,
                    bbox_to_anchor=(0.5, 1 - 0.25 / fig.get_figheight()))
     more = len(summary) - len(shown)
+    title = title.replace("$", r"\$")  # a file name, not matplotlib mathtext ("a$^$b.mp4" would not parse)
     fig.suptitle(title + (" (smoothed)" if smoothed else "") + (f"; {more} shorter tracks only in the CSV" if more > 0
                                                                   else ""), y=1 - 0.02 / n)
     fig.savefig(path, dpi=80, bbox_inches="tight")

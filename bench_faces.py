@@ -12,7 +12,6 @@ wide as its eyes are apart; every other detection is a false one. Agreement is o
 found (the model was trained on such faces): the class predicted on the face as drawn vs on the crop
 predict.py makes from the scene. The numbers are in BENCHMARKS.md.
 """
-import argparse
 import json
 import time
 
@@ -22,6 +21,8 @@ import torch
 
 import FER_face
 import make_demo_data
+from FER_io import (ArgumentParser, check_input, check_not_inputs, check_output, positive_int, run_main,
+                    write_text)
 from FER_metrics import softmax
 from FER_model import infer, model_from_checkpoint
 from FER_transform import build_transforms
@@ -103,12 +104,17 @@ def match(detections, faces):
     return found, len(detections) - len(used)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", required=True, help="a model trained on the demo data (make demo)")
-    p.add_argument("--scenes", type=int, default=80)
+    p.add_argument("--scenes", type=positive_int, default=80, help="scenes of two faces each")
     p.add_argument("--json", help="also write the table here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    # Before the minutes of benchmarking: the table is not lost, nor written onto the checkpoint.
+    check_input(args.checkpoint, "--checkpoint")
+    if args.json:
+        check_output(args.json, "--json")
+        check_not_inputs([("--json", args.json)], [("--checkpoint", args.checkpoint)])
     model, meta = model_from_checkpoint(args.checkpoint)
     template = FER_face.check_template(meta.get("crop_template"))
     transform = build_transforms(False, meta["img_size"])
@@ -151,10 +157,10 @@ def main():
         rows.append(row)
         print(json.dumps(row))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"checkpoint": args.checkpoint, "torch_threads": torch.get_num_threads(), "rows": rows}, fh,
-                      indent=2)
+        write_text(json.dumps({"checkpoint": args.checkpoint, "torch_threads": torch.get_num_threads(),
+                               "rows": rows}, indent=2), args.json)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

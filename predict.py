@@ -32,6 +32,7 @@ VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", 
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our messages name the file; not OpenCV's warnings
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # nor FFmpeg's ("moov atom not found")
 BOX = ["face_x", "face_y", "face_w", "face_h"]
+DETECTION_FLAGS = ("detector", "min_face", "face_threshold", "align")
 DECIMALS = 4  # of probabilities and valence/arousal in the CSVs: finer digits are noise (float32, TTA, devices)
 ONE_LINE_EACH = 20  # up to this many images get a line each on the terminal; more get a summary table
 FIRST_COLUMNS = ["filename", "frame", "time_s", "face_index", "track_id", *BOX, "face_score", "rotation",
@@ -55,9 +56,11 @@ def get_args(argv=None):
     p.add_argument("--largest_face", action="store_true", help="with face detection, keep only the largest face "
                                                                "(implies --detect_faces)")
     FER_face.add_arguments(p.add_argument_group("face detection (with --detect_faces)"))
+    p.set_defaults(**dict.fromkeys(DETECTION_FLAGS))  # None until given: without --detect_faces they would do nothing
     p.add_argument("--annotate", metavar="DIR",
                    help="write copies of the images (same name and format) and <video>_annotated.mp4 with every "
-                        "face's box, track id, expression and valence/arousal")
+                        "face's box, track id, expression and valence/arousal (a folder searched for inputs "
+                        "skips this folder and the timelines beside --out: a rerun does not read its own outputs)")
     p.add_argument("--frame_step", type=positive_int, default=1, metavar="N",
                    help="use every N-th video frame (default 1)")
     p.add_argument("--smooth", type=float_in(0, 1, lo_open=True), metavar="ALPHA",
@@ -73,6 +76,12 @@ def get_args(argv=None):
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     args = p.parse_args(argv)
     args.detect_faces = args.detect_faces or args.largest_face
+    given = [f"--{f}" for f in DETECTION_FLAGS if getattr(args, f) is not None]
+    if given and not args.detect_faces:
+        p.error(f"{', '.join(given)}: only with --detect_faces (without it the whole picture is predicted, no face "
+                f"is detected)")
+    args.detector, args.min_face, args.align = (args.detector or "mtcnn", args.min_face or FER_face.MIN_FACE,
+                                                args.align or "template")
     return args
 
 
@@ -117,9 +126,25 @@ def kind_of(path):
     return "video" if suffix in VIDEO_EXTS else "image" if suffix in IMAGE_EXTS else None
 
 
-def collect_inputs(paths):
+def own_outputs(out, annotate):
+    """is_output(path, is_dir): whether a file or folder met in a folder search is where this run writes
+    (the --annotate folder, the timelines beside --out), so that a rerun does not read the last run's
+    outputs as inputs (and then refuse to overwrite them)."""
+    annotate = annotate.resolve() if annotate else None
+    out_dir = out.resolve().parent if out else None
+    timeline = re.compile(re.escape(out.stem) + r"_.+_timeline\.png", re.IGNORECASE) if out else None
+
+    def is_output(path, is_dir):
+        if is_dir:
+            return annotate is not None and path.resolve() == annotate
+        return timeline is not None and bool(timeline.fullmatch(path.name)) and path.parent.resolve() == out_dir
+    return is_output
+
+
+def collect_inputs(paths, is_output=lambda path, is_dir: False):
     """The inputs in command-line order (folders: their images and videos, sorted, without following
-    links to folders), and the skipped ones with the reason. The same file twice is read once."""
+    links to folders, nor this run's outputs), and the skipped ones with the reason. The same file
+    twice is read once."""
     inputs, skipped, seen = [], [], set()
 
     def add(path, rel, kind):
@@ -137,10 +162,10 @@ def collect_inputs(paths):
             top = p.resolve().name or "root"
             for folder, dirs, files in os.walk(p, onerror=lambda e: skipped.append(f"{shown(e.filename)}: "
                                                                                    f"{e.strerror}")):
-                dirs.sort()
+                dirs[:] = sorted(d for d in dirs if not is_output(Path(folder) / d, True))
                 for f in sorted(files):
                     f = Path(folder) / f
-                    if kind_of(f):
+                    if kind_of(f) and not is_output(f, False):
                         add(f, Path(top) / f.relative_to(p), kind_of(f))
         else:
             add(p, Path(p.name), kind_of(p) or "image")
@@ -173,11 +198,12 @@ def plan_outputs(inputs, out, annotate):
                 files["timeline"] = out.with_name(f"{out.stem}_{label}_timeline.png")
             if free(*files.values()):
                 break
-        for t in files.values():
-            check_replaceable(t, "--annotate" if t.parent == annotate or annotate in t.parents else "--out")
+        for kind, t in files.items():
+            flag, where = ("--annotate", annotate) if kind == "annotated" else ("--out", out)
+            check_replaceable(t, flag)
             taken.add(str(t.resolve()).lower())
             if t.resolve() in sources:
-                raise FERError(f"--annotate {annotate}: would overwrite the input {shown(t)}")
+                raise FERError(f"{flag} {where}: would overwrite the input {shown(t)}")
         plan[inp.name] = files
     if out.resolve() in sources:
         raise FERError(f"--out {out}: is one of the inputs")
@@ -416,8 +442,18 @@ def annotate_image(inp, faces, target, stage):
     bgr = cv2.imread(str(inp.path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise FERError(f"{shown(inp.path)}: could not be read again for --annotate")
-    if not cv2.imwrite(str(stage(target)), draw(bgr, faces)):
+    # Encoded in memory, written by Python: a full disk is then one OSError, not libpng's own line on stderr.
+    ok, data = cv2.imencode(target.suffix, draw(bgr, faces))
+    if not ok:
         raise write_failed(target, "the annotated image")
+    Path(stage(target)).write_bytes(data.tobytes())
+
+
+def video_size(width, height, largest=7680):
+    """The annotated video's frame size: the mp4v encoder cannot open 8192-px-wide (8K 360-degree) or
+    1-px frames, so larger frames are scaled down to fit and 1-px ones up."""
+    s = min(1.0, largest / max(width, height))
+    return max(2, round(width * s)), max(2, round(height * s))
 
 
 def annotate_video(inp, rows, frame_step, target, stage):
@@ -434,11 +470,12 @@ def annotate_video(inp, rows, frame_step, target, stage):
             if frame not in by_frame:
                 break
             if writer is None:
-                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps / frame_step,
-                                         (rgb.shape[1], rgb.shape[0]))
+                size = video_size(rgb.shape[1], rgb.shape[0])
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps / frame_step, size)
                 if not writer.isOpened():
                     raise write_failed(target, "the annotated video")
-            writer.write(draw(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), by_frame[frame]))
+            bgr = draw(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), by_frame[frame])
+            writer.write(bgr if bgr.shape[1::-1] == size else cv2.resize(bgr, size, interpolation=cv2.INTER_AREA))
             written += 1
     finally:
         if writer is not None:
@@ -522,8 +559,10 @@ def main(argv=None):
     args = get_args(argv)
     # Everything that can be checked without the model, first: a bad path fails in a second.
     out = check_output(args.out, "--out")
+    if args.annotate == "":  # an unset shell variable: not "no annotation", nor the current folder
+        raise FERError("--annotate: an empty path (give the folder for the annotated copies)")
     annotate = check_output(args.annotate, "--annotate", folder=True) if args.annotate else None
-    inputs, skipped = collect_inputs(args.paths)
+    inputs, skipped = collect_inputs(args.paths, own_outputs(out, annotate))
     plan = plan_outputs(inputs, out, annotate)
     check_not_inputs([("--out", out)] + [("--annotate" if kind == "annotated" else "--out", path)
                                          for files in plan.values() for kind, path in files.items()],
@@ -534,6 +573,9 @@ def main(argv=None):
     threshold = FER_face.check_arguments(args)
     device = check_device(args.device)
     if not inputs:
+        if not skipped:  # only folders, holding no image or video
+            raise FERError(f"nothing to predict: no image or video ({', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))}) "
+                           f"in {', '.join(map(shown, args.paths))}")
         raise FERError(f"nothing to predict: {'; '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}")
 
     import torch
