@@ -3,10 +3,18 @@
 Every test fails on the code before its fix and passes after. They reuse the session fixtures
 (`demo`, `trained`) and run the scripts in-process (`run_here`); none trains a model.
 """
+import json
+import shutil
+
 import numpy as np
+import pandas as pd
 import pytest
 
 import FER_metrics as M
+from conftest import run_here
+from test_trust import one_error_line
+
+EVAL = "eval_resnet50.py"
 
 NAMES = ["Neutral", "Happy", "Sad"]
 
@@ -50,3 +58,56 @@ def test_a_dimension_without_labels_has_no_interval_and_the_other_keeps_its_own(
     assert not any(k.startswith("valence.") for k in samples) and "rmse_combined" not in samples
     report = M.bootstrap_report(samples, 100, 0)
     assert report["bootstrap"]["used"]["arousal.rmse"] == 100 and report["ci95"]["arousal"]["ccc"] is not None
+
+
+# --- eval_resnet50.py: flags --------------------------------------------------------------------
+@pytest.mark.parametrize("flags,needle", [
+    (["--bootstrap", "99999999999999999999999"], "--bootstrap"),  # was a traceback after the evaluation
+    (["--bootstrap", "1"], "--bootstrap 1: too few resamples"),  # was a "95 % interval" of one value
+    (["--recrop", "detect", "--detector", "haar", "--face_threshold", "0.5"], "--face_threshold"),  # traceback
+])
+def test_eval_flags_fail_in_one_line_before_any_work(tmp_path, flags, needle):
+    r = run_here(EVAL, "--checkpoint", tmp_path / "missing.pth", "--out_dir", tmp_path / "out", *flags)
+    assert r.returncode == 2 and needle in one_error_line(r)
+    assert not (tmp_path / "out").exists()
+
+
+# --- eval_resnet50.py: two checkpoints ----------------------------------------------------------
+def test_a_checkpoint_compared_with_itself_is_refused(trained, demo, tmp_path):
+    """The same file twice, or through a link, gave a comparison of zeros with exit 0."""
+    link = tmp_path / "link.pth"
+    link.symlink_to(trained)
+    for b in (trained, link):
+        r = run_here(EVAL, "--checkpoint", trained, b, "--meta", demo["val"], "--out_dir", tmp_path / "out",
+                     "--num_workers", 0, "--bootstrap", 0)
+        assert "is the same file as" in one_error_line(r, b)
+    assert not (tmp_path / "out").exists()
+
+
+def test_comparison_keeps_each_models_notes(trained, demo, tmp_path):
+    """A copy of A as B: said to hold the same weights. The notes of each model's own evaluation (here
+    the copy's untrained valence/arousal head) were dropped from the comparison."""
+    import torch
+    ckpt = torch.load(trained, weights_only=True)
+    ckpt["heads_trained"] = {"expression": True, "valence_arousal": False}
+    torch.save(ckpt, tmp_path / "b.pth")
+    r = run_here(EVAL, "--checkpoint", trained, tmp_path / "b.pth", "--meta", demo["val"], "--out_dir", tmp_path,
+                 "--num_workers", 0, "--bootstrap", 0)
+    assert r.returncode == 0, r.stderr
+    comp = json.loads((tmp_path / "comparison_resnet50.json").read_text())
+    assert any(n.startswith("A and B hold the same weights") for n in comp["notes"])
+    assert any(n.startswith("B: ") and "never trained" in n for n in comp["notes"])
+    assert "note: B: " in r.stdout and "A: " not in "".join(comp["notes"])
+
+
+# --- eval_resnet50.py: outputs onto inputs ------------------------------------------------------
+def test_save_predictions_never_replaces_an_evaluated_image(trained, demo, tmp_path):
+    """--save_predictions onto an image of the evaluated set, with --overwrite: the image became a CSV."""
+    data = tmp_path / "data"
+    shutil.copytree(demo["root"], data)
+    image = data / "images" / pd.read_parquet(demo["val"])["filename"].iloc[0]
+    before = image.read_bytes()
+    r = run_here(EVAL, "--checkpoint", trained, "--meta", demo["val"], "--root", data, "--out_dir", tmp_path / "out",
+                 "--save_predictions", image, "--overwrite", "--num_workers", 0, "--bootstrap", 0, "--report", "off")
+    assert "image of --meta" in one_error_line(r, image)
+    assert image.read_bytes() == before and not (tmp_path / "out").exists()
