@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -324,20 +323,15 @@ def write_report(args, metrics, class_names, ds, out):
                                      progress=sys.stderr.isatty())
             Path(stage(out_dir / OUTPUTS[3])).write_bytes(page.encode("utf-8", "xmlcharrefreplace"))
             written.append(OUTPUTS[3])
-        stale = earlier_files(out_dir, stage)
-    return written, remove(stale)
+        removed = remove_earlier_files(out_dir, stage)
+    return written, removed
 
 
-def earlier_files(out_dir, stage):
+def remove_earlier_files(out_dir, stage):
     """The files of an earlier evaluation in out_dir that this run does not write (asked before the
-    stage commits): removed once the new set is in place, so the folder holds one evaluation only."""
-    return [out_dir / name for name in OUTPUTS if out_dir / name not in stage.files and (out_dir / name).exists()]
-
-
-def remove(paths):
-    for path in paths:
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    return [p.name for p in paths]
+    stage commits): removed as the new set is renamed into place, so the folder holds one evaluation only."""
+    stage.obsolete = [out_dir / n for n in OUTPUTS if out_dir / n not in stage.files and (out_dir / n).exists()]
+    return [p.name for p in stage.obsolete]
 
 
 def save_predictions(path, ds, out, va_pred, class_names):
@@ -387,10 +381,10 @@ def main(argv=None):
         comp = compare_checkpoints(args)
         with staged_outputs() as stage:
             write_text(json.dumps(comp, indent=2), out_dir / COMPARISON, stage)
-            stale = earlier_files(out_dir, stage)
-        removed = remove(stale)
+            removed = remove_earlier_files(out_dir, stage)
         print(FER_metrics.format_comparison(comp, args.checkpoint, args.checkpoint_b))
-        print("\n".join(f"note: {n}" for n in comp["notes"]))
+        for note in comp["notes"]:
+            print(f"note: {note}")
         print(f"wrote {COMPARISON} to {out_dir.resolve()}")
         report_removed(removed, out_dir)
         return

@@ -4,15 +4,19 @@ Every test fails on the code before its fix and passes after. They reuse the ses
 (`demo`, `trained`) and run the scripts in-process (`run_here`); none trains a model.
 """
 import json
+import os
 import shutil
+import signal
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import FER_io
 import FER_metrics as M
 from conftest import run_here
 from test_trust import one_error_line
+from test_trust_second import with_index
 
 EVAL = "eval_resnet50.py"
 
@@ -111,3 +115,25 @@ def test_save_predictions_never_replaces_an_evaluated_image(trained, demo, tmp_p
                  "--save_predictions", image, "--overwrite", "--num_workers", 0, "--bootstrap", 0, "--report", "off")
     assert "image of --meta" in one_error_line(r, image)
     assert image.read_bytes() == before and not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_during_the_commit_does_not_leave_two_evaluations_in_one_folder(trained, demo, tmp_path, monkeypatch):
+    """--overwrite with a classification-only set over a valence/arousal evaluation: a Ctrl-C held back
+    through the renames arrived before the earlier ValenceArousal picture was removed, so the folder
+    held the new metrics beside the old picture."""
+    out = tmp_path / "out"
+    flags = ["--checkpoint", trained, "--out_dir", out, "--num_workers", 0, "--bootstrap", 0, "--report", "off"]
+    assert run_here(EVAL, *flags, "--meta", demo["val"]).returncode == 0
+    assert (out / "ValenceArousal_resnet50.png").exists()
+    no_va = with_index(demo["val"], tmp_path / "no_va.parquet", lambda df: df.drop(columns=["valence", "arousal"]))
+    real = os.replace
+
+    def replace_then_ctrl_c(src, dst):
+        real(src, dst)
+        os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(FER_io.os, "replace", replace_then_ctrl_c)
+    r = run_here(EVAL, *flags, "--meta", no_va, "--overwrite")
+    assert r.returncode == 130, r.stderr
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == ["ConfusionMatrix_resnet50.png", "metrics_resnet50.json"]
+    assert "valence" not in json.loads((out / "metrics_resnet50.json").read_text())
