@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 
 import numpy as np
 import pandas as pd
@@ -137,3 +138,12 @@ def test_ctrl_c_during_the_commit_does_not_leave_two_evaluations_in_one_folder(t
     monkeypatch.undo()
     assert sorted(p.name for p in out.iterdir()) == ["ConfusionMatrix_resnet50.png", "metrics_resnet50.json"]
     assert "valence" not in json.loads((out / "metrics_resnet50.json").read_text())
+
+
+# --- export_onnx.py -----------------------------------------------------------------------------
+def test_export_without_onnxruntime_says_so_before_exporting(trained, tmp_path, monkeypatch):
+    """onnxruntime missing: a traceback after the (slow) export, from the parity check."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails, find_spec finds nothing: not installed
+    r = run_here("export_onnx.py", "--checkpoint", trained, "--out", tmp_path / "m.onnx")
+    assert r.returncode == 1 and "onnxruntime not installed" in one_error_line(r)
+    assert list(tmp_path.iterdir()) == []
