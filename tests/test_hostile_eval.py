@@ -147,3 +147,17 @@ def test_export_without_onnxruntime_says_so_before_exporting(trained, tmp_path, 
     r = run_here("export_onnx.py", "--checkpoint", trained, "--out", tmp_path / "m.onnx")
     assert r.returncode == 1 and "onnxruntime not installed" in one_error_line(r)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- FER_report.py ------------------------------------------------------------------------------
+def test_page_shows_a_name_with_a_bidi_override_as_it_is_spelled(tmp_path):
+    """'a\\u202eevil.jpg' was shown as 'agpj.live': the override reversed the rest of the caption."""
+    import FER_report
+    rng = np.random.default_rng(0)
+    y = np.arange(12) % 3
+    logits = rng.normal(size=(12, 3)) + np.eye(3)[y]
+    m = M.evaluate(logits, np.zeros((12, 2)), y, None, NAMES)
+    names = ["a\u202eevil.jpg"] + [f"{i}.jpg" for i in range(1, 12)]
+    page = FER_report.render(m, {"logits": logits, "y_cls": y, "va": np.zeros((12, 2)), "y_reg": None},
+                             [str(tmp_path / n) for n in names], names)
+    assert "\u202e" not in page and "a[U+202E]evil.jpg" in page
