@@ -367,6 +367,8 @@ def main(argv=None):
     args.command = shlex.join(["python", sys.argv[0] if argv is None else "eval_resnet50.py",
                                *(sys.argv[1:] if argv is None else argv)])
     out_dir = check_output(args.out_dir, "--out_dir", folder=True)
+    if args.root:  # both modes: not as a missing image once a model is loaded
+        check_input(args.root, "--root", folder=True)
     if args.checkpoint_b:
         for flag, path in [("--checkpoint", args.checkpoint), ("--checkpoint", args.checkpoint_b)] + \
                 [("--meta", m) for m in args.meta]:
@@ -394,8 +396,6 @@ def main(argv=None):
         check_output(args.save_predictions, "--save_predictions")
     check_not_inputs([("--out_dir", out_dir / n) for n in OUTPUTS] + [("--save_predictions", args.save_predictions)],
                      [("--checkpoint", args.checkpoint)] + [("--meta", m) for m in args.meta])
-    if args.root:
-        check_input(args.root, "--root", folder=True)
     check_earlier_evaluation(args, out_dir)
     metrics, class_names, ds, out = evaluate_checkpoint(args)
     if args.save_predictions:  # the images are inputs too (known now): --overwrite must not replace one with a CSV

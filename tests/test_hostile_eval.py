@@ -89,6 +89,13 @@ def test_a_checkpoint_compared_with_itself_is_refused(trained, demo, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_comparison_checks_root_like_one_evaluation(trained, tmp_path):
+    """Two checkpoints and a missing --root: the error named an image (after loading the first model)."""
+    r = run_here(EVAL, "--checkpoint", trained, tmp_path / "b.pth", "--meta", tmp_path / "m.parquet",
+                 "--root", tmp_path / "gone", "--out_dir", tmp_path / "out")
+    assert "--root" in one_error_line(r, tmp_path / "gone")
+
+
 def test_comparison_keeps_each_models_notes(trained, demo, tmp_path):
     """A copy of A as B: said to hold the same weights. The notes of each model's own evaluation (here
     the copy's untrained valence/arousal head) were dropped from the comparison."""
