@@ -75,7 +75,7 @@ class Stage:
             for target, tmp in self.files.items():
                 os.replace(tmp, target)
             for path in self.obsolete:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
             self.files, self.obsolete = {}, []
 
     def discard(self):

@@ -367,6 +367,8 @@ def main(argv=None):
     args.command = shlex.join(["python", sys.argv[0] if argv is None else "eval_resnet50.py",
                                *(sys.argv[1:] if argv is None else argv)])
     out_dir = check_output(args.out_dir, "--out_dir", folder=True)
+    for name in OUTPUTS:  # both modes: --overwrite removes those this run does not write, so each must be a file
+        check_output(out_dir / name, "--out_dir")
     if args.root:  # both modes: not as a missing image once a model is loaded
         check_input(args.root, "--root", folder=True)
     if args.checkpoint_b:
@@ -376,7 +378,6 @@ def main(argv=None):
         if os.path.samefile(args.checkpoint, args.checkpoint_b):  # links and other spellings too
             raise FERError(f"--checkpoint {args.checkpoint_b}: is the same file as {args.checkpoint}; a model "
                            f"compared with itself differs by 0 everywhere: give two different checkpoints")
-        check_output(out_dir / COMPARISON, "--out_dir")
         check_not_inputs([("--out_dir", out_dir / COMPARISON)], [("--checkpoint", c) for c in
                                                                    (args.checkpoint, args.checkpoint_b)])
         check_earlier_evaluation(args, out_dir)
@@ -390,8 +391,6 @@ def main(argv=None):
         print(f"wrote {COMPARISON} to {out_dir.resolve()}")
         report_removed(removed, out_dir)
         return
-    for name in OUTPUTS:
-        check_output(out_dir / name, "--out_dir")
     if args.save_predictions:
         check_output(args.save_predictions, "--save_predictions")
     check_not_inputs([("--out_dir", out_dir / n) for n in OUTPUTS] + [("--save_predictions", args.save_predictions)],

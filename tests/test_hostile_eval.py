@@ -112,6 +112,22 @@ def test_comparison_keeps_each_models_notes(trained, demo, tmp_path):
     assert "note: B: " in r.stdout and "A: " not in "".join(comp["notes"])
 
 
+def test_comparison_overwrite_never_removes_a_folder_named_like_an_output(trained, demo, tmp_path):
+    """A folder metrics_resnet50.json/ in --out_dir was removed with everything in it by a comparison
+    with --overwrite (one evaluation refuses such a folder)."""
+    import torch
+    ckpt = torch.load(trained, weights_only=True)
+    ckpt["model"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    torch.save(ckpt, tmp_path / "b.pth")
+    folder = tmp_path / "out" / "metrics_resnet50.json"
+    folder.mkdir(parents=True)
+    (folder / "precious.txt").write_text("mine")
+    r = run_here(EVAL, "--checkpoint", trained, tmp_path / "b.pth", "--meta", demo["val"], "--out_dir", tmp_path / "out",
+                 "--num_workers", 0, "--bootstrap", 0, "--overwrite")
+    assert "is a folder" in one_error_line(r, folder)
+    assert (folder / "precious.txt").read_text() == "mine"
+
+
 # --- eval_resnet50.py: outputs onto inputs ------------------------------------------------------
 def test_save_predictions_never_replaces_an_evaluated_image(trained, demo, tmp_path):
     """--save_predictions onto an image of the evaluated set, with --overwrite: the image became a CSV."""
