@@ -51,6 +51,7 @@ class Stage:
 
     def __init__(self):
         self.files = {}  # target -> temporary path
+        self.obsolete = []  # files of an earlier run to remove with the commit (not after it: a Ctrl-C between)
 
     def __call__(self, target):
         """The temporary path to write instead of target (same folder and suffix, so writers that
@@ -73,7 +74,9 @@ class Stage:
         with _signals_held():
             for target, tmp in self.files.items():
                 os.replace(tmp, target)
-            self.files = {}
+            for path in self.obsolete:
+                path.unlink(missing_ok=True)
+            self.files, self.obsolete = {}, []
 
     def discard(self):
         for tmp in self.files.values():

@@ -323,12 +323,17 @@ def _ranking_metrics(scores, positive):
 
 
 def _resampled_regression(idx, va_true, va_pred):
-    """{key: (resamples,) values} of the valence/arousal metrics over the resampled rows that have labels."""
-    ok = ~np.isnan(va_true).any(1)
-    w = ok[idx].astype(np.float64)
-    m = w.sum(1)
+    """{key: (resamples,) values} of the valence/arousal metrics, each dimension over the resampled rows that
+    have it and the combined RMSE over those that have both, as evaluate() scores them (not over the rows
+    with both: an interval must belong to its point estimate); a dimension without labels is absent."""
+    has = ~np.isnan(va_true)
+    both = has.all(1)[idx].astype(np.float64)
     out, sq = {}, 0
     for j, name in enumerate(("valence", "arousal")):
+        if not has[:, j].any():
+            continue
+        w = has[idx, j].astype(np.float64)
+        m = w.sum(1)
         t, p = np.nan_to_num(va_true[:, j])[idx], clip_va(np.asarray(va_pred[:, j], np.float64))[idx]
         mean = lambda x: _ratio((w * x).sum(1), m)  # noqa: E731
         mt, mp = mean(t), mean(p)
@@ -336,14 +341,15 @@ def _resampled_regression(idx, va_true, va_pred):
         cov = mean((t - mt[:, None]) * (p - mp[:, None]))
         spread = lambda x: np.where(w > 0, x, -np.inf).max(1) - np.where(w > 0, x, np.inf).min(1)  # noqa: E731
         constant_t, constant_p = spread(t) == 0, spread(p) == 0
-        sq = sq + w * (p - t) ** 2
+        sq = sq + both * (p - t) ** 2
         out[f"{name}.rmse"] = np.sqrt(mean((p - t) ** 2))
         out[f"{name}.mae"] = mean(np.abs(p - t))
         out[f"{name}.corr"] = np.where(constant_t | constant_p, np.nan, _ratio(cov, np.sqrt(vt * vp)))
         out[f"{name}.sagr"] = mean(np.sign(t) == np.sign(p))
         out[f"{name}.ccc"] = np.where(constant_t & constant_p & (mt == mp), np.nan,
                                       _ratio(2 * cov, vt + vp + (mt - mp) ** 2))
-    out["rmse_combined"] = np.sqrt(_ratio(sq.sum(1), 2 * m))
+    if has.all(1).any():
+        out["rmse_combined"] = np.sqrt(_ratio(sq.sum(1), 2 * both.sum(1)))
     return out
 
 

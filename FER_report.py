@@ -92,8 +92,13 @@ img.chart{max-width:100%;height:auto;border:1px solid #d0d7de}
 """
 
 
+# Bidirectional controls (U+202A-202E, U+2066-2069) and marks (U+200E, U+200F): a file name holding one
+# would display reversed ("a\u202eevil.jpg" as "agpj.live"), so they are shown by their code.
+BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def esc(x):
-    return html.escape(str(x), quote=True)
+    return BIDI.sub(lambda m: f"[U+{ord(m.group()):04X}]", html.escape(str(x), quote=True))
 
 
 def num(x, digits=4):

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -31,6 +30,9 @@ from FER_io import (ArgumentParser, FERError, check_device, check_not_inputs, ch
 OUTPUTS = ("metrics_resnet50.json", "ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png",
            "report_resnet50.html", "comparison_resnet50.json")
 COMPARISON = OUTPUTS[4]
+# --bootstrap: fewer resamples give no 95 % interval (its ends are the 2.5th and 97.5th percentiles); more
+# would not fit in memory (the resample matrix holds resamples x images indices).
+MIN_RESAMPLES, MAX_RESAMPLES = 100, 100_000
 
 
 def get_args(argv=None):
@@ -66,16 +68,23 @@ def get_args(argv=None):
                    help="detect: detect the face in every image again and crop it as predict.py --detect_faces "
                         "does (--detector, --align) before predicting; none (default): the dataset's crops")
     FER_face.add_arguments(g, min_face=20)
-    p.add_argument("--bootstrap", type=nonneg_int, default=1000, metavar="N",
-                   help="resamples of the images for the 95%% intervals (0: no intervals)")
+    p.add_argument("--bootstrap", type=int_at_least(0, MAX_RESAMPLES), default=1000, metavar="N",
+                   help=f"resamples of the images for the 95%% intervals: 0 (no intervals) or {MIN_RESAMPLES}-"
+                        f"{MAX_RESAMPLES}")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the bootstrap resamples")
     args = p.parse_args(argv)
     if len(args.checkpoint) > 2:
         p.error(f"--checkpoint: one checkpoint, or two to compare (got {len(args.checkpoint)})")
     if len(args.checkpoint) == 2 and args.save_predictions:
         p.error("--save_predictions: give one --checkpoint (evaluate each model alone to save its predictions)")
+    if 0 < args.bootstrap < MIN_RESAMPLES:  # a 2.5th percentile of a few values is no 95 % interval
+        p.error(f"--bootstrap {args.bootstrap}: too few resamples for a 95% interval; give at least "
+                f"{MIN_RESAMPLES}, or 0 for none")
     args.checkpoint, args.checkpoint_b = args.checkpoint[0], (args.checkpoint[1:] or [None])[0]
-    args.face_threshold = FER_face.check_arguments(args)
+    try:
+        args.face_threshold = FER_face.check_arguments(args)
+    except FERError as e:  # a flag combination: fails like any bad flag, before the imports
+        p.error(str(e))
     return args
 
 
@@ -276,9 +285,16 @@ def compare_checkpoints(args):
     comp = FER_metrics.paired_comparison(a, b, resampled(out_a, scored, idx), resampled(out_b, scored, idx),
                                          out_a["logits"].argmax(1) == out_a["y_cls"],
                                          out_b["logits"].argmax(1) == out_b["y_cls"], len(idx), args.seed)
-    comp.update(a={k: a[k] for k in ("checkpoint", "checkpoint_fingerprint", "run")},
-                b={k: b[k] for k in ("checkpoint", "checkpoint_fingerprint", "run")},
+    comp.update(a={k: a[k] for k in ("checkpoint", "checkpoint_fingerprint", "run", "notes")},
+                b={k: b[k] for k in ("checkpoint", "checkpoint_fingerprint", "run", "notes")},
                 data=a["data"], meta=a["meta"], classes_scored=scored, tta=args.tta)
+    # What each model's own report would say (an untrained valence/arousal head, classes left out of its
+    # argmax, faces not found) belongs beside the differences it explains.
+    comp["notes"] = [n for n in a["notes"] if n in b["notes"]] + \
+        [f"{side}: {n}" for side, m, other in (("A", a, b), ("B", b, a)) for n in m["notes"] if n not in other["notes"]]
+    if a["checkpoint_fingerprint"] == b["checkpoint_fingerprint"]:
+        comp["notes"].insert(0, f"A and B hold the same weights (fingerprint {a['checkpoint_fingerprint'][:12]}): "
+                                f"every difference is 0 by construction")
     return comp
 
 
@@ -307,20 +323,15 @@ def write_report(args, metrics, class_names, ds, out):
                                      progress=sys.stderr.isatty())
             Path(stage(out_dir / OUTPUTS[3])).write_bytes(page.encode("utf-8", "xmlcharrefreplace"))
             written.append(OUTPUTS[3])
-        stale = earlier_files(out_dir, stage)
-    return written, remove(stale)
+        removed = remove_earlier_files(out_dir, stage)
+    return written, removed
 
 
-def earlier_files(out_dir, stage):
+def remove_earlier_files(out_dir, stage):
     """The files of an earlier evaluation in out_dir that this run does not write (asked before the
-    stage commits): removed once the new set is in place, so the folder holds one evaluation only."""
-    return [out_dir / name for name in OUTPUTS if out_dir / name not in stage.files and (out_dir / name).exists()]
-
-
-def remove(paths):
-    for path in paths:
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    return [p.name for p in paths]
+    stage commits): removed as the new set is renamed into place, so the folder holds one evaluation only."""
+    stage.obsolete = [out_dir / n for n in OUTPUTS if out_dir / n not in stage.files and (out_dir / n).exists()]
+    return [p.name for p in stage.obsolete]
 
 
 def save_predictions(path, ds, out, va_pred, class_names):
@@ -356,33 +367,40 @@ def main(argv=None):
     args.command = shlex.join(["python", sys.argv[0] if argv is None else "eval_resnet50.py",
                                *(sys.argv[1:] if argv is None else argv)])
     out_dir = check_output(args.out_dir, "--out_dir", folder=True)
+    for name in OUTPUTS:  # both modes: --overwrite removes those this run does not write, so each must be a file
+        check_output(out_dir / name, "--out_dir")
+    if args.root:  # both modes: not as a missing image once a model is loaded
+        check_input(args.root, "--root", folder=True)
     if args.checkpoint_b:
         for flag, path in [("--checkpoint", args.checkpoint), ("--checkpoint", args.checkpoint_b)] + \
                 [("--meta", m) for m in args.meta]:
             check_input(path, flag)  # both models and the data before the first is evaluated
-        check_output(out_dir / COMPARISON, "--out_dir")
+        if os.path.samefile(args.checkpoint, args.checkpoint_b):  # links and other spellings too
+            raise FERError(f"--checkpoint {args.checkpoint_b}: is the same file as {args.checkpoint}; a model "
+                           f"compared with itself differs by 0 everywhere: give two different checkpoints")
         check_not_inputs([("--out_dir", out_dir / COMPARISON)], [("--checkpoint", c) for c in
                                                                    (args.checkpoint, args.checkpoint_b)])
         check_earlier_evaluation(args, out_dir)
         comp = compare_checkpoints(args)
         with staged_outputs() as stage:
             write_text(json.dumps(comp, indent=2), out_dir / COMPARISON, stage)
-            stale = earlier_files(out_dir, stage)
-        removed = remove(stale)
+            removed = remove_earlier_files(out_dir, stage)
         print(FER_metrics.format_comparison(comp, args.checkpoint, args.checkpoint_b))
+        for note in comp["notes"]:
+            print(f"note: {note}")
         print(f"wrote {COMPARISON} to {out_dir.resolve()}")
         report_removed(removed, out_dir)
         return
-    for name in OUTPUTS:
-        check_output(out_dir / name, "--out_dir")
     if args.save_predictions:
         check_output(args.save_predictions, "--save_predictions")
     check_not_inputs([("--out_dir", out_dir / n) for n in OUTPUTS] + [("--save_predictions", args.save_predictions)],
                      [("--checkpoint", args.checkpoint)] + [("--meta", m) for m in args.meta])
-    if args.root:
-        check_input(args.root, "--root", folder=True)
     check_earlier_evaluation(args, out_dir)
     metrics, class_names, ds, out = evaluate_checkpoint(args)
+    if args.save_predictions:  # the images are inputs too (known now): --overwrite must not replace one with a CSV
+        name = Path(args.save_predictions).name
+        check_not_inputs([("--save_predictions", args.save_predictions)],
+                         [("image of --meta", path) for path in ds.paths if Path(path).name == name])
     if args.bootstrap:
         idx = FER_metrics.bootstrap_indices(len(ds), args.bootstrap, args.seed)
         metrics.update(FER_metrics.bootstrap_report(resampled(out, class_names, idx), args.bootstrap, args.seed))

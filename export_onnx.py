@@ -9,6 +9,7 @@ the output, but it means nothing) are in the model's metadata. After export the 
 onnxruntime on random input; the script fails if the largest difference from PyTorch exceeds --tolerance.
 """
 import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
+import importlib.util
 import json
 from pathlib import Path
 
@@ -16,13 +17,25 @@ from FER_io import (ArgumentParser, FERError, check_not_inputs, check_output, fl
                     staged_outputs)
 
 MIN_OPSET = 18  # the oldest opset torch.onnx's dynamo exporter writes
+NEEDED = ("onnx", "onnxscript", "onnxruntime")  # the file, torch.onnx's exporter, the parity check
+
+
+def not_installed():
+    """One line naming the export's packages that are not installed (None when all are): said before the
+    export, not as a traceback after it."""
+    missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]  # without importing (seconds)
+    return f"{', '.join(missing)} not installed: the export needs {', '.join(NEEDED)} " \
+           f"(pip install -r requirements.txt)" if missing else None
 
 
 def get_args(argv=None):
+    p = ArgumentParser(description=__doc__)
+    missing = not_installed()
+    if missing:
+        p.exit(1, f"error: {missing}\n")
     import onnx
 
     newest = onnx.defs.onnx_opset_version()
-    p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", default="FER_resnet50.pth", help="checkpoint written by training")
     p.add_argument("--out", default="FER_resnet50.onnx",
                    help="ONNX file to write (an existing file is replaced only after the new one passed the check)")
