@@ -71,7 +71,7 @@ class Stage:
         for target, tmp in self.files.items():
             if not tmp.exists():
                 raise FERError(f"{target}: nothing was written")
-        with _signals_held():
+        with signals_held():
             for target, tmp in self.files.items():
                 os.replace(tmp, target)
             for path in self.obsolete:
@@ -91,7 +91,7 @@ class Stage:
 
 
 @contextmanager
-def _signals_held(signals=(signal.SIGINT, signal.SIGTERM)):
+def signals_held(signals=(signal.SIGINT, signal.SIGTERM)):
     """Deliver these signals only after the block: their handlers (Python runs them in the main thread,
     whichever thread the kernel picks) just note them meanwhile; the first is raised again after."""
     if threading.current_thread() is not threading.main_thread():

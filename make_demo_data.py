@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from FER_io import ArgumentParser, FERError, _signals_held, check_output, int_at_least, process_gone, run_main
+from FER_io import ArgumentParser, FERError, check_output, int_at_least, process_gone, run_main, signals_held
 from metadata_parallel import FER2013_LABELS, FERPLUS_LABELS, FERPLUS_VOTES, RAFDB_LABELS
 
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
@@ -355,7 +355,7 @@ def replaced_folder(out):
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        with _signals_held():  # a Ctrl-C between the two renames would leave no --out at all
+        with signals_held():  # a Ctrl-C between the two renames would leave no --out at all
             if out.exists():
                 os.replace(out, old)
             os.replace(tmp, out)
