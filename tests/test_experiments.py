@@ -190,6 +190,7 @@ def random_case(seed, n, classes=8):
     va_true = rng.uniform(-1, 1, (n, 2))
     va_pred = 0.6 * va_true + rng.normal(0, 0.3, (n, 2))
     va_true[:3] = np.nan  # rows without labels
+    va_true[3:6, 0] = np.nan  # rows with arousal only: each dimension is scored over the rows that have it
     return y, logits, va_pred, va_true
 
 
@@ -212,14 +213,15 @@ def reference_metrics(y, probs, va_pred, va_true, names, full_classes):
         out[f"per_class.{name}.precision"] = p[i] if predicted[i] else None
         out[f"per_class.{name}.recall"] = r[i] if s[i] else None
         out[f"per_class.{name}.f1"] = f[i] if s[i] else None
-    ok = ~np.isnan(va_true).any(1)
     for j, name in enumerate(("valence", "arousal")):
+        ok = ~np.isnan(va_true[:, j])
         t, q = va_true[ok, j], np.clip(va_pred[ok, j], -1, 1)
         out[f"{name}.rmse"] = np.sqrt(skm.mean_squared_error(t, q))
         out[f"{name}.mae"] = skm.mean_absolute_error(t, q)
         out[f"{name}.corr"] = np.corrcoef(t, q)[0, 1]
         out[f"{name}.sagr"] = np.mean(np.sign(t) == np.sign(q))
         out[f"{name}.ccc"] = 2 * np.cov(t, q, bias=True)[0, 1] / (t.var() + q.var() + (t.mean() - q.mean()) ** 2)
+    ok = ~np.isnan(va_true).any(1)
     out["rmse_combined"] = np.sqrt(skm.mean_squared_error(va_true[ok], np.clip(va_pred[ok], -1, 1)))
     return out
 
