@@ -209,8 +209,9 @@ def read_config_file(path):
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"--config {path}: not a readable text file ({type(e).__name__})") from None
+    kind = "JSON" if Path(path).suffix.lower() == ".json" else "YAML"
     try:
-        if Path(path).suffix.lower() == ".json":
+        if kind == "JSON":
             data = json.loads(text)
         else:
             import yaml
@@ -220,7 +221,7 @@ def read_config_file(path):
         mark = getattr(e, "problem_mark", None)
         first = f"{e.problem} at line {mark.line + 1}" if mark is not None and getattr(e, "problem", None) else \
             (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"--config {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} ({first})") from None
+        raise ConfigError(f"--config {path}: not valid {kind} ({first})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

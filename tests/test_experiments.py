@@ -1,5 +1,6 @@
 """Run records, --config, TensorBoard, compare_runs.py, bootstrap intervals and paired comparisons."""
 import json
+import shutil
 
 import krippendorff
 import numpy as np
@@ -312,12 +313,15 @@ def test_eval_records_intervals_and_fingerprints(trained, demo, tmp_path):
     off = json.loads((tmp_path / "off" / "metrics_resnet50.json").read_text())
     assert "ci95" not in off and "bootstrap" not in off and off["accuracy"] == m["accuracy"]
 
-    # Two models on the same images, from the checkpoints and from saved predictions.
-    r = run_here("eval_resnet50.py", "--checkpoint", trained, trained, "--meta", demo["val"],
+    # Two models on the same images, from the checkpoints and from saved predictions. A copy holds the same
+    # weights: every difference is 0 (the same file twice is refused, see test_hostile_eval.py).
+    shutil.copyfile(trained, tmp_path / "copy.pth")
+    r = run_here("eval_resnet50.py", "--checkpoint", trained, tmp_path / "copy.pth", "--meta", demo["val"],
                  "--out_dir", tmp_path / "pair", "--num_workers", 0, "--bootstrap", 100)
     assert r.returncode == 0, r.stderr
     comp = json.loads((tmp_path / "pair" / "comparison_resnet50.json").read_text())
     assert comp["metrics"]["accuracy"]["diff"] == 0 and comp["mcnemar"]["p_value"] == 1.0
+    assert "A and B hold the same weights" in comp["notes"][0]
     assert comp["metrics"]["accuracy"]["ci95_diff"] == [0.0, 0.0] and "McNemar" in r.stdout
 
     df = pd.read_csv(tmp_path / "a.csv")
