@@ -27,6 +27,7 @@ import os
 import platform
 import random
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -317,6 +318,27 @@ def check_resume(ckpt_path, args, class_names):
     return ckpt
 
 
+def earlier_best(args, ckpt):
+    """A resume into another --save_path: the run's best checkpoint so far (beside --resume, as the run
+    named it), which the new folder needs as long as no later epoch beats it; None when the run
+    continues in its own folder or has no best epoch yet. One line when it is missing or is not the
+    checkpoint the run record names."""
+    last = output_paths(args.save_path)["last"]
+    if (last.exists() and os.path.samefile(args.resume, last)) or not ckpt["train_state"].get("history"):
+        return None
+    best = Path(args.resume).with_name(Path(str(ckpt["args"].get("save_path", ""))).name)
+    want = (ckpt.get("run") or {}).get("checkpoint_fingerprint")
+    try:
+        found = FER_run.weights_fingerprint(read_checkpoint(best)[1]) if best.is_file() else None
+    except CheckpointError:
+        found = None
+    if want is None or found != want:
+        raise TrainError(f"--resume {args.resume} into another --save_path needs the run's best checkpoint {best}, "
+                         f"{'which is not the one the run record names' if best.is_file() else 'not found'}: resume at "
+                         f"the run's own --save_path, or put its best checkpoint beside {Path(args.resume).name}")
+    return best
+
+
 def template_of(args, say):
     """The checkpoint's crop_template: where the five landmarks sit on average in the training crops
     (predict.py warps detected faces onto it), or None when the training index has no landmarks."""
@@ -566,10 +588,12 @@ def write_history(history, paths, stage):
     plt.close(fig)
 
 
-def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, fields, ema=None):
+def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, fields, ema=None,
+               carried_best=None):
     """The epoch's checkpoints, history, curves, run record and config, replaced together or not at all.
     fields: what every checkpoint records besides the weights (run record, heads trained, crop template).
-    The best checkpoint holds the weights --best_on chose; the last one both, to resume."""
+    The best checkpoint holds the weights --best_on chose; the last one both, to resume. carried_best: an
+    earlier best checkpoint (a resume into another --save_path), copied when this epoch is not better."""
     meta = dict(epoch=row["epoch"], metrics={k: v for k, v in row.items() if k.startswith(("val", "ema_val"))},
                 args=vars(args), **fields)
     with staged_outputs() as stage:
@@ -578,6 +602,8 @@ def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler,
         if better_acc:
             best = ema.module if args.best_on == "ema" else model
             save_checkpoint(checkpoint_payload(best, args.img_size, **meta), paths["best"], stage)
+        elif carried_best is not None:
+            shutil.copyfile(carried_best, stage(paths["best"]))
         extra = {"ema": ema.state_dict()} if ema is not None else {}
         save_checkpoint(checkpoint_payload(model, args.img_size, optimizer=optimizer.state_dict(),
                                            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
@@ -678,6 +704,7 @@ def train(args, rank, world, device, command=None):
         raise TrainError(f"{', '.join(args.train_meta)}: {len(class_names)} expression class(es) with labels 0-7; "
                          f"at least 2 are needed")
     resumed = check_resume(args.resume, args, class_names) if args.resume else None
+    carried_best = earlier_best(args, resumed) if resumed else None
     template = template_of(args, say)
     align = template if args.align == "template" else None
     train_ds = FERDataset(args.train_meta, train=True, size=args.img_size, root=args.root, classes=class_names,
@@ -781,7 +808,8 @@ def train(args, rank, world, device, command=None):
             best = ema.module if args.best_on == "ema" else model
             run.update(state, best.state_dict() if better_acc else None)
             save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler,
-                       dict(run=run.record, heads_trained=heads_trained, crop_template=template), ema)
+                       dict(run=run.record, heads_trained=heads_trained, crop_template=template), ema, carried_best)
+            carried_best = None  # copied, or replaced by a better epoch
         say(f"epoch {epoch + 1}/{args.epochs} [{stage_name}] lr {lr:.2e} | train loss {stats['train_loss']:.4f} "
             f"acc {stats['train_acc']:.4f} | val loss {stats['val_loss']:.4f} acc {stats['val_acc']:.4f} "
             f"rmse {fmt(stats['val_rmse'])} (V {fmt(stats['val_rmse_valence'], '.3f')} "

@@ -1,0 +1,40 @@
+"""Hostile pass over training and its run records: each test fails on the code before its fix.
+
+They reuse the session fixtures (`demo`, `trained`) and run scripts in-process (`run_here`).
+"""
+import shutil
+
+import torch
+
+from conftest import run_here, tiny_args
+from test_trust import one_error_line
+
+TRAIN = "train_vggface2_resnet50.py"
+
+
+def unfinished_copy(trained, folder, best_acc=2.0):
+    """A copy of the trained run (best and last) whose last state is one epoch short of --epochs 2 and
+    whose best epoch no later epoch can beat (best_acc 2.0)."""
+    folder.mkdir()
+    shutil.copy(trained, folder / trained.name)
+    last = folder / trained.name.replace(".pth", "_last.pth")
+    ckpt = torch.load(trained.with_name(last.name), weights_only=False)
+    ckpt["args"]["epochs"] = 2
+    ckpt["train_state"]["best_acc"] = best_acc
+    torch.save(ckpt, last)
+    return last
+
+
+def test_resume_into_another_save_path_keeps_the_best_checkpoint(demo, trained, tmp_path):
+    """A resume into a new --save_path whose later epochs did not beat the earlier best ended with
+    exit 0 naming a best checkpoint that was never written there."""
+    last = unfinished_copy(trained, tmp_path / "src")
+    new = tmp_path / "new" / "m.pth"
+    r = run_here(TRAIN, *tiny_args(demo, tmp_path, "--epochs", 2, "--resume", last, "--save_path", new))
+    assert r.returncode == 0, r.stderr
+    assert new.read_bytes() == (tmp_path / "src" / trained.name).read_bytes()
+    (tmp_path / "src" / trained.name).unlink()  # the best checkpoint is not beside the state: refused
+    other = tmp_path / "other" / "m.pth"
+    r = run_here(TRAIN, *tiny_args(demo, tmp_path, "--epochs", 2, "--resume", last, "--save_path", other))
+    one_error_line(r, "--resume", trained.name, "not found")
+    assert not other.parent.exists()
