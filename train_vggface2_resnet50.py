@@ -283,6 +283,11 @@ def preflight(args):
     tb = tensorboard_dir(args)
     if tb is not None:
         check_output(tb, "--tensorboard", folder=True)
+        clash = next((p for p in paths.values() if p.resolve() == tb.resolve() or p.resolve() in tb.resolve().parents),
+                     None)  # the event folder would take the name an output file is renamed onto
+        if clash is not None:
+            raise TrainError(f"--tensorboard {tb}: is the output {clash} of --save_path {args.save_path}; "
+                             f"choose another folder")
         existing += list(tb.glob("events.out.tfevents.*"))[:1]
     own = bool(args.resume) and any(p.exists() and os.path.samefile(args.resume, p) for p in paths.values())
     if own and args.overwrite:

@@ -38,3 +38,12 @@ def test_resume_into_another_save_path_keeps_the_best_checkpoint(demo, trained, 
     r = run_here(TRAIN, *tiny_args(demo, tmp_path, "--epochs", 2, "--resume", last, "--save_path", other))
     one_error_line(r, "--resume", trained.name, "not found")
     assert not other.parent.exists()
+
+
+def test_tensorboard_folder_onto_an_output_is_refused_up_front(demo, tmp_path):
+    """--tensorboard onto the checkpoint's own name: the event folder took that name at the first epoch,
+    then renaming the checkpoint onto it ended in a traceback, leaving the run record and config alone."""
+    for tb in (tmp_path / "m.pth", tmp_path / "m_run.json" / "x"):
+        r = run_here(TRAIN, *tiny_args(demo, tmp_path, "--epochs", 1, "--tensorboard", tb))
+        one_error_line(r, "--tensorboard", tb, "is the output")
+        assert list(tmp_path.iterdir()) == []
