@@ -47,3 +47,33 @@ def test_tensorboard_folder_onto_an_output_is_refused_up_front(demo, tmp_path):
         r = run_here(TRAIN, *tiny_args(demo, tmp_path, "--epochs", 1, "--tensorboard", tb))
         one_error_line(r, "--tensorboard", tb, "is the output")
         assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_runs_out_onto_a_runs_history_is_refused(trained, tmp_path):
+    """--out onto a compared run's history CSV replaced that run's history with the table (exit 0)."""
+    history = trained.with_name("FER_resnet18_history.csv")
+    before = history.read_bytes()
+    r = run_here("compare_runs.py", trained.parent, "--out", history)
+    one_error_line(r, "--out", history.name, "is the input")
+    r = run_here("compare_runs.py", trained.parent, "--plot", trained.with_name("FER_resnet18_curves.png"))
+    one_error_line(r, "--plot", "FER_resnet18_curves.png", "is the input")
+    assert history.read_bytes() == before
+
+
+def test_compare_runs_counts_a_rerun_of_the_same_seed_once(trained, tmp_path):
+    """Two runs with the same settings and the same --seed (a rerun from its config) became one row
+    "n = 2, std 0", as if two seeds had agreed exactly."""
+    import json
+
+    import compare_runs as C
+
+    record = json.loads(trained.with_name("FER_resnet18_run.json").read_text())
+    for name, seed, started in (("a", 1, "t1"), ("b", 1, "t2"), ("c", 2, "t3")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "m_run.json").write_text(json.dumps({**record, "started": started,
+                                                                 "args": {**record["args"], "seed": seed}}))
+    rows, _, _, notes = C.build_table(C.load_runs([tmp_path / "a", tmp_path / "b"])[0])
+    assert [r["n"] for r in rows] == [1] and rows[0]["val_acc_std"] is None
+    assert any("b/m" in n and "rerun" in n for n in notes), notes
+    rows, _, _, notes = C.build_table(C.load_runs([tmp_path])[0])
+    assert [r["n"] for r in rows] == [2] and sorted(rows[0]["seeds"]) == [1, 2]
