@@ -285,6 +285,8 @@ def read_predictions(path):
     missing = [c for c in ("filename", "y_true") if c not in df.columns] + ([] if classes else ["prob_<class>"])
     if missing:
         raise FERError(f"--predictions {path}: column {missing[0]} missing (not a --save_predictions file)")
+    if df.empty:
+        raise FERError(f"--predictions {path}: no rows (a header only): nothing to compare")
     dup = df["filename"].duplicated()
     if dup.any():
         raise FERError(f"--predictions {path}: {int(dup.sum())} file names occur twice (e.g. {df['filename'][dup].iloc[0]}); "

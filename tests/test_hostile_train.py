@@ -77,3 +77,12 @@ def test_compare_runs_counts_a_rerun_of_the_same_seed_once(trained, tmp_path):
     assert any("b/m" in n and "rerun" in n for n in notes), notes
     rows, _, _, notes = C.build_table(C.load_runs([tmp_path])[0])
     assert [r["n"] for r in rows] == [2] and sorted(rows[0]["seeds"]) == [1, 2]
+
+
+def test_compare_predictions_of_a_header_only_csv_is_one_line(tmp_path):
+    """A --save_predictions CSV with its header and no rows ended in scikit-learn's traceback."""
+    header = "filename,y_true,y_pred,prob_Neutral,prob_Happy\n"
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / name).write_text(header)
+    r = run_here("compare_runs.py", "--predictions", tmp_path / "a.csv", tmp_path / "b.csv")
+    one_error_line(r, "a.csv", "no rows")
