@@ -158,8 +158,24 @@ def group_runs(runs):
     return list(groups.values())
 
 
+def with_new_flags(runs):
+    """Runs recorded before a flag existed count it at its default (as a resume does), so an older run and
+    a newer one that differ only in --seed are one row, not a column of None against the default."""
+    keys = set().union(*(run["record"]["args"] for run in runs))
+    if not any(run["record"]["args"] and keys - set(run["record"]["args"]) for run in runs):
+        return
+    import train_vggface2_resnet50  # torch: only when a record lacks flags
+
+    defaults = vars(train_vggface2_resnet50.get_args([]))
+    for run in runs:
+        args = run["record"]["args"]
+        if args:
+            args.update({k: defaults[k] for k in sorted(keys - set(args)) if k in defaults})
+
+
 def build_table(runs):
     """(rows, differing columns, same-in-all dict, notes)."""
+    with_new_flags(runs)
     groups, notes = [], []
     for group in group_runs(runs):
         seeds = [r["record"]["args"].get("seed") for r in group]

@@ -86,3 +86,17 @@ def test_compare_predictions_of_a_header_only_csv_is_one_line(tmp_path):
         (tmp_path / name).write_text(header)
     r = run_here("compare_runs.py", "--predictions", tmp_path / "a.csv", tmp_path / "b.csv")
     one_error_line(r, "a.csv", "no rows")
+
+
+def test_compare_runs_groups_a_run_recorded_before_a_flag_existed(trained, tmp_path):
+    """A record written before --warmup_epochs/--best_on existed showed them as None against the newer
+    run's defaults (a differing column), so two seeds of one experiment were never one row."""
+    import json
+
+    import compare_runs as C
+
+    record = json.loads(trained.with_name("FER_resnet18_run.json").read_text())
+    old = {k: v for k, v in record["args"].items() if k not in ("warmup_epochs", "best_on")}
+    (tmp_path / "old_run.json").write_text(json.dumps({**record, "started": "t0", "args": {**old, "seed": 7}}))
+    rows, differing, _, _ = C.build_table(C.load_runs([tmp_path, trained.with_name("FER_resnet18_run.json")])[0])
+    assert [r["n"] for r in rows] == [2] and differing == [], differing
