@@ -274,9 +274,14 @@ def preflight(args):
     paths = output_paths(args.save_path)
     for path in paths.values():
         check_output(path, "--save_path")
-    check_not_inputs([("--save_path", p) for p in paths.values()],  # --resume's file is meant to be replaced
+    own = bool(args.resume) and any(p.exists() and os.path.samefile(args.resume, p) for p in paths.values())
+    # --resume's file is meant to be replaced, and so is the run's own config when it resumes that run
+    # (read in full before anything is written; a resume may not change what it says)
+    own_config = own and paths["config"].exists() and os.path.samefile(args.config or os.devnull, paths["config"])
+    check_not_inputs([("--save_path", p) for p in paths.values()],
                      [(f"--{k}", m) for k in ("train_meta", "val_meta") for m in getattr(args, k)]
-                     + [(f"--{k}", getattr(args, k)) for k in ("init_from", "vggface2_ckpt", "config", "weights")])
+                     + [(f"--{k}", getattr(args, k)) for k in ("init_from", "vggface2_ckpt", "config", "weights")
+                        if not (k == "config" and own_config)])
     # Whatever starts the run (fresh, --init_from, --resume of another run's state): outputs of an
     # earlier run are replaced only with --overwrite, except by the continuation of that same run.
     existing = [p for p in paths.values() if p.exists()]
@@ -289,7 +294,6 @@ def preflight(args):
             raise TrainError(f"--tensorboard {tb}: is the output {clash} of --save_path {args.save_path}; "
                              f"choose another folder")
         existing += list(tb.glob("events.out.tfevents.*"))[:1]
-    own = bool(args.resume) and any(p.exists() and os.path.samefile(args.resume, p) for p in paths.values())
     if own and args.overwrite:
         raise TrainError(f"--resume {args.resume} continues the run at --save_path {args.save_path}, --overwrite "
                          f"would replace it: give one of them")

@@ -100,3 +100,15 @@ def test_compare_runs_groups_a_run_recorded_before_a_flag_existed(trained, tmp_p
     (tmp_path / "old_run.json").write_text(json.dumps({**record, "started": "t0", "args": {**old, "seed": 7}}))
     rows, differing, _, _ = C.build_table(C.load_runs([tmp_path, trained.with_name("FER_resnet18_run.json")])[0])
     assert [r["n"] for r in rows] == [2] and differing == [], differing
+
+
+def test_resume_with_the_runs_own_config(demo, trained, tmp_path):
+    """--config <stem>_config.yaml --resume <stem>_last.pth (the natural way to give a resume the run's
+    flags) was refused: the config is one of the outputs. A fresh run onto its config still is."""
+    last = unfinished_copy(trained, tmp_path / "src")
+    config = tmp_path / "src" / "FER_resnet18_config.yaml"
+    shutil.copy(trained.with_name(config.name), config)
+    args = tiny_args(demo, tmp_path, "--epochs", 2, "--save_path", tmp_path / "src" / trained.name, "--config", config)
+    r = run_here(TRAIN, *args, "--resume", last)
+    assert r.returncode == 0 and "epoch 2/2" in r.stdout, r.stderr
+    one_error_line(run_here(TRAIN, *args, "--overwrite"), "is the input --config")
