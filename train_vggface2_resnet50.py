@@ -139,7 +139,7 @@ def get_args(argv=None):
     g.add_argument("--resume", metavar="LAST_PTH", default=None, help="continue from a *_last.pth training state")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier run at --save_path (otherwise training refuses to start)")
-    g.add_argument("--seed", type=nonneg_int, default=42, help="seed of initialisation, sampling and augmentation")
+    g.add_argument("--seed", type=int_at_least(0, 2**32 - 1), default=42, help="seed of initialisation, sampling and augmentation")
     g.add_argument("--config", metavar="FILE", default=None,
                    help="YAML or JSON file of flag values (flag name: value), e.g. an earlier run's "
                         "<stem>_config.yaml; flags given on the command line override it")
@@ -425,13 +425,15 @@ def trainable_blocks(epoch, freeze_epochs, unfreeze_all_at, stages=FAMILIES["res
 
 def schedule_text(epochs, freeze_epochs, unfreeze_all_at, stages=FAMILIES["resnet50"].stages):
     """The fine-tuning stages as epoch ranges, e.g. "epochs 1-3 layer4, 4-9 layer3+layer4, 10-100 all"."""
+    # The stage changes only where freezing ends or everything unfreezes: no loop over the epochs (--epochs 10**9)
+    starts = sorted(e for e in {1, freeze_epochs + 1, unfreeze_all_at or 1} if 1 <= e <= epochs)
     ranges = []
-    for epoch in range(1, epochs + 1):
-        name = stage_label(trainable_blocks(epoch - 1, freeze_epochs, unfreeze_all_at, stages))
+    for start, end in zip(starts, starts[1:] + [epochs + 1]):
+        name = stage_label(trainable_blocks(start - 1, freeze_epochs, unfreeze_all_at, stages))
         if ranges and ranges[-1][0] == name:
-            ranges[-1][2] = epoch
+            ranges[-1][2] = end - 1
         else:
-            ranges.append([name, epoch, epoch])
+            ranges.append([name, start, end - 1])
     return "epochs " + ", ".join(f"{a}{f'-{b}' if b > a else ''} {name}" for name, a, b in ranges)
 
 

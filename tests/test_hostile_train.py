@@ -112,3 +112,33 @@ def test_resume_with_the_runs_own_config(demo, trained, tmp_path):
     r = run_here(TRAIN, *args, "--resume", last)
     assert r.returncode == 0 and "epoch 2/2" in r.stdout, r.stderr
     one_error_line(run_here(TRAIN, *args, "--overwrite"), "is the input --config")
+
+
+def test_resume_into_another_save_path_records_its_own_file_names(demo, trained, tmp_path):
+    """The run record of a resume into another --save_path kept the first session's file names, so
+    compare_runs.py --plot read (or missed) the history of whatever run had those names there."""
+    import json
+
+    last = unfinished_copy(trained, tmp_path / "src", best_acc=-1.0)
+    new = tmp_path / "new" / "x.pth"
+    r = run_here(TRAIN, *tiny_args(demo, tmp_path, "--epochs", 2, "--resume", last, "--save_path", new))
+    assert r.returncode == 0, r.stderr
+    outputs = json.loads((tmp_path / "new" / "x_run.json").read_text())["outputs"]
+    assert outputs["history"] == "x_history.csv" and outputs["best"] == "x.pth", outputs
+
+
+def test_huge_seed_is_a_flag_error(demo, tmp_path):
+    """--seed 2e13: seed x 1000003 overflowed torch.manual_seed, a ValueError traceback after the data loaded."""
+    r = run_here(TRAIN, *tiny_args(demo, tmp_path, "--epochs", 1, "--seed", 2 * 10**13))
+    assert r.returncode == 2 and "--seed" in one_error_line(r, "4294967295")
+
+
+def test_huge_epochs_do_not_hang_before_the_first_epoch():
+    """--epochs 10**9: the schedule line looped over every epoch (minutes) before training started."""
+    import time
+
+    import train_vggface2_resnet50 as T
+
+    start = time.perf_counter()
+    assert T.schedule_text(10**9, 3, None) == "epochs 1-3 layer4, 4-1000000000 layer3+layer4"
+    assert time.perf_counter() - start < 1
