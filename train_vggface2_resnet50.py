@@ -139,7 +139,8 @@ def get_args(argv=None):
     g.add_argument("--resume", metavar="LAST_PTH", default=None, help="continue from a *_last.pth training state")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier run at --save_path (otherwise training refuses to start)")
-    g.add_argument("--seed", type=int_at_least(0, 2**32 - 1), default=42, help="seed of initialisation, sampling and augmentation")
+    g.add_argument("--seed", type=int_at_least(0, 2**32 - 1), default=42,
+                   help="seed of initialisation, sampling and augmentation (0 to 2^32 - 1)")
     g.add_argument("--config", metavar="FILE", default=None,
                    help="YAML or JSON file of flag values (flag name: value), e.g. an earlier run's "
                         "<stem>_config.yaml; flags given on the command line override it")
