@@ -143,6 +143,7 @@ class RunRecord:
             self.record = previous
             self.earlier_wall = previous.get("wall_time_s", 0.0)
             self.record["sessions"] = previous.get("sessions", []) + [session]
+            self.record["outputs"] = outputs  # a resume into another --save_path names its own files
             self.record.update(args=dict(vars(args)), git=git_state(), versions=versions(),
                                device=device_record(device, world), world_size=world, precision=precision)
             return

@@ -158,9 +158,32 @@ def group_runs(runs):
     return list(groups.values())
 
 
+def with_new_flags(runs):
+    """Runs recorded before a flag existed count it at its default (as a resume does), so an older run and
+    a newer one that differ only in --seed are one row, not a column of None against the default."""
+    keys = set().union(*(run["record"]["args"] for run in runs))
+    if not any(run["record"]["args"] and keys - set(run["record"]["args"]) for run in runs):
+        return
+    import train_vggface2_resnet50  # torch: only when a record lacks flags
+
+    defaults = vars(train_vggface2_resnet50.get_args([]))
+    for run in runs:
+        args = run["record"]["args"]
+        if args:
+            args.update({k: defaults[k] for k in sorted(keys - set(args)) if k in defaults})
+
+
 def build_table(runs):
     """(rows, differing columns, same-in-all dict, notes)."""
-    groups = group_runs(runs)
+    with_new_flags(runs)
+    groups, notes = [], []
+    for group in group_runs(runs):
+        seeds = [r["record"]["args"].get("seed") for r in group]
+        reruns = [r for k, r in enumerate(group) if seeds[k] in seeds[:k]]  # the same seed again: not a replicate
+        if reruns:
+            notes.append(f"{', '.join(r['name'] for r in reruns)}: the same settings and --seed as {group[0]['name']} "
+                         f"(a rerun, not a replicate): left out of its row's n, mean and std")
+        groups.append([r for r in group if all(r is not x for x in reruns)])
     grouped = any(len(g) > 1 for g in groups)
     per_group = [settings(g[0]["record"]) for g in groups]
     keys = list(dict.fromkeys(k for s in per_group for k in s))
@@ -178,7 +201,6 @@ def build_table(runs):
             row[m] = float(np.mean(values))
             row[m + "_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
         rows.append(row)
-    notes = []
     for split in ("train", "val"):
         if f"{split} data" in differing:
             notes.append(f"the runs used different {split} data (fingerprints differ): their {split} results are "
@@ -257,7 +279,8 @@ def plot_curves(path, rows, differing):
     for ax, title in zip(axes, ("validation accuracy", "validation loss")):
         ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:  # no curve at all: the notes say why; no empty legend (and its warning)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -278,6 +301,8 @@ def read_predictions(path):
     missing = [c for c in ("filename", "y_true") if c not in df.columns] + ([] if classes else ["prob_<class>"])
     if missing:
         raise FERError(f"--predictions {path}: column {missing[0]} missing (not a --save_predictions file)")
+    if df.empty:
+        raise FERError(f"--predictions {path}: no rows (a header only): nothing to compare")
     dup = df["filename"].duplicated()
     if dup.any():
         raise FERError(f"--predictions {path}: {int(dup.sum())} file names occur twice (e.g. {df['filename'][dup].iloc[0]}); "
@@ -342,6 +367,9 @@ def main(argv=None):
         print(line, file=sys.stderr)
     if not runs:
         raise FERError(f"no readable run record in {', '.join(args.paths)}")
+    # A run's own files (its history, checkpoints) are inputs too: --out onto a history would replace it.
+    check_not_inputs(outputs, [(f"run {r['name']}:", r["folder"] / f) for r in runs
+                               for f in (r["record"].get("outputs") or {}).values() if isinstance(f, str)])
     rows, differing, same, notes = build_table(runs)
     rows = sort_rows(rows, args.sort)
     header, body = table_cells(rows, differing)

@@ -27,6 +27,7 @@ import os
 import platform
 import random
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -138,7 +139,8 @@ def get_args(argv=None):
     g.add_argument("--resume", metavar="LAST_PTH", default=None, help="continue from a *_last.pth training state")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier run at --save_path (otherwise training refuses to start)")
-    g.add_argument("--seed", type=nonneg_int, default=42, help="seed of initialisation, sampling and augmentation")
+    g.add_argument("--seed", type=int_at_least(0, 2**32 - 1), default=42,
+                   help="seed of initialisation, sampling and augmentation (0 to 2^32 - 1)")
     g.add_argument("--config", metavar="FILE", default=None,
                    help="YAML or JSON file of flag values (flag name: value), e.g. an earlier run's "
                         "<stem>_config.yaml; flags given on the command line override it")
@@ -273,17 +275,26 @@ def preflight(args):
     paths = output_paths(args.save_path)
     for path in paths.values():
         check_output(path, "--save_path")
-    check_not_inputs([("--save_path", p) for p in paths.values()],  # --resume's file is meant to be replaced
+    own = bool(args.resume) and any(p.exists() and os.path.samefile(args.resume, p) for p in paths.values())
+    # --resume's file is meant to be replaced, and so is the run's own config when it resumes that run
+    # (read in full before anything is written; a resume may not change what it says)
+    own_config = own and paths["config"].exists() and os.path.samefile(args.config or os.devnull, paths["config"])
+    check_not_inputs([("--save_path", p) for p in paths.values()],
                      [(f"--{k}", m) for k in ("train_meta", "val_meta") for m in getattr(args, k)]
-                     + [(f"--{k}", getattr(args, k)) for k in ("init_from", "vggface2_ckpt", "config", "weights")])
+                     + [(f"--{k}", getattr(args, k)) for k in ("init_from", "vggface2_ckpt", "config", "weights")
+                        if not (k == "config" and own_config)])
     # Whatever starts the run (fresh, --init_from, --resume of another run's state): outputs of an
     # earlier run are replaced only with --overwrite, except by the continuation of that same run.
     existing = [p for p in paths.values() if p.exists()]
     tb = tensorboard_dir(args)
     if tb is not None:
         check_output(tb, "--tensorboard", folder=True)
+        clash = next((p for p in paths.values() if p.resolve() == tb.resolve() or p.resolve() in tb.resolve().parents),
+                     None)  # the event folder would take the name an output file is renamed onto
+        if clash is not None:
+            raise TrainError(f"--tensorboard {tb}: is the output {clash} of --save_path {args.save_path}; "
+                             f"choose another folder")
         existing += list(tb.glob("events.out.tfevents.*"))[:1]
-    own = bool(args.resume) and any(p.exists() and os.path.samefile(args.resume, p) for p in paths.values())
     if own and args.overwrite:
         raise TrainError(f"--resume {args.resume} continues the run at --save_path {args.save_path}, --overwrite "
                          f"would replace it: give one of them")
@@ -315,6 +326,27 @@ def check_resume(ckpt_path, args, class_names):
         raise TrainError(f"{ckpt_path}: resuming would change the run ({'; '.join(changed)}); resume with the "
                          f"original flags, or start a new run with another --save_path")
     return ckpt
+
+
+def earlier_best(args, ckpt):
+    """A resume into another --save_path: the run's best checkpoint so far (beside --resume, as the run
+    named it), which the new folder needs as long as no later epoch beats it; None when the run
+    continues in its own folder or has no best epoch yet. One line when it is missing or is not the
+    checkpoint the run record names."""
+    last = output_paths(args.save_path)["last"]
+    if (last.exists() and os.path.samefile(args.resume, last)) or not ckpt["train_state"].get("history"):
+        return None
+    best = Path(args.resume).with_name(Path(str(ckpt["args"].get("save_path", ""))).name)
+    want = (ckpt.get("run") or {}).get("checkpoint_fingerprint")
+    try:
+        found = FER_run.weights_fingerprint(read_checkpoint(best)[1]) if best.is_file() else None
+    except CheckpointError:
+        found = None
+    if want is None or found != want:
+        raise TrainError(f"--resume {args.resume} into another --save_path needs the run's best checkpoint {best}, "
+                         f"{'which is not the one the run record names' if best.is_file() else 'not found'}: resume at "
+                         f"the run's own --save_path, or put its best checkpoint beside {Path(args.resume).name}")
+    return best
 
 
 def template_of(args, say):
@@ -394,13 +426,15 @@ def trainable_blocks(epoch, freeze_epochs, unfreeze_all_at, stages=FAMILIES["res
 
 def schedule_text(epochs, freeze_epochs, unfreeze_all_at, stages=FAMILIES["resnet50"].stages):
     """The fine-tuning stages as epoch ranges, e.g. "epochs 1-3 layer4, 4-9 layer3+layer4, 10-100 all"."""
+    # The stage changes only where freezing ends or everything unfreezes: no loop over the epochs (--epochs 10**9)
+    starts = sorted(e for e in {1, freeze_epochs + 1, unfreeze_all_at or 1} if 1 <= e <= epochs)
     ranges = []
-    for epoch in range(1, epochs + 1):
-        name = stage_label(trainable_blocks(epoch - 1, freeze_epochs, unfreeze_all_at, stages))
+    for start, end in zip(starts, starts[1:] + [epochs + 1]):
+        name = stage_label(trainable_blocks(start - 1, freeze_epochs, unfreeze_all_at, stages))
         if ranges and ranges[-1][0] == name:
-            ranges[-1][2] = epoch
+            ranges[-1][2] = end - 1
         else:
-            ranges.append([name, epoch, epoch])
+            ranges.append([name, start, end - 1])
     return "epochs " + ", ".join(f"{a}{f'-{b}' if b > a else ''} {name}" for name, a, b in ranges)
 
 
@@ -566,10 +600,12 @@ def write_history(history, paths, stage):
     plt.close(fig)
 
 
-def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, fields, ema=None):
+def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler, fields, ema=None,
+               carried_best=None):
     """The epoch's checkpoints, history, curves, run record and config, replaced together or not at all.
     fields: what every checkpoint records besides the weights (run record, heads trained, crop template).
-    The best checkpoint holds the weights --best_on chose; the last one both, to resume."""
+    The best checkpoint holds the weights --best_on chose; the last one both, to resume. carried_best: an
+    earlier best checkpoint (a resume into another --save_path), copied when this epoch is not better."""
     meta = dict(epoch=row["epoch"], metrics={k: v for k, v in row.items() if k.startswith(("val", "ema_val"))},
                 args=vars(args), **fields)
     with staged_outputs() as stage:
@@ -578,6 +614,8 @@ def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler,
         if better_acc:
             best = ema.module if args.best_on == "ema" else model
             save_checkpoint(checkpoint_payload(best, args.img_size, **meta), paths["best"], stage)
+        elif carried_best is not None:
+            shutil.copyfile(carried_best, stage(paths["best"]))
         extra = {"ema": ema.state_dict()} if ema is not None else {}
         save_checkpoint(checkpoint_payload(model, args.img_size, optimizer=optimizer.state_dict(),
                                            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
@@ -678,6 +716,7 @@ def train(args, rank, world, device, command=None):
         raise TrainError(f"{', '.join(args.train_meta)}: {len(class_names)} expression class(es) with labels 0-7; "
                          f"at least 2 are needed")
     resumed = check_resume(args.resume, args, class_names) if args.resume else None
+    carried_best = earlier_best(args, resumed) if resumed else None
     template = template_of(args, say)
     align = template if args.align == "template" else None
     train_ds = FERDataset(args.train_meta, train=True, size=args.img_size, root=args.root, classes=class_names,
@@ -781,7 +820,8 @@ def train(args, rank, world, device, command=None):
             best = ema.module if args.best_on == "ema" else model
             run.update(state, best.state_dict() if better_acc else None)
             save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler,
-                       dict(run=run.record, heads_trained=heads_trained, crop_template=template), ema)
+                       dict(run=run.record, heads_trained=heads_trained, crop_template=template), ema, carried_best)
+            carried_best = None  # copied, or replaced by a better epoch
         say(f"epoch {epoch + 1}/{args.epochs} [{stage_name}] lr {lr:.2e} | train loss {stats['train_loss']:.4f} "
             f"acc {stats['train_acc']:.4f} | val loss {stats['val_loss']:.4f} acc {stats['val_acc']:.4f} "
             f"rmse {fmt(stats['val_rmse'])} (V {fmt(stats['val_rmse_valence'], '.3f')} "
