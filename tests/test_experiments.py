@@ -109,6 +109,9 @@ def test_config_json_and_command_line_override(tmp_path):
     assert (args.lr, args.epochs, args.compile) == (0.25, 7, True) and args.train_meta[0].endswith("x.parquet")
     path.write_text("{")
     assert "not valid JSON" in run_here("train_vggface2_resnet50.py", "--config", path).stderr
+    upper = tmp_path / "C.JSON"  # read as JSON, and so named in the message
+    upper.write_text("{")
+    assert "not valid JSON" in run_here("train_vggface2_resnet50.py", "--config", upper).stderr
     path.write_bytes(b"\xff\xfe\x00binary")
     assert "not a readable text file" in run_here("train_vggface2_resnet50.py", "--config", path).stderr
     assert "not a regular file" in run_here("train_vggface2_resnet50.py", "--config", tmp_path).stderr
