@@ -71,6 +71,9 @@ class Stage:
         for target, tmp in self.files.items():
             if not tmp.exists():
                 raise FERError(f"{target}: nothing was written")
+            if target.is_dir() and not target.is_symlink():  # made during the run: os.replace would fail halfway
+                raise FERError(f"{target}: is a folder now (it was made while the run wrote its files); nothing "
+                               f"was replaced")
         with signals_held():
             for target, tmp in self.files.items():
                 os.replace(tmp, target)

@@ -82,6 +82,19 @@ def test_staged_outputs_keep_the_old_file_on_any_failure(tmp_path):
     assert target.read_text() == "new" and len(list(tmp_path.iterdir())) == 1
 
 
+def test_a_target_that_became_a_folder_stops_the_commit_before_any_rename(tmp_path):
+    """The files of a run are replaced together: a rename that would fail (a folder made at one target
+    while the run wrote) is found before the first rename, not after it."""
+    first, second = tmp_path / "a.pth", tmp_path / "b.csv"
+    first.write_text("old")
+    with pytest.raises(FER_io.FERError, match="b.csv: is a folder now"):
+        with FER_io.staged_outputs() as stage:
+            stage(first).write_text("new")
+            stage(second).write_text("new")
+            second.mkdir()
+    assert first.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "b.csv"]
+
+
 def test_eval_on_a_full_disk_keeps_the_old_report(trained, demo, mount):
     def old_report(d):
         for name in ("metrics_resnet50.json", "ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png"):
