@@ -106,30 +106,41 @@ def make_detector(name="mtcnn", min_face=MIN_FACE, threshold=FACE_THRESHOLD):
 
 
 def add_arguments(p, min_face=MIN_FACE, detector=True, align=True):
-    """The detector flags, the same in every script that detects faces."""
+    """The detector flags, the same in every script that detects faces. They stay None until
+    check_arguments() fills in the defaults, so that one given where no face is detected is an error."""
     if detector:
-        p.add_argument("--detector", choices=DETECTORS, default="mtcnn",
+        p.add_argument("--detector", choices=DETECTORS, default=None,
                        help="mtcnn (default): box and five landmarks, finds turned and small faces; haar: OpenCV's "
                             "frontal-face cascade, boxes only")
-    p.add_argument("--min_face", type=int_at_least(12, 100000), default=min_face, metavar="PX",
+    p.add_argument("--min_face", type=int_at_least(12, 100000), default=None, metavar="PX",
                    help=f"smallest face looked for, in pixels of the picture (default {min_face}); smaller is "
                         f"slower")
     p.add_argument("--face_threshold", type=float_in(0, 1, lo_open=True, hi_open=True), default=None, metavar="P",
                    help=f"mtcnn: face probability a detection needs, in (0, 1) (default {FACE_THRESHOLD}); lower "
                         f"finds more faces and more false ones")
     if align:
-        p.add_argument("--align", choices=ALIGNS, default="template",
+        p.add_argument("--align", choices=ALIGNS, default=None,
                        help="template (default): warp each face onto the checkpoint's crop_template by its five "
                             "landmarks, at the model's input size; box: the detector's box widened by "
                             f"{BOX_MARGIN:.0%}% of its larger side (the crop before alignment existed). Falls back "
                             "to box, with a note, without landmarks (haar) or without a template in the checkpoint")
+    p.set_defaults(face_defaults=dict(detector="mtcnn", min_face=min_face, face_threshold=FACE_THRESHOLD,
+                                      align="template"))
 
 
-def check_arguments(args):
-    """One line for flag combinations that mean nothing. Returns the threshold to use."""
-    if args.face_threshold is not None and getattr(args, "detector", "mtcnn") != "mtcnn":
+def check_arguments(args, detecting, needs):
+    """One line for detector flags that would do nothing (given without `needs`, the flag that makes the
+    script detect faces: `detecting` says whether it was given) or mean nothing; then the defaults of
+    the flags not given are filled in."""
+    defaults = vars(args).pop("face_defaults")
+    given = [name for name in defaults if getattr(args, name, None) is not None]
+    if given and not detecting:
+        raise FERError(f"{', '.join('--' + n for n in given)}: only with {needs} (without it no face is detected)")
+    if args.face_threshold is not None and getattr(args, "detector", None) not in (None, "mtcnn"):
         raise FERError(f"--face_threshold is for --detector mtcnn (the {args.detector} detector gives no score)")
-    return FACE_THRESHOLD if args.face_threshold is None else args.face_threshold
+    for name, value in defaults.items():
+        if hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 # --- geometry -----------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def get_args(argv=None):
                 f"{MIN_RESAMPLES}, or 0 for none")
     args.checkpoint, args.checkpoint_b = args.checkpoint[0], (args.checkpoint[1:] or [None])[0]
     try:
-        args.face_threshold = FER_face.check_arguments(args)
+        FER_face.check_arguments(args, args.recrop == "detect", "--recrop detect")
     except FERError as e:  # a flag combination: fails like any bad flag, before the imports
         p.error(str(e))
     return args

@@ -1076,13 +1076,11 @@ def parse_args(argv):
                    help="folders: FOLDER=CLASS pairs, e.g. 0=anger,1=contempt,2=disgust,3=fear,4=happy,5=neutral,"
                         "6=sad,7=surprise for numeric folders; class names: neutral, happy, sad, surprise, fear, "
                         "disgust, anger, contempt or a synonym (happiness, angry, surprised, fearful, disgusted...)")
-    p.set_defaults(min_face=None)  # to tell a given --min_face from the default
     args = p.parse_args(argv)
-    if not args.detect_landmarks and (args.min_face is not None or args.face_threshold is not None):
-        raise FERError(f"{'--min_face' if args.min_face is not None else '--face_threshold'} is for "
-                       "--detect_landmarks (without it no face is detected)")
-    args.min_face = 20 if args.min_face is None else args.min_face
-    args.face_threshold = FER_face.check_arguments(args)
+    try:
+        FER_face.check_arguments(args, args.detect_landmarks, "--detect_landmarks")
+    except FERError as e:  # a flag combination: fails like any bad flag
+        p.error(str(e))
     return p, args
 
 

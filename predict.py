@@ -32,7 +32,6 @@ VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", 
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our messages name the file; not OpenCV's warnings
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # nor FFmpeg's ("moov atom not found")
 BOX = ["face_x", "face_y", "face_w", "face_h"]
-DETECTION_FLAGS = ("detector", "min_face", "face_threshold", "align")
 DECIMALS = 4  # of probabilities and valence/arousal in the CSVs: finer digits are noise (float32, TTA, devices)
 ONE_LINE_EACH = 20  # up to this many images get a line each on the terminal; more get a summary table
 FIRST_COLUMNS = ["filename", "frame", "time_s", "face_index", "track_id", *BOX, "face_score", "rotation",
@@ -56,7 +55,6 @@ def get_args(argv=None):
     p.add_argument("--largest_face", action="store_true", help="with face detection, keep only the largest face "
                                                                "(implies --detect_faces)")
     FER_face.add_arguments(p.add_argument_group("face detection (with --detect_faces)"))
-    p.set_defaults(**dict.fromkeys(DETECTION_FLAGS))  # None until given: without --detect_faces they would do nothing
     p.add_argument("--annotate", metavar="DIR",
                    help="write copies of the images (same name and format) and <video>_annotated.mp4 with every "
                         "face's box, track id, expression and valence/arousal (a folder searched for inputs "
@@ -76,12 +74,10 @@ def get_args(argv=None):
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     args = p.parse_args(argv)
     args.detect_faces = args.detect_faces or args.largest_face
-    given = [f"--{f}" for f in DETECTION_FLAGS if getattr(args, f) is not None]
-    if given and not args.detect_faces:
-        p.error(f"{', '.join(given)}: only with --detect_faces (without it the whole picture is predicted, no face "
-                f"is detected)")
-    args.detector, args.min_face, args.align = (args.detector or "mtcnn", args.min_face or FER_face.MIN_FACE,
-                                                args.align or "template")
+    try:
+        FER_face.check_arguments(args, args.detect_faces, "--detect_faces")
+    except FERError as e:  # a flag combination: fails like any bad flag
+        p.error(str(e))
     return args
 
 
@@ -570,7 +566,6 @@ def main(argv=None):
     if args.device and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):  # without waiting for torch
         raise FERError(f"--device {args.device}: unknown device (use cpu, cuda or cuda:N)")
     check_input(args.checkpoint, "--checkpoint")
-    threshold = FER_face.check_arguments(args)
     device = check_device(args.device)
     if not inputs:
         if not skipped:  # only folders, holding no image or video
@@ -596,7 +591,7 @@ def main(argv=None):
     cropper = None
     if args.detect_faces:
         template = FER_face.check_template(meta.get("crop_template"), f"{args.checkpoint}: field crop_template")
-        cropper = FER_face.Cropper(FER_face.make_detector(args.detector, args.min_face, threshold), template,
+        cropper = FER_face.Cropper(FER_face.make_detector(args.detector, args.min_face, args.face_threshold), template,
                                    args.align, meta["img_size"])
         if cropper.fallback:
             print(f"note: --align template: {cropper.fallback}; each face is cropped to its box with a "

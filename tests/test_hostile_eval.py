@@ -70,6 +70,7 @@ def test_a_dimension_without_labels_has_no_interval_and_the_other_keeps_its_own(
     (["--bootstrap", "99999999999999999999999"], "--bootstrap"),  # was a traceback after the evaluation
     (["--bootstrap", "1"], "--bootstrap 1: too few resamples"),  # was a "95 % interval" of one value
     (["--recrop", "detect", "--detector", "haar", "--face_threshold", "0.5"], "--face_threshold"),  # traceback
+    (["--detector", "haar", "--min_face", "30"], "--detector, --min_face: only with --recrop detect"),  # ignored
 ])
 def test_eval_flags_fail_in_one_line_before_any_work(tmp_path, flags, needle):
     r = run_here(EVAL, "--checkpoint", tmp_path / "missing.pth", "--out_dir", tmp_path / "out", *flags)
