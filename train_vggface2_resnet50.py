@@ -173,8 +173,72 @@ def get_args(argv=None):
     return args
 
 
-if __name__ == "__main__":
-    get_args()  # flags first: a bad flag fails now, not after the imports below (seconds)
+# --- before any work ----------------------------------------------------------------------------
+def output_paths(save_path):
+    save_path = Path(save_path)
+    stem = save_path.with_suffix("")
+    return {"best": save_path, "last": Path(f"{stem}_last.pth"), "history": Path(f"{stem}_history.csv"),
+            "curves": Path(f"{stem}_curves.png"), "run": Path(f"{stem}_run.json"), "config": Path(f"{stem}_config.yaml")}
+
+
+def tensorboard_dir(args):
+    """Where --tensorboard writes: DIR, or <stem>_tensorboard beside the checkpoint; None without the flag."""
+    if args.tensorboard is None:
+        return None
+    return Path(args.tensorboard or f"{Path(args.save_path).with_suffix('')}_tensorboard")
+
+
+def preflight(args):
+    """Everything that can be checked in the first second: inputs exist, outputs can be written, and
+    no earlier run is silently replaced."""
+    for flag in ("train_meta", "val_meta"):
+        for path in getattr(args, flag):
+            check_input(path, f"--{flag}")
+    for flag in ("resume", "init_from", "vggface2_ckpt", "config", "weights"):
+        if getattr(args, flag):
+            check_input(getattr(args, flag), f"--{flag}")
+    if args.root:
+        check_input(args.root, "--root", folder=True)
+    paths = output_paths(args.save_path)
+    for path in paths.values():
+        check_output(path, "--save_path")
+    own = bool(args.resume) and any(p.exists() and os.path.samefile(args.resume, p) for p in paths.values())
+    # --resume's file is meant to be replaced, and so is the run's own config when it resumes that run
+    # (read in full before anything is written; a resume may not change what it says)
+    own_config = own and paths["config"].exists() and os.path.samefile(args.config or os.devnull, paths["config"])
+    check_not_inputs([("--save_path", p) for p in paths.values()],
+                     [(f"--{k}", m) for k in ("train_meta", "val_meta") for m in getattr(args, k)]
+                     + [(f"--{k}", getattr(args, k)) for k in ("init_from", "vggface2_ckpt", "config", "weights")
+                        if not (k == "config" and own_config)])
+    # Whatever starts the run (fresh, --init_from, --resume of another run's state): outputs of an
+    # earlier run are replaced only with --overwrite, except by the continuation of that same run.
+    existing = [p for p in paths.values() if p.exists()]
+    tb = tensorboard_dir(args)
+    if tb is not None:
+        check_output(tb, "--tensorboard", folder=True)
+        clash = next((p for p in paths.values() if p.resolve() == tb.resolve() or p.resolve() in tb.resolve().parents),
+                     None)  # the event folder would take the name an output file is renamed onto
+        if clash is not None:
+            raise TrainError(f"--tensorboard {tb}: is the output {clash} of --save_path {args.save_path}; "
+                             f"choose another folder")
+        existing += list(tb.glob("events.out.tfevents.*"))[:1]
+    if own and args.overwrite:
+        raise TrainError(f"--resume {args.resume} continues the run at --save_path {args.save_path}, --overwrite "
+                         f"would replace it: give one of them")
+    if existing and not (own or args.overwrite):
+        if args.resume:
+            raise TrainError(f"{existing[0]} exists and belongs to another run than --resume {args.resume}; "
+                             f"continue that run at its own --save_path, or replace {args.save_path}'s run with "
+                             f"--overwrite")
+        raise TrainError(f"{existing[0]} exists (an earlier run's output); continue that run with --resume "
+                         f"{paths['last']}, or replace it with --overwrite")
+
+
+if __name__ == "__main__":  # flags and paths first: a mistake fails now, not after the imports below (seconds)
+    try:
+        preflight(get_args())
+    except FERError as e:
+        sys.exit(f"error: {one_line(e)}")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -246,67 +310,7 @@ class TrainSampler(Sampler):
         return self.per_rank
 
 
-# --- before any work ----------------------------------------------------------------------------
-def output_paths(save_path):
-    save_path = Path(save_path)
-    stem = save_path.with_suffix("")
-    return {"best": save_path, "last": Path(f"{stem}_last.pth"), "history": Path(f"{stem}_history.csv"),
-            "curves": Path(f"{stem}_curves.png"), "run": Path(f"{stem}_run.json"), "config": Path(f"{stem}_config.yaml")}
-
-
-def tensorboard_dir(args):
-    """Where --tensorboard writes: DIR, or <stem>_tensorboard beside the checkpoint; None without the flag."""
-    if args.tensorboard is None:
-        return None
-    return Path(args.tensorboard or f"{Path(args.save_path).with_suffix('')}_tensorboard")
-
-
-def preflight(args):
-    """Everything that can be checked in the first second: inputs exist, outputs can be written, and
-    no earlier run is silently replaced."""
-    for flag in ("train_meta", "val_meta"):
-        for path in getattr(args, flag):
-            check_input(path, f"--{flag}")
-    for flag in ("resume", "init_from", "vggface2_ckpt", "config", "weights"):
-        if getattr(args, flag):
-            check_input(getattr(args, flag), f"--{flag}")
-    if args.root:
-        check_input(args.root, "--root", folder=True)
-    paths = output_paths(args.save_path)
-    for path in paths.values():
-        check_output(path, "--save_path")
-    own = bool(args.resume) and any(p.exists() and os.path.samefile(args.resume, p) for p in paths.values())
-    # --resume's file is meant to be replaced, and so is the run's own config when it resumes that run
-    # (read in full before anything is written; a resume may not change what it says)
-    own_config = own and paths["config"].exists() and os.path.samefile(args.config or os.devnull, paths["config"])
-    check_not_inputs([("--save_path", p) for p in paths.values()],
-                     [(f"--{k}", m) for k in ("train_meta", "val_meta") for m in getattr(args, k)]
-                     + [(f"--{k}", getattr(args, k)) for k in ("init_from", "vggface2_ckpt", "config", "weights")
-                        if not (k == "config" and own_config)])
-    # Whatever starts the run (fresh, --init_from, --resume of another run's state): outputs of an
-    # earlier run are replaced only with --overwrite, except by the continuation of that same run.
-    existing = [p for p in paths.values() if p.exists()]
-    tb = tensorboard_dir(args)
-    if tb is not None:
-        check_output(tb, "--tensorboard", folder=True)
-        clash = next((p for p in paths.values() if p.resolve() == tb.resolve() or p.resolve() in tb.resolve().parents),
-                     None)  # the event folder would take the name an output file is renamed onto
-        if clash is not None:
-            raise TrainError(f"--tensorboard {tb}: is the output {clash} of --save_path {args.save_path}; "
-                             f"choose another folder")
-        existing += list(tb.glob("events.out.tfevents.*"))[:1]
-    if own and args.overwrite:
-        raise TrainError(f"--resume {args.resume} continues the run at --save_path {args.save_path}, --overwrite "
-                         f"would replace it: give one of them")
-    if existing and not (own or args.overwrite):
-        if args.resume:
-            raise TrainError(f"{existing[0]} exists and belongs to another run than --resume {args.resume}; "
-                             f"continue that run at its own --save_path, or replace {args.save_path}'s run with "
-                             f"--overwrite")
-        raise TrainError(f"{existing[0]} exists (an earlier run's output); continue that run with --resume "
-                         f"{paths['last']}, or replace it with --overwrite")
-
-
+# --- what the run starts from -------------------------------------------------------------------
 def check_resume(ckpt_path, args, class_names):
     """The training state of a *_last.pth that continues exactly this run, or one line saying why not."""
     meta, _ = read_checkpoint(ckpt_path)  # weights finite, metadata consistent

@@ -321,6 +321,20 @@ def test_flag_errors_come_before_the_heavy_imports(script, flag):
     assert imported and not [m for m in imported if m.split(".")[0] in ("torch", "cv2", "albumentations", "pandas")]
 
 
+def test_training_checks_its_paths_before_the_heavy_imports(tmp_path):
+    """A missing index or an earlier run at --save_path is said in the first second, not after torch loads."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    r = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "train_vggface2_resnet50.py"), "--train_meta",
+                        str(tmp_path / "missing.parquet")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    errors = [ln for ln in r.stderr.splitlines() if not ln.startswith("import time:")]
+    assert r.returncode == 1 and errors == [f"error: --train_meta {tmp_path / 'missing.parquet'}: file not found"]
+    imported = [ln.rsplit("|", 1)[-1].strip() for ln in r.stderr.splitlines() if ln.startswith("import time:")]
+    assert imported and not [m for m in imported if m.split(".")[0] in ("torch", "cv2", "albumentations", "pandas")]
+
+
 def test_hostile_findings_are_one_clear_line(trained, demo, tmp_path):
     """Found trying the surface again: files that are no checkpoint get a reason that is true, and a
     --class_map entry without a folder is a flag error."""
