@@ -312,6 +312,23 @@ def int_at_least(lo, hi=None):
     return _number(int, lo, hi)
 
 
+# --bootstrap N, in every script that has it: fewer resamples give no 95 % interval (its ends are the
+# 2.5th and 97.5th percentiles of the resampled values); more do not fit in memory (resamples x images).
+MIN_RESAMPLES, MAX_RESAMPLES = 100, 100_000
+
+
+def add_bootstrap_argument(p):
+    p.add_argument("--bootstrap", type=int_at_least(0, MAX_RESAMPLES), default=1000, metavar="N",
+                   help=f"resamples of the images for the 95%% intervals: 0 (no intervals) or {MIN_RESAMPLES}-"
+                        f"{MAX_RESAMPLES}")
+
+
+def check_bootstrap(p, args):
+    if 0 < args.bootstrap < MIN_RESAMPLES:  # a 2.5th percentile of a few values is no 95 % interval
+        p.error(f"--bootstrap {args.bootstrap}: too few resamples for a 95% interval; give at least "
+                f"{MIN_RESAMPLES}, or 0 for none")
+
+
 def float_in(lo=None, hi=None, lo_open=False, hi_open=False):
     return _number(float, lo, hi, lo_open, hi_open)
 

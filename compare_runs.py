@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 import FER_metrics
-from FER_io import (ArgumentParser, FERError, check_input, check_not_inputs, check_output, nonneg_int, run_main,
-                    staged_outputs, write_text)
+from FER_io import (ArgumentParser, FERError, add_bootstrap_argument, check_bootstrap, check_input, check_not_inputs,
+                    check_output, nonneg_int, run_main, staged_outputs, write_text)
 
 # Flags that name where a run's files go or how it was started: never what makes runs differ.
 NOT_COMPARED = ("save_path", "resume", "overwrite", "config", "tensorboard", "train_meta", "val_meta")
@@ -40,10 +40,11 @@ def get_args(argv=None):
     g.add_argument("--predictions", nargs=2, metavar=("A.csv", "B.csv"),
                    help="compare two models on the same images: each metric, B - A with its bootstrap interval, "
                         "McNemar's test for accuracy")
-    g.add_argument("--bootstrap", type=nonneg_int, default=1000, metavar="N", help="bootstrap resamples (0: none)")
+    add_bootstrap_argument(g)
     g.add_argument("--seed", type=nonneg_int, default=0, help="seed of the bootstrap resamples")
     g.add_argument("--json", metavar="FILE", help="also write the paired comparison as JSON")
     args = p.parse_args(argv)
+    check_bootstrap(p, args)
     if bool(args.paths) == bool(args.predictions):
         p.error("give run records / folders to tabulate, or --predictions A.csv B.csv (one of the two)")
     if args.out and Path(args.out).suffix.lower() not in (".csv", ".md"):

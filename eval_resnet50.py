@@ -23,16 +23,14 @@ import sys
 from pathlib import Path
 
 import FER_face  # light (cv2, numpy): its flags are part of the parser
-from FER_io import (ArgumentParser, FERError, check_device, check_not_inputs, check_input, check_output, int_at_least,
-                    nonneg_int, positive_int, run_main, staged_outputs, write_text)
+from FER_io import (ArgumentParser, FERError, add_bootstrap_argument, check_bootstrap, check_device, check_not_inputs,
+                    check_input, check_output, int_at_least, nonneg_int, positive_int, run_main, staged_outputs,
+                    write_text)
 
 # Every file evaluation may write in --out_dir: together they are one evaluation (see the --overwrite rule).
 OUTPUTS = ("metrics_resnet50.json", "ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png",
            "report_resnet50.html", "comparison_resnet50.json")
 COMPARISON = OUTPUTS[4]
-# --bootstrap: fewer resamples give no 95 % interval (its ends are the 2.5th and 97.5th percentiles); more
-# would not fit in memory (the resample matrix holds resamples x images indices).
-MIN_RESAMPLES, MAX_RESAMPLES = 100, 100_000
 
 
 def get_args(argv=None):
@@ -68,18 +66,14 @@ def get_args(argv=None):
                    help="detect: detect the face in every image again and crop it as predict.py --detect_faces "
                         "does (--detector, --align) before predicting; none (default): the dataset's crops")
     FER_face.add_arguments(g, min_face=20)
-    p.add_argument("--bootstrap", type=int_at_least(0, MAX_RESAMPLES), default=1000, metavar="N",
-                   help=f"resamples of the images for the 95%% intervals: 0 (no intervals) or {MIN_RESAMPLES}-"
-                        f"{MAX_RESAMPLES}")
+    add_bootstrap_argument(p)
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the bootstrap resamples")
     args = p.parse_args(argv)
     if len(args.checkpoint) > 2:
         p.error(f"--checkpoint: one checkpoint, or two to compare (got {len(args.checkpoint)})")
     if len(args.checkpoint) == 2 and args.save_predictions:
         p.error("--save_predictions: give one --checkpoint (evaluate each model alone to save its predictions)")
-    if 0 < args.bootstrap < MIN_RESAMPLES:  # a 2.5th percentile of a few values is no 95 % interval
-        p.error(f"--bootstrap {args.bootstrap}: too few resamples for a 95% interval; give at least "
-                f"{MIN_RESAMPLES}, or 0 for none")
+    check_bootstrap(p, args)
     args.checkpoint, args.checkpoint_b = args.checkpoint[0], (args.checkpoint[1:] or [None])[0]
     try:
         FER_face.check_arguments(args, args.recrop == "detect", "--recrop detect")

@@ -143,3 +143,9 @@ def test_huge_epochs_do_not_hang_before_the_first_epoch(monkeypatch):
     monkeypatch.setattr(T, "trainable_blocks", lambda *a, **k: calls.append(a) or blocks(*a, **k))
     assert T.schedule_text(10**5, 3, None) == "epochs 1-3 layer4, 4-100000 layer3+layer4" and len(calls) <= 3
     assert T.schedule_text(6, 3, 1) == "epochs 1-6 all" and T.schedule_text(10**9, 0, 5).endswith("5-1000000000 all")
+
+
+def test_compare_predictions_refuses_too_few_resamples(tmp_path):
+    """--bootstrap 5 gave a "95 % interval" of five values, exit 0; the rule is eval's (FER_io.check_bootstrap)."""
+    r = run_here("compare_runs.py", "--predictions", tmp_path / "a.csv", tmp_path / "b.csv", "--bootstrap", 5)
+    assert r.returncode == 2 and "--bootstrap 5: too few resamples" in one_error_line(r)
