@@ -128,16 +128,16 @@ def add_arguments(p, min_face=MIN_FACE, detector=True, align=True):
                                       align="template"))
 
 
-def check_arguments(args, detecting, needs):
-    """One line for detector flags that would do nothing (given without `needs`, the flag that makes the
-    script detect faces: `detecting` says whether it was given) or mean nothing; then the defaults of
-    the flags not given are filled in."""
+def check_arguments(p, args, detecting, needs):
+    """A flag error (parser p) for detector flags that would do nothing (given without `needs`, the flag that
+    makes the script detect faces: `detecting` says whether it was given) or mean nothing; then the
+    defaults of the flags not given are filled in."""
     defaults = vars(args).pop("face_defaults")
     given = [name for name in defaults if getattr(args, name, None) is not None]
     if given and not detecting:
-        raise FERError(f"{', '.join('--' + n for n in given)}: only with {needs} (without it no face is detected)")
+        p.error(f"{', '.join('--' + n for n in given)}: only with {needs} (without it no face is detected)")
     if args.face_threshold is not None and getattr(args, "detector", None) not in (None, "mtcnn"):
-        raise FERError(f"--face_threshold is for --detector mtcnn (the {args.detector} detector gives no score)")
+        p.error(f"--face_threshold is for --detector mtcnn (the {args.detector} detector gives no score)")
     for name, value in defaults.items():
         if hasattr(args, name) and getattr(args, name) is None:
             setattr(args, name, value)

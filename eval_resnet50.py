@@ -75,10 +75,7 @@ def get_args(argv=None):
         p.error("--save_predictions: give one --checkpoint (evaluate each model alone to save its predictions)")
     check_bootstrap(p, args)
     args.checkpoint, args.checkpoint_b = args.checkpoint[0], (args.checkpoint[1:] or [None])[0]
-    try:
-        FER_face.check_arguments(args, args.recrop == "detect", "--recrop detect")
-    except FERError as e:  # a flag combination: fails like any bad flag, before the imports
-        p.error(str(e))
+    FER_face.check_arguments(p, args, args.recrop == "detect", "--recrop detect")
     return args
 
 

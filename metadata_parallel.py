@@ -1077,10 +1077,7 @@ def parse_args(argv):
                         "6=sad,7=surprise for numeric folders; class names: neutral, happy, sad, surprise, fear, "
                         "disgust, anger, contempt or a synonym (happiness, angry, surprised, fearful, disgusted...)")
     args = p.parse_args(argv)
-    try:
-        FER_face.check_arguments(args, args.detect_landmarks, "--detect_landmarks")
-    except FERError as e:  # a flag combination: fails like any bad flag
-        p.error(str(e))
+    FER_face.check_arguments(p, args, args.detect_landmarks, "--detect_landmarks")
     return p, args
 
 

@@ -74,10 +74,7 @@ def get_args(argv=None):
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     args = p.parse_args(argv)
     args.detect_faces = args.detect_faces or args.largest_face
-    try:
-        FER_face.check_arguments(args, args.detect_faces, "--detect_faces")
-    except FERError as e:  # a flag combination: fails like any bad flag
-        p.error(str(e))
+    FER_face.check_arguments(p, args, args.detect_faces, "--detect_faces")
     return args
 
 
