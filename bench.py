@@ -6,6 +6,12 @@
 
 Each figure is the median of --reps timed repetitions after a warm-up; CUDA timings synchronise.
 """
+from fer.data.faces import Cropper
+from fer.data.faces import make_detector
+from fer.evaluation.metrics import bootstrap_indices
+from fer.evaluation.metrics import bootstrap_metrics
+from fer.evaluation.metrics import evaluate
+from fer.evaluation.report import render
 import argparse
 import contextlib
 import io
@@ -28,13 +34,19 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import compare_runs  # noqa: E402
-import FER_metrics  # noqa: E402
-from FER_run import cpu_name  # noqa: E402
+from fer.training.record import cpu_name
 import make_demo_data  # noqa: E402
 import metadata_parallel  # noqa: E402
-from FER_backbones import ARCHS, check_img_size  # noqa: E402
-from FER_model import FERNet, predict_batches  # noqa: E402
-from FER_transform import CLASS_NAMES, FastISONoise, FERDataset, build_transforms, load_image, seed_augmentation  # noqa: E402
+from fer.model.backbones import ARCHS
+from fer.model.backbones import check_img_size
+from fer.model.net import FERNet
+from fer.model.forward import predict_batches
+from fer.constants import CLASS_NAMES
+from fer.data.transforms import FastISONoise
+from fer.data.dataset import FERDataset
+from fer.data.transforms import build_transforms
+from fer.data.dataset import load_image
+from fer.data.transforms import seed_augmentation
 from train_vggface2_resnet50 import (TrainSampler, class_weights, make_criterion, train_one_epoch,  # noqa: E402
                                      train_step)
 
@@ -308,7 +320,7 @@ def bench_video(args, rows, tmp):
     640x480 clip with two faces, with each detector (mtcnn: aligned onto a crop template; haar: box
     crops), beside decode + detection alone: the pipeline is as fast as its slower half when the two
     overlap."""
-    import FER_face
+    pass
     import predict
 
     n = 8 if args.quick else 100
@@ -326,7 +338,7 @@ def bench_video(args, rows, tmp):
         if name == "mtcnn" and detector_threads > 1 and (args.quick or threads == 1):
             continue  # the thread comparison: one run is enough, and it needs several cores
         pargs = predict.get_args([str(clip), "--detect_faces", "--detector", name, "--batch_size", str(args.batch_size)])
-        cropper = FER_face.Cropper(FER_face.make_detector(name), np.array(template), "template", args.img_size)
+        cropper = Cropper(make_detector(name), np.array(template), "template", args.img_size)
         label = name
         if detector_threads:
             cropper.detector.threads = detector_threads
@@ -377,8 +389,8 @@ def bench_experiments(args, rows, tmp):
     va_pred = va_true + rng.normal(0, 0.3, (n, 2))
 
     def boot():
-        idx = FER_metrics.bootstrap_indices(n, resamples, 0)
-        FER_metrics.bootstrap_metrics(idx, logits, y, va_pred, va_true, list(CLASS_NAMES))
+        idx = bootstrap_indices(n, resamples, 0)
+        bootstrap_metrics(idx, logits, y, va_pred, va_true, list(CLASS_NAMES))
     t = timed(boot, args.reps, "cpu")
     rows.append(("experiments", f"bootstrap: every metric, {resamples} resamples x {n} images", t, "s",
                  "8 classes + valence/arousal; a paired comparison of two models costs twice this"))
@@ -399,7 +411,7 @@ def bench_experiments(args, rows, tmp):
 def bench_report(args, rows, tmp):
     """eval's HTML report for 800 images (make demo's validation split) with predictions that fill
     every cell of the confusion matrix: the most thumbnails a page of that size can hold."""
-    import FER_report
+    pass
 
     n = 96 if args.quick else 800
     make_demo_data.make_dataset(tmp / "report", n=n, size=64, seed=0, progress=False)
@@ -410,12 +422,12 @@ def bench_report(args, rows, tmp):
     logits = rng.normal(size=(n, 8)) + 1.5 * np.eye(8)[y]
     va_true = df[["valence", "arousal"]].to_numpy(np.float64)
     va = va_true + rng.normal(0, 0.2, va_true.shape)
-    metrics = FER_metrics.evaluate(logits, va, y, va_true, CLASS_NAMES)
+    metrics = evaluate(logits, va, y, va_true, CLASS_NAMES)
     metrics.update(classes_scored=list(CLASS_NAMES), checkpoint="bench.pth")
     predictions = {"logits": logits, "y_cls": y, "va": va, "y_reg": va_true}
     paths = [str(tmp / "report" / "images" / f) for f in df["filename"]]
     page = []
-    t = timed(lambda: page.append(FER_report.render(metrics, predictions, paths, list(df["filename"]))),
+    t = timed(lambda: page.append(render(metrics, predictions, paths, list(df["filename"]))),
               args.reps, "cpu")
     rows.append(("report", "HTML report (FER_report.render)", n / t, "img/s",
                  f"{n} images in {t:.2f} s, page {len(page[-1].encode()) / 2 ** 20:.2f} MiB, "

@@ -12,6 +12,11 @@ wide as its eyes are apart; every other detection is a false one. Agreement is o
 found (the model was trained on such faces): the class predicted on the face as drawn vs on the crop
 predict.py makes from the scene. The numbers are in BENCHMARKS.md.
 """
+from fer.constants import DETECTORS
+from fer.data.faces import Cropper
+from fer.data.faces import check_template
+from fer.data.faces import five_from_68
+from fer.data.faces import make_detector
 import json
 import time
 
@@ -19,13 +24,18 @@ import cv2
 import numpy as np
 import torch
 
-import FER_face
 import make_demo_data
-from FER_io import (ArgumentParser, check_input, check_not_inputs, check_output, positive_int, run_main,
-                    write_text)
-from FER_metrics import softmax
-from FER_model import infer, model_from_checkpoint
-from FER_transform import build_transforms
+from fer.cli import ArgumentParser
+from fer.trust import check_input
+from fer.trust import check_not_inputs
+from fer.trust import check_output
+from fer.cli import positive_int
+from fer.cli import run_main
+from fer.trust import write_text
+from fer.evaluation.metrics import softmax
+from fer.model.forward import infer
+from fer.model.checkpoint import model_from_checkpoint
+from fer.data.transforms import build_transforms
 
 BACKGROUNDS = ("coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "coins", "page",
                "horse", "logo", "motorcycle_left", "rocket", "colorwheel")
@@ -77,7 +87,7 @@ def make_scenes(n, seed=0):
         bgr, _, _, lm = make_demo_data.draw_face(np.random.default_rng([seed, k]), label, 128)
         demo = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         faces, taken = [], []
-        for kind, face, pts in (("demo", demo, FER_face.five_from_68(lm)), ("astronaut", head, head_points)):
+        for kind, face, pts in (("demo", demo, five_from_68(lm)), ("astronaut", head, head_points)):
             for _ in range(100):  # a place that does not overlap the other face
                 side = float(np.exp(rng.uniform(np.log(40), np.log(300))))
                 half = side * max(face.shape[:2]) / face.shape[1] / 2 * 1.42
@@ -116,14 +126,14 @@ def main(argv=None):
         check_output(args.json, "--json")
         check_not_inputs([("--json", args.json)], [("--checkpoint", args.checkpoint)])
     model, meta = model_from_checkpoint(args.checkpoint)
-    template = FER_face.check_template(meta.get("crop_template"))
+    template = check_template(meta.get("crop_template"))
     transform = build_transforms(False, meta["img_size"])
 
     def predicted(crops):
         logits, _ = infer(model, torch.stack([transform(image=c)["image"] for c in crops]), "cpu")
         return softmax(logits.numpy()).argmax(1)
 
-    detectors = {name: FER_face.make_detector(name) for name in FER_face.DETECTORS}
+    detectors = {name: make_detector(name) for name in DETECTORS}
     stats = {name: dict(found={"demo": 0, "astronaut": 0}, false=0, seconds=0.0, agree={"template": [], "box": []})
              for name in detectors}
     totals = {"demo": 0, "astronaut": 0}
@@ -142,7 +152,7 @@ def main(argv=None):
                 if drawn is None:
                     continue
                 for align in ("template", "box"):
-                    crop = FER_face.Cropper(detector, template, align, meta["img_size"]).crop(scene, d)
+                    crop = Cropper(detector, template, align, meta["img_size"]).crop(scene, d)
                     same = predicted([drawn, crop])
                     stats[name]["agree"][align].append(bool(same[0] == same[1]))
     rows = []

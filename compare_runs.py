@@ -9,7 +9,12 @@ wall time, images/s); as columns only the flags and data fingerprints that diffe
 rest in one "same in all runs" line. Runs that differ only in --seed become one row: mean ± std over n.
 A record that cannot be read is named and skipped.
 """
-import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
+from fer.evaluation.metrics import bootstrap_indices
+from fer.evaluation.metrics import bootstrap_metrics
+from fer.evaluation.metrics import evaluate
+from fer.evaluation.metrics import format_comparison
+from fer.evaluation.metrics import paired_comparison
+from fer.trust import one_line
 import csv
 import json
 import sys
@@ -17,9 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-import FER_metrics
-from FER_io import (ArgumentParser, FERError, add_bootstrap_argument, check_bootstrap, check_input, check_not_inputs,
-                    check_output, nonneg_int, run_main, staged_outputs, write_text)
+from fer.cli import ArgumentParser
+from fer.trust import FERError
+from fer.cli import add_bootstrap_argument
+from fer.cli import check_bootstrap
+from fer.trust import check_input
+from fer.trust import check_not_inputs
+from fer.trust import check_output
+from fer.cli import nonneg_int
+from fer.cli import run_main
+from fer.trust import staged_outputs
+from fer.trust import write_text
 
 # Flags that name where a run's files go or how it was started: never what makes runs differ.
 NOT_COMPARED = ("save_path", "resume", "overwrite", "config", "tensorboard", "train_meta", "val_meta")
@@ -76,7 +89,7 @@ def record_files(paths, skip):
 def read_record(path):
     """The run record of a *_run.json or a checkpoint, with where it was read from; FERError if unusable."""
     if path.suffix.lower() in (".pth", ".pt"):
-        from FER_model import read_weights  # torch only when a checkpoint is given
+        from fer.model.checkpoint import read_weights
 
         obj = read_weights(path)
         record = obj.get("run") if isinstance(obj, dict) else None
@@ -111,7 +124,7 @@ def load_runs(paths):
         try:
             run = read_record(path)
         except FERError as e:
-            skip(path, FER_io.one_line(e))
+            skip(path, one_line(e))
             continue
         key = (run["record"].get("started"), json.dumps(run["record"]["args"], sort_keys=True, default=str))
         if key in seen:  # the same run given as its folder, record and checkpoint
@@ -335,11 +348,11 @@ def compare_predictions(path_a, path_b, resamples, seed):
     for df in (a, b):
         logits = np.log(np.clip(df[[f"prob_{c}" for c in classes]].to_numpy(np.float64), 1e-300, None))
         va = df[["valence_pred", "arousal_pred"]].to_numpy(np.float64) if has_va else None
-        sides.append((FER_metrics.evaluate(logits, va, y, va_true, classes), logits, va))
-    idx = FER_metrics.bootstrap_indices(len(y), resamples, seed)
-    samples = [FER_metrics.bootstrap_metrics(idx, logits, y, va, va_true, classes) for _, logits, va in sides]
+        sides.append((evaluate(logits, va, y, va_true, classes), logits, va))
+    idx = bootstrap_indices(len(y), resamples, seed)
+    samples = [bootstrap_metrics(idx, logits, y, va, va_true, classes) for _, logits, va in sides]
     correct = [logits.argmax(1) == y for _, logits, _ in sides]
-    comp = FER_metrics.paired_comparison(sides[0][0], sides[1][0], *samples, *correct, resamples, seed)
+    comp = paired_comparison(sides[0][0], sides[1][0], *samples, *correct, resamples, seed)
     comp.update(a={"predictions": str(path_a)}, b={"predictions": str(path_b)}, classes_scored=classes)
     return comp
 
@@ -357,7 +370,7 @@ def main(argv=None):
 
     if args.predictions:
         comp = compare_predictions(*args.predictions, args.bootstrap, args.seed)
-        print(FER_metrics.format_comparison(comp, *args.predictions))
+        print(format_comparison(comp, *args.predictions))
         if args.json:
             write_text(json.dumps(comp, indent=2), args.json)
             print(f"wrote {args.json}")

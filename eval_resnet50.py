@@ -14,7 +14,23 @@ An out_dir holds one evaluation: if it holds an earlier one, evaluation refuses 
 --overwrite, which replaces the whole set (earlier files this run does not write are removed), so
 a folder never mixes two evaluations.
 """
-import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
+from fer.cli import add_face_arguments
+from fer.cli import check_face_arguments
+from fer.data.dataset import data_record
+from fer.data.faces import check_template
+from fer.data import faces
+from fer.evaluation.metrics import bootstrap_indices
+from fer.evaluation.metrics import bootstrap_metrics
+from fer.evaluation.metrics import bootstrap_report
+from fer.evaluation.metrics import clip_va
+from fer.evaluation.metrics import evaluate
+from fer.evaluation.metrics import format_comparison
+from fer.evaluation.metrics import paired_comparison
+from fer.evaluation.metrics import softmax
+from fer.evaluation.report import pyplot
+from fer.evaluation.report import render
+from fer.evaluation.report import va_scatter
+from fer.model.checkpoint import weights_fingerprint
 import argparse
 import json
 import os
@@ -22,10 +38,20 @@ import shlex
 import sys
 from pathlib import Path
 
-import FER_face  # light (cv2, numpy): its flags are part of the parser
-from FER_io import (ArgumentParser, FERError, add_bootstrap_argument, check_bootstrap, check_device, check_not_inputs,
-                    check_input, check_output, int_at_least, nonneg_int, positive_int, run_main, staged_outputs,
-                    write_text)
+from fer.cli import ArgumentParser
+from fer.trust import FERError
+from fer.cli import add_bootstrap_argument
+from fer.cli import check_bootstrap
+from fer.trust import check_device
+from fer.trust import check_not_inputs
+from fer.trust import check_input
+from fer.trust import check_output
+from fer.cli import int_at_least
+from fer.cli import nonneg_int
+from fer.cli import positive_int
+from fer.cli import run_main
+from fer.trust import staged_outputs
+from fer.trust import write_text
 
 # Every file evaluation may write in --out_dir: together they are one evaluation (see the --overwrite rule).
 OUTPUTS = ("metrics_resnet50.json", "ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png",
@@ -65,7 +91,7 @@ def get_args(argv=None):
     g.add_argument("--recrop", choices=("none", "detect"), default="none",
                    help="detect: detect the face in every image again and crop it as predict.py --detect_faces "
                         "does (--detector, --align) before predicting; none (default): the dataset's crops")
-    FER_face.add_arguments(g, min_face=20)
+    add_face_arguments(g, min_face=20)
     add_bootstrap_argument(p)
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the bootstrap resamples")
     args = p.parse_args(argv)
@@ -75,7 +101,7 @@ def get_args(argv=None):
         p.error("--save_predictions: give one --checkpoint (evaluate each model alone to save its predictions)")
     check_bootstrap(p, args)
     args.checkpoint, args.checkpoint_b = args.checkpoint[0], (args.checkpoint[1:] or [None])[0]
-    FER_face.check_arguments(p, args, args.recrop == "detect", "--recrop detect")
+    check_face_arguments(p, args, args.recrop == "detect", "--recrop detect")
     return args
 
 
@@ -87,11 +113,11 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-import FER_metrics  # noqa: E402
-import FER_report  # noqa: E402
-import FER_run  # noqa: E402
-from FER_model import model_from_checkpoint, predict_batches  # noqa: E402
-from FER_transform import FERDataError, FERDataset, classes_in  # noqa: E402
+from fer.model.checkpoint import model_from_checkpoint
+from fer.model.forward import predict_batches
+from fer.data.dataset import FERDataError
+from fer.data.dataset import FERDataset
+from fer.data.dataset import classes_in
 
 
 def short(path):
@@ -134,14 +160,14 @@ def plot_confusion(cm, class_names, path, title=""):
 
 def plot_valence_arousal(va_true, va_pred, path, metrics=None, title=""):
     """Predicted against true valence and arousal, with the identity line; each panel's CCC and RMSE."""
-    plt = FER_report.pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
     titles = []
     for name in ("valence", "arousal"):
         r = (metrics or {}).get(name)
         titles.append(name if r is None else
                       f"{name}: CCC {'n/a' if r['ccc'] is None else format(r['ccc'], '.3f')}, RMSE {r['rmse']:.3f}")
-    FER_report.va_scatter(axes, va_true, va_pred, titles)
+    va_scatter(axes, va_true, va_pred, titles)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -210,10 +236,10 @@ def evaluate_checkpoint(args):
     scored, set_only, ckpt_only = scored_classes(meta["class_names"], args.meta, args.all_classes)
     recrop, fallback = None, None
     if args.recrop == "detect":
-        template = FER_face.check_template(meta.get("crop_template"), f"{args.checkpoint}: field crop_template")
+        template = check_template(meta.get("crop_template"), f"{args.checkpoint}: field crop_template")
         recrop = dict(detector=args.detector, min_face=args.min_face, threshold=args.face_threshold,
                       template=template, align=args.align)
-        fallback = FER_face.fallback(args.detector, template, args.align)
+        fallback = faces.fallback(args.detector, template, args.align)
     ds = FERDataset(args.meta, train=False, size=args.img_size or meta["img_size"], root=args.root, classes=scored,
                     recrop=recrop)
     if len(ds) == 0:
@@ -223,7 +249,7 @@ def evaluate_checkpoint(args):
     out = predict_batches(model, loader, device, torch.bfloat16 if args.amp else None, tta=args.tta,
                           progress=sys.stderr.isatty(), desc="evaluate")
     out["logits"] = out["logits"][:, [meta["class_names"].index(c) for c in scored]]
-    metrics = FER_metrics.evaluate(out["logits"], out["va"], out["y_cls"], out["y_reg"].astype(np.float64), scored)
+    metrics = evaluate(out["logits"], out["va"], out["y_cls"], out["y_reg"].astype(np.float64), scored)
     if set_only:
         metrics["notes"].insert(0, f"classes of the evaluation set not in the checkpoint, left out: "
                                    f"{', '.join(set_only)} ({sum(ds.dropped.values())} rows not scored)")
@@ -253,15 +279,15 @@ def evaluate_checkpoint(args):
                                    + (f", e.g. {', '.join(missed[:3])}" if missed else ""))
     metrics.update(classes_scored=scored, classes_left_out={"evaluation_set": set_only, "checkpoint": ckpt_only},
                    rows_not_scored=ds.dropped, checkpoint=str(args.checkpoint), meta=list(map(str, args.meta)),
-                   heads_trained=meta["heads_trained"], tta=args.tta, all_classes=args.all_classes, data=FER_run.data_record(ds),
-                   checkpoint_fingerprint=FER_run.weights_fingerprint(model.state_dict()), run=meta.get("run"))
+                   heads_trained=meta["heads_trained"], tta=args.tta, all_classes=args.all_classes, data=data_record(ds),
+                   checkpoint_fingerprint=weights_fingerprint(model.state_dict()), run=meta.get("run"))
     metrics.update(checkpoint_classes=list(meta["class_names"]), img_size=ds.size)
     return metrics, scored, ds, out
 
 
 def resampled(out, scored, idx):
     """Every metric on each bootstrap resample of the evaluated images."""
-    return FER_metrics.bootstrap_metrics(idx, out["logits"], out["y_cls"], out["va"], out["y_reg"].astype(np.float64),
+    return bootstrap_metrics(idx, out["logits"], out["y_cls"], out["va"], out["y_reg"].astype(np.float64),
                                          scored)
 
 
@@ -272,8 +298,8 @@ def compare_checkpoints(args):
     if scored_b != scored:
         raise FERDataError(f"--checkpoint {args.checkpoint_b}: scores the classes {', '.join(scored_b)}, "
                            f"{args.checkpoint} scores {', '.join(scored)}: the models cannot be compared image by image")
-    idx = FER_metrics.bootstrap_indices(len(ds), args.bootstrap, args.seed)
-    comp = FER_metrics.paired_comparison(a, b, resampled(out_a, scored, idx), resampled(out_b, scored, idx),
+    idx = bootstrap_indices(len(ds), args.bootstrap, args.seed)
+    comp = paired_comparison(a, b, resampled(out_a, scored, idx), resampled(out_b, scored, idx),
                                          out_a["logits"].argmax(1) == out_a["y_cls"],
                                          out_b["logits"].argmax(1) == out_b["y_cls"], len(idx), args.seed)
     comp.update(a={k: a[k] for k in ("checkpoint", "checkpoint_fingerprint", "run", "notes")},
@@ -294,7 +320,7 @@ def write_report(args, metrics, class_names, ds, out):
     evaluation in out_dir that this run does not write are then removed. Returns (written, removed)."""
     out_dir = Path(args.out_dir)
     written = list(OUTPUTS[:2])
-    va_pred = FER_metrics.clip_va(out["va"])
+    va_pred = clip_va(out["va"])
     has_va = "valence" in metrics or "arousal" in metrics
     title = what_was_evaluated(metrics)
     with staged_outputs() as stage:
@@ -309,7 +335,7 @@ def write_report(args, metrics, class_names, ds, out):
             written.append(str(args.save_predictions))
         if args.report == "on":
             rows = out["index"]
-            page = FER_report.render(metrics, out, [ds.paths[i] for i in rows], [ds.filenames[i] for i in rows],
+            page = render(metrics, out, [ds.paths[i] for i in rows], [ds.filenames[i] for i in rows],
                                      ds.boxes[rows] if ds.has_boxes else None, args.command, args.report_images,
                                      progress=sys.stderr.isatty())
             Path(stage(out_dir / OUTPUTS[3])).write_bytes(page.encode("utf-8", "xmlcharrefreplace"))
@@ -326,7 +352,7 @@ def remove_earlier_files(out_dir, stage):
 
 
 def save_predictions(path, ds, out, va_pred, class_names):
-    probs = FER_metrics.softmax(out["logits"])
+    probs = softmax(out["logits"])
     y_pred = probs.argmax(1)
     df = pd.DataFrame({"filename": [ds.filenames[i] for i in out["index"]], "y_true": out["y_cls"],
                        "y_pred": y_pred, "expression_true": np.asarray(class_names)[out["y_cls"]],
@@ -376,7 +402,7 @@ def main(argv=None):
         with staged_outputs() as stage:
             write_text(json.dumps(comp, indent=2), out_dir / COMPARISON, stage)
             removed = remove_earlier_files(out_dir, stage)
-        print(FER_metrics.format_comparison(comp, args.checkpoint, args.checkpoint_b))
+        print(format_comparison(comp, args.checkpoint, args.checkpoint_b))
         for note in comp["notes"]:
             print(f"note: {note}")
         print(f"wrote {COMPARISON} to {out_dir.resolve()}")
@@ -393,8 +419,8 @@ def main(argv=None):
         check_not_inputs([("--save_predictions", args.save_predictions)],
                          [("image of --meta", path) for path in ds.paths if Path(path).name == name])
     if args.bootstrap:
-        idx = FER_metrics.bootstrap_indices(len(ds), args.bootstrap, args.seed)
-        metrics.update(FER_metrics.bootstrap_report(resampled(out, class_names, idx), args.bootstrap, args.seed))
+        idx = bootstrap_indices(len(ds), args.bootstrap, args.seed)
+        metrics.update(bootstrap_report(resampled(out, class_names, idx), args.bootstrap, args.seed))
     written, removed = write_report(args, metrics, class_names, ds, out)
     print(format_report(metrics, class_names))
     print(f"wrote {', '.join(written)} to {out_dir.resolve()}")

@@ -8,13 +8,18 @@ which heads were trained (`heads_trained`: a model trained without valence/arous
 the output, but it means nothing) are in the model's metadata. After export the model runs in
 onnxruntime on random input; the script fails if the largest difference from PyTorch exceeds --tolerance.
 """
-import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import importlib.util
 import json
 from pathlib import Path
 
-from FER_io import (ArgumentParser, FERError, check_not_inputs, check_output, float_in, int_at_least, run_main,
-                    staged_outputs)
+from fer.cli import ArgumentParser
+from fer.trust import FERError
+from fer.trust import check_not_inputs
+from fer.trust import check_output
+from fer.cli import float_in
+from fer.cli import int_at_least
+from fer.cli import run_main
+from fer.trust import staged_outputs
 
 MIN_OPSET = 18  # the oldest opset torch.onnx's dynamo exporter writes
 NEEDED = ("onnx", "onnxscript", "onnxruntime")  # the file, torch.onnx's exporter, the parity check
@@ -52,7 +57,9 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from FER_model import check_outputs_finite, heads_trained, model_from_checkpoint  # noqa: E402
+from fer.model.forward import check_outputs_finite
+from fer.model.checkpoint import heads_trained
+from fer.model.checkpoint import model_from_checkpoint
 
 
 class _Named(torch.nn.Module):

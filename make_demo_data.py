@@ -24,7 +24,6 @@ valence, eye and mouth opening follow arousal), so a small network can learn bot
 An existing output folder is replaced only when the new dataset is complete, and only if this script
 wrote it (or it is empty).
 """
-import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
 import errno
 import glob
 import hashlib
@@ -41,7 +40,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from FER_io import ArgumentParser, FERError, check_output, int_at_least, process_gone, run_main, signals_held
+from fer.cli import ArgumentParser
+from fer.trust import FERError
+from fer.trust import check_output
+from fer.cli import int_at_least
+from fer.trust import process_gone
+from fer.cli import run_main
+from fer.trust import signals_held
 from metadata_parallel import FER2013_LABELS, FERPLUS_LABELS, FERPLUS_VOTES, RAFDB_LABELS
 
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]

@@ -18,7 +18,10 @@ without one, scikit-learn's StratifiedShuffleSplit on the rows sorted by filenam
 seed: same split), with names that differ only in case or extension kept on one side.
 Damaged input never stops the run: bad rows and files are skipped, counted and named in the summary.
 """
-import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
+from fer.cli import add_face_arguments
+from fer.cli import check_face_arguments
+from fer.data.faces import best_face
+from fer.data.faces import make_detector
 import ast
 import hashlib
 import os
@@ -35,8 +38,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from FER_io import (ArgumentParser, FERError, check_input, check_output, check_replaceable, float_in, int_at_least,
-                    nonneg_int, remove_stale_temporaries, run_main, staged_outputs)
+from fer.cli import ArgumentParser
+from fer.trust import FERError
+from fer.trust import check_input
+from fer.trust import check_output
+from fer.trust import check_replaceable
+from fer.cli import float_in
+from fer.cli import int_at_least
+from fer.cli import nonneg_int
+from fer.trust import remove_stale_temporaries
+from fer.cli import run_main
+from fer.trust import staged_outputs
 
 CLASS_NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 NUM_CLASSES = 8
@@ -960,12 +972,12 @@ def _detect_chunk(task):
     of each image, in pixels of the image file; (name, why) for images without one."""
     import cv2
 
-    import FER_face
+    pass
 
     paths, boxes, min_face, threshold = task
     detector = _detect_chunk.__dict__.get("detector")
     if detector is None or (detector.min_face, detector.threshold) != (min_face, threshold):
-        detector = _detect_chunk.detector = FER_face.make_detector("mtcnn", min_face, threshold)
+        detector = _detect_chunk.detector = make_detector("mtcnn", min_face, threshold)
     points, missed = [], []
     for (path, name), box in zip(paths, boxes):
         bgr = cv2.imread(path, cv2.IMREAD_COLOR)
@@ -975,10 +987,10 @@ def _detect_chunk(task):
             continue
         rgb, x0, y0 = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), 0, 0
         if box is not None:  # detect inside the crop training makes, report in the file's pixels
-            from FER_transform import crop_rect
+            from fer.data.dataset import crop_rect
             x0, y0, x1, y1 = crop_rect(rgb.shape, box)
             rgb = rgb[y0:y1, x0:x1]
-        face = FER_face.best_face(detector(rgb))
+        face = best_face(detector(rgb))
         points.append(None if face is None else (face.points + (x0, y0)).reshape(-1).round(3))
         if face is None:
             missed.append((name, "no face found"))
@@ -1057,8 +1069,8 @@ def parse_args(argv):
                    help="add a landmarks5 column: five landmarks (eye centres, nose tip, mouth corners) per image "
                         "by the MTCNN face detector, for datasets without landmarks; training takes its crop "
                         "template from them. Images without a face are named")
-    import FER_face
-    FER_face.add_arguments(p.add_argument_group("with --detect_landmarks (MTCNN)"), min_face=20, detector=False,
+    pass
+    add_face_arguments(p.add_argument_group("with --detect_landmarks (MTCNN)"), min_face=20, detector=False,
                            align=False)
     g = p.add_argument_group("affectnet (.npy layout) only")
     g.add_argument("--images_dir", help="images folder, if not <root>/images (--val_root's is always its images/)")
@@ -1077,7 +1089,7 @@ def parse_args(argv):
                         "6=sad,7=surprise for numeric folders; class names: neutral, happy, sad, surprise, fear, "
                         "disgust, anger, contempt or a synonym (happiness, angry, surprised, fearful, disgusted...)")
     args = p.parse_args(argv)
-    FER_face.check_arguments(p, args, args.detect_landmarks, "--detect_landmarks")
+    check_face_arguments(p, args, args.detect_landmarks, "--detect_landmarks")
     return p, args
 
 

@@ -14,6 +14,17 @@ gets a per-track summary CSV and a timeline plot beside --out.
 Decoding and detection run in a thread that feeds the model batches through a bounded queue.
 Outputs are written only when the whole run succeeded, and replace earlier files all at once.
 """
+from fer.cli import add_face_arguments
+from fer.cli import check_face_arguments
+from fer.constants import FACE_MARGIN
+from fer.constants import POINT_COLUMNS
+from fer.data.faces import Cropper
+from fer.data.faces import check_template
+from fer.data.faces import make_detector
+from fer.inference.track import assign_tracks
+from fer.inference.track import plot_timeline
+from fer.inference.track import smooth
+from fer.inference.track import track_summary
 import errno
 import os
 import queue
@@ -23,9 +34,18 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import FER_face
-from FER_io import (ArgumentParser, FERError, check_device, check_input, check_not_inputs, check_output,
-                    check_replaceable, float_in, int_at_least, positive_int, run_main, staged_outputs)
+from fer.cli import ArgumentParser
+from fer.trust import FERError
+from fer.trust import check_device
+from fer.trust import check_input
+from fer.trust import check_not_inputs
+from fer.trust import check_output
+from fer.trust import check_replaceable
+from fer.cli import float_in
+from fer.cli import int_at_least
+from fer.cli import positive_int
+from fer.cli import run_main
+from fer.trust import staged_outputs
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
@@ -35,7 +55,7 @@ BOX = ["face_x", "face_y", "face_w", "face_h"]
 DECIMALS = 4  # of probabilities and valence/arousal in the CSVs: finer digits are noise (float32, TTA, devices)
 ONE_LINE_EACH = 20  # up to this many images get a line each on the terminal; more get a summary table
 FIRST_COLUMNS = ["filename", "frame", "time_s", "face_index", "track_id", *BOX, "face_score", "rotation",
-                 *FER_face.POINT_COLUMNS, "expression", "confidence"]
+                 *POINT_COLUMNS, "expression", "confidence"]
 
 
 def get_args(argv=None):
@@ -54,7 +74,7 @@ def get_args(argv=None):
                         "picture")
     p.add_argument("--largest_face", action="store_true", help="with face detection, keep only the largest face "
                                                                "(implies --detect_faces)")
-    FER_face.add_arguments(p.add_argument_group("face detection (with --detect_faces)"))
+    add_face_arguments(p.add_argument_group("face detection (with --detect_faces)"))
     p.add_argument("--annotate", metavar="DIR",
                    help="write copies of the images (same name and format) and <video>_annotated.mp4 with every "
                         "face's box, track id, expression and valence/arousal (a folder searched for inputs "
@@ -74,7 +94,7 @@ def get_args(argv=None):
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     args = p.parse_args(argv)
     args.detect_faces = args.detect_faces or args.largest_face
-    FER_face.check_arguments(p, args, args.detect_faces, "--detect_faces")
+    check_face_arguments(p, args, args.detect_faces, "--detect_faces")
     return args
 
 
@@ -211,7 +231,7 @@ def open_video(path):
     # FFmpeg explicitly: the image-sequence backend would read "%d" in a file name as a pattern.
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not cap.isOpened():
-        from FER_transform import FERDataError
+        from fer.data.dataset import FERDataError
         raise FERDataError(f"{path}: cannot be opened as a video (damaged, truncated or not a video)")
     fps = cap.get(cv2.CAP_PROP_FPS)
     return cap, fps if fps and 0 < fps < 1000 else 25.0
@@ -222,7 +242,7 @@ def video_frames(path, step, notes=None):
     early is noted with the frames it read."""
     import cv2
 
-    from FER_transform import FERDataError
+    from fer.data.dataset import FERDataError
     cap, fps = open_video(path)
     expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     i = 0
@@ -246,7 +266,7 @@ def video_frames(path, step, notes=None):
 def units(inp, args, cropper, transform, notes):
     """(rows, crops) for each image or analysed frame: one row per face, or one row without a
     prediction when no face was found."""
-    from FER_transform import load_image
+    from fer.data.dataset import load_image
 
     frames = [(None, None, load_image(inp.path))] if inp.kind == "image" else \
         video_frames(inp.path, args.frame_step, notes)
@@ -277,7 +297,7 @@ def produce(inputs, args, cropper, transform, out_q, stop, skipped, notes):
     handed to the consumer, which ends the run with one line."""
     import cv2
 
-    from FER_transform import FERDataError
+    from fer.data.dataset import FERDataError
 
     def put(item):
         while not stop.is_set():
@@ -309,9 +329,10 @@ def predict(inputs, args, model, meta, device, cropper=None):
     in a thread; the model runs here on full batches."""
     import torch
 
-    from FER_metrics import clip_va, softmax
-    from FER_model import infer
-    from FER_transform import build_transforms
+    from fer.evaluation.metrics import clip_va
+    from fer.evaluation.metrics import softmax
+    from fer.model.forward import infer
+    from fer.data.transforms import build_transforms
 
     class_names = meta["class_names"]
     va_trained = meta.get("heads_trained", {}).get("valence_arousal", True)  # untrained: columns left empty
@@ -370,7 +391,7 @@ def to_frame(rows, class_names, detect=False):
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    for c in (*BOX, "face_score", "rotation", *FER_face.POINT_COLUMNS) if detect else ():  # same columns for every detector
+    for c in (*BOX, "face_score", "rotation", *POINT_COLUMNS) if detect else ():  # same columns for every detector
         if c not in df.columns:
             df[c] = float("nan")
     for c in ("expression", "confidence", *[f"prob_{n}" for n in class_names], "valence", "arousal"):
@@ -484,7 +505,7 @@ def annotate_video(inp, rows, frame_step, target, stage):
 def write_outputs(df, inputs, plan, args, class_names, stage):
     """Per-video summaries and timelines, annotated copies, and the CSV, all staged. Returns the
     lines of the report."""
-    import FER_track
+    pass
 
     report = []
     by_name = dict(tuple(df.groupby("filename", sort=False)))
@@ -493,9 +514,9 @@ def write_outputs(df, inputs, plan, args, class_names, stage):
         if rows is None:  # skipped
             continue
         if inp.kind == "video":
-            summary = FER_track.track_summary(rows, class_names)
+            summary = track_summary(rows, class_names)
             summary.round(DECIMALS).to_csv(stage(files["tracks"]), index=False)
-            FER_track.plot_timeline(rows, summary, class_names, stage(files["timeline"]), inp.path.name)
+            plot_timeline(rows, summary, class_names, stage(files["timeline"]), inp.path.name)
             n_frames = rows["frame"].nunique()
             found = rows.loc[rows["expression"].notna(), "frame"].nunique()
             report.append(f"{shown(inp.path)}: {len(summary)} track(s), faces in {found} of {n_frames} analysed "
@@ -572,8 +593,8 @@ def main(argv=None):
 
     import torch
 
-    import FER_track
-    from FER_model import model_from_checkpoint
+    pass
+    from fer.model.checkpoint import model_from_checkpoint
 
     model, meta = model_from_checkpoint(args.checkpoint, device)
     if device.type == "cuda":
@@ -587,12 +608,12 @@ def main(argv=None):
               "labels): the valence and arousal columns are left empty")
     cropper = None
     if args.detect_faces:
-        template = FER_face.check_template(meta.get("crop_template"), f"{args.checkpoint}: field crop_template")
-        cropper = FER_face.Cropper(FER_face.make_detector(args.detector, args.min_face, args.face_threshold), template,
+        template = check_template(meta.get("crop_template"), f"{args.checkpoint}: field crop_template")
+        cropper = Cropper(make_detector(args.detector, args.min_face, args.face_threshold), template,
                                    args.align, meta["img_size"])
         if cropper.fallback:
             print(f"note: --align template: {cropper.fallback}; each face is cropped to its box with a "
-                  f"{FER_face.BOX_MARGIN:.0%} margin instead", flush=True)
+                  f"{FACE_MARGIN:.0%} margin instead", flush=True)
     rows, unreadable, notes = predict(inputs, args, model, meta, device, cropper)
     skipped += unreadable
     if skipped:
@@ -600,9 +621,9 @@ def main(argv=None):
     if not rows:
         raise FERError("nothing could be predicted: every input was skipped (listed above)")
 
-    df = FER_track.assign_tracks(to_frame(rows, class_names, args.detect_faces), args.track_iou, args.track_gap)
+    df = assign_tracks(to_frame(rows, class_names, args.detect_faces), args.track_iou, args.track_gap)
     if args.smooth is not None and "track_id" in df.columns:  # tracks exist in videos only
-        df = FER_track.smooth(df, args.smooth, class_names)
+        df = smooth(df, args.smooth, class_names)
     with staged_outputs() as stage:
         report = write_outputs(df, inputs, plan, args, class_names, stage)
 

@@ -20,7 +20,14 @@ Outputs, named after --save_path (default FER_resnet50.pth):
     FER_resnet50_config.yaml  its resolved flags: --config FER_resnet50_config.yaml repeats the run
     FER_resnet50_tensorboard/ TensorBoard events, with --tensorboard
 """
-import FER_io  # noqa: F401  (first: a Ctrl-C during the slow imports below ends in one line)
+from fer.cli.config import apply_config
+from fer.cli.config import write_config
+from fer.data.dataset import data_record
+from fer.model.checkpoint import weights_fingerprint
+from fer.training.record import RunRecord
+from fer.training.record import TensorBoardLog
+from fer.training.record import command_line
+from fer.training.record import write_json
 import csv
 import math
 import os
@@ -32,10 +39,24 @@ import sys
 import time
 from pathlib import Path
 
-import FER_run
-from FER_backbones import ARCHS, FAMILIES, LAYER_DECAY_ARCHS, RESNETS, check_img_size
-from FER_io import (ArgumentParser, FERError, check_device, check_input, check_not_inputs, check_output, float_in, int_at_least,
-                    nonneg_float, nonneg_int, one_line, positive_int, staged_outputs)
+from fer.model.backbones import ARCHS
+from fer.model.backbones import FAMILIES
+from fer.model.backbones import LAYER_DECAY_ARCHS
+from fer.model.backbones import RESNETS
+from fer.model.backbones import check_img_size
+from fer.cli import ArgumentParser
+from fer.trust import FERError
+from fer.trust import check_device
+from fer.trust import check_input
+from fer.trust import check_not_inputs
+from fer.trust import check_output
+from fer.cli import float_in
+from fer.cli import int_at_least
+from fer.cli import nonneg_float
+from fer.cli import nonneg_int
+from fer.trust import one_line
+from fer.cli import positive_int
+from fer.trust import staged_outputs
 
 DEFAULT_VGGFACE2 = "weight/resnet50_vggface2.pth"
 REG_WEIGHT = 0.5
@@ -147,7 +168,7 @@ def get_args(argv=None):
     g.add_argument("--tensorboard", metavar="DIR", nargs="?", const="", default=None,
                    help="write TensorBoard curves to DIR (default without DIR: <stem>_tensorboard beside the "
                         "checkpoint); view with: tensorboard --logdir <folder of your runs>")
-    FER_run.apply_config(p, argv)
+    apply_config(p, argv)
     args = p.parse_args(argv)
     if args.init_from and (args.no_pretrained or args.vggface2_ckpt or args.weights):
         p.error("--init_from gives the starting weights: leave out --no_pretrained / --vggface2_ckpt / --weights")
@@ -248,11 +269,27 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler, Sampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import FER_metrics  # noqa: E402
-from FER_model import (CheckpointError, FERNet, as_state_dict, checkpoint_payload, freeze_backbone,  # noqa: E402
-                       imagenet_state_dict, load_backbone_weights, model_initialised_from, param_groups,
-                       predict_batches, read_checkpoint, read_weights, save_checkpoint, unwrap)
-from FER_transform import CLASS_NAMES, BatchMix, FERDataset, classes_in, counted_twice, crop_template  # noqa: E402
+from fer.evaluation import metrics as M  # noqa: E402
+from fer.model.checkpoint import CheckpointError
+from fer.model.net import FERNet
+from fer.model.checkpoint import as_state_dict
+from fer.model.checkpoint import checkpoint_payload
+from fer.model.net import freeze_backbone
+from fer.model.checkpoint import imagenet_state_dict
+from fer.model.checkpoint import load_backbone_weights
+from fer.model.checkpoint import model_initialised_from
+from fer.model.net import param_groups
+from fer.model.forward import predict_batches
+from fer.model.checkpoint import read_checkpoint
+from fer.model.checkpoint import read_weights
+from fer.model.checkpoint import save_checkpoint
+from fer.model.net import unwrap
+from fer.constants import CLASS_NAMES
+from fer.data.transforms import BatchMix
+from fer.data.dataset import FERDataset
+from fer.data.dataset import classes_in
+from fer.data.dataset import counted_twice
+from fer.data.dataset import crop_template
 
 
 # --- distributed --------------------------------------------------------------------------------
@@ -343,7 +380,7 @@ def earlier_best(args, ckpt):
     best = Path(args.resume).with_name(Path(str(ckpt["args"].get("save_path", ""))).name)
     want = (ckpt.get("run") or {}).get("checkpoint_fingerprint")
     try:
-        found = FER_run.weights_fingerprint(read_checkpoint(best)[1]) if best.is_file() else None
+        found = weights_fingerprint(read_checkpoint(best)[1]) if best.is_file() else None
     except CheckpointError:
         found = None
     if want is None or found != want:
@@ -559,13 +596,13 @@ def validate(model, loader, criterion, device, amp_dtype, world, show):
     y_cls, y_reg = torch.from_numpy(out["y_cls"]), torch.from_numpy(out["y_reg"])
     loss = float(criterion(logits.to(device), va.to(device), y_cls.to(device), y_reg.to(device)))
     has_va = ~np.isnan(out["y_reg"]).any(1)
-    rmse = FER_metrics.rmse(out["y_reg"][has_va], out["va"][has_va]) if has_va.any() else \
+    rmse = M.rmse(out["y_reg"][has_va], out["va"][has_va]) if has_va.any() else \
         dict.fromkeys(("combined", "valence", "arousal"), float("nan"))  # the same code as eval_resnet50.py
-    ccc = [FER_metrics.ccc(out["y_reg"][has_va, k].astype(np.float64),
-                           FER_metrics.clip_va(out["va"][has_va, k].astype(np.float64))) if has_va.any() else None
+    ccc = [M.ccc(out["y_reg"][has_va, k].astype(np.float64),
+                 M.clip_va(out["va"][has_va, k].astype(np.float64))) if has_va.any() else None
            for k in (0, 1)]
-    return {"val_loss": loss, "val_acc": FER_metrics.accuracy(out["y_cls"], out["logits"].argmax(1)),
-            "val_f1_macro": FER_metrics.f1_macro(out["y_cls"], out["logits"].argmax(1)),
+    return {"val_loss": loss, "val_acc": M.accuracy(out["y_cls"], out["logits"].argmax(1)),
+            "val_f1_macro": M.f1_macro(out["y_cls"], out["logits"].argmax(1)),
             "val_rmse": rmse["combined"], "val_rmse_valence": rmse["valence"], "val_rmse_arousal": rmse["arousal"],
             "val_ccc_valence": float("nan") if ccc[0] is None else ccc[0],
             "val_ccc_arousal": float("nan") if ccc[1] is None else ccc[1]}
@@ -613,8 +650,8 @@ def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler,
     meta = dict(epoch=row["epoch"], metrics={k: v for k, v in row.items() if k.startswith(("val", "ema_val"))},
                 args=vars(args), **fields)
     with staged_outputs() as stage:
-        FER_run.write_json(fields["run"], stage(paths["run"]))
-        FER_run.write_config(args, stage(paths["config"]))
+        write_json(fields["run"], stage(paths["run"]))
+        write_config(args, stage(paths["config"]))
         if better_acc:
             best = ema.module if args.best_on == "ema" else model
             save_checkpoint(checkpoint_payload(best, args.img_size, **meta), paths["best"], stage)
@@ -770,13 +807,13 @@ def train(args, rank, world, device, command=None):
         if state["stopped"] or state["epoch"] >= args.epochs:
             say("that run is already complete; nothing to do")
             return
-    run = FER_run.RunRecord(args, command or FER_run.command_line(__file__), device, world, precision,
-                            {"train": FER_run.data_record(train_ds), "val": FER_run.data_record(val_ds)},
+    run = RunRecord(args, command or command_line(__file__), device, world, precision,
+                            {"train": data_record(train_ds), "val": data_record(val_ds)},
                             {k: paths[k].name for k in ("best", "last", "history", "curves", "config")},
                             previous=resumed.get("run") if resumed else None)
     tb_dir = tensorboard_dir(args)
     run.record["outputs"]["tensorboard"] = None if tb_dir is None else os.path.relpath(tb_dir, paths["run"].parent)
-    tensorboard = FER_run.TensorBoardLog(tb_dir if rank == 0 else None, purge_step=state.setdefault("steps", 0))
+    tensorboard = TensorBoardLog(tb_dir if rank == 0 else None, purge_step=state.setdefault("steps", 0))
 
     show = rank == 0 and sys.stderr.isatty()
     plan = schedule_text(args.epochs, args.freeze_epochs, args.unfreeze_all_at, FAMILIES[args.arch].stages)
@@ -866,7 +903,7 @@ def main(argv=None):
     try:
         preflight(args)
         rank, world, device = setup_distributed(args.device)
-        train(args, rank, world, device, FER_run.command_line(__file__, argv))
+        train(args, rank, world, device, command_line(__file__, argv))
     except KeyboardInterrupt:
         if rank == 0:
             print("\n" + interrupted_message(args, argv, last_before), file=sys.stderr)

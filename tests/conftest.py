@@ -23,7 +23,7 @@ def run_script(script, *args, cwd=None, timeout=300):
 def run_here(script, *args):
     """Run a script's main() inside this process, as run_script would run it (exit code, stdout,
     stderr), without an interpreter start-up and imports: for the many quick checks of flags and paths."""
-    from FER_io import run_main
+    from fer.cli import run_main
 
     module = importlib.import_module(Path(script).stem)
     argv = [str(a) for a in args]

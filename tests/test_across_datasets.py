@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from conftest import run_here, tiny_args
-from FER_transform import CLASS_NAMES, FACE_MARGIN, FERDataset, build_transforms, load_image
+from fer.constants import CLASS_NAMES
+from fer.constants import FACE_MARGIN
+from fer.data.dataset import FERDataset
+from fer.data.transforms import build_transforms
+from fer.data.dataset import load_image
 
 SEVEN = [c for c in CLASS_NAMES if c != "Contempt"]  # RAF-DB, FER2013
 
@@ -53,7 +57,7 @@ def test_eight_class_model_on_a_seven_class_set(trained, seven, tmp_path):
 
 
 def _logits(ckpt, filenames, meta):
-    from FER_model import model_from_checkpoint
+    from fer.model.checkpoint import model_from_checkpoint
     model, info = model_from_checkpoint(ckpt)
     ds = FERDataset(meta, train=False, size=info["img_size"], classes=SEVEN, verbose=False)
     order = [ds.filenames.index(f) for f in filenames]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run_script, tiny_args
-from FER_model import FERNet
+from fer.model.net import FERNet
 
 def assert_close_norm(a, b, rel, what=""):
     """|a - b| small beside |a| (norms): float32 sums in another order differ in the last bits of each term."""

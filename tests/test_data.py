@@ -1,4 +1,6 @@
 """The data layer: demo generator, indexer, dataset and transforms."""
+from fer.data.transforms import FastISONoise
+from fer.data.transforms import poisson
 import os
 import shutil
 
@@ -7,11 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
-import FER_transform
 import make_demo_data
 import metadata_parallel as mp
 from conftest import run_script
-from FER_transform import IMAGENET_MEAN, IMAGENET_STD, FERDataError, FERDataset, build_transforms, load_image
+from fer.constants import IMAGENET_MEAN
+from fer.constants import IMAGENET_STD
+from fer.data.dataset import FERDataError
+from fer.data.dataset import FERDataset
+from fer.data.transforms import build_transforms
+from fer.data.dataset import load_image
 
 
 # --- demo generator -----------------------------------------------------------------------------
@@ -294,7 +300,7 @@ def test_poisson_sampler_matches_pmf(lam):
     from scipy.stats import poisson as exact
 
     n = 400_000
-    k = FER_transform.poisson(np.random.default_rng(0), lam, n)
+    k = poisson(np.random.default_rng(0), lam, n)
     assert k.dtype == np.float32 and k.shape == (n,)
     counts = np.bincount(k.astype(np.int64))
     expected = n * exact.pmf(np.arange(len(counts)), lam)
@@ -316,7 +322,7 @@ def test_fast_isonoise_matches_albumentations(demo):
             t.set_random_seed(s)
             out.append(t(image=images[s % 8])["image"].astype(np.int16) - images[s % 8])
         return np.stack(out)
-    ref, fast = noise(A.ISONoise(**kw)), noise(FER_transform.FastISONoise(**kw))
+    ref, fast = noise(A.ISONoise(**kw)), noise(FastISONoise(**kw))
     assert fast.dtype == ref.dtype and fast.shape == ref.shape
     assert (ref != 0).mean() > 0.005  # the noise is visible at all on these images
     np.testing.assert_allclose(fast.mean(axis=(0, 1, 2)), ref.mean(axis=(0, 1, 2)), rtol=0.05)

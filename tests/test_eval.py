@@ -9,9 +9,10 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-import FER_metrics as M
+from fer.evaluation import metrics as M
 from conftest import run_script
-from FER_model import FERNet, predict_batches
+from fer.model.net import FERNet
+from fer.model.forward import predict_batches
 
 NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 

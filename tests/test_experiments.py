@@ -1,4 +1,7 @@
 """Run records, --config, TensorBoard, compare_runs.py, bootstrap intervals and paired comparisons."""
+from fer.data.dataset import data_record
+from fer.model.checkpoint import weights_fingerprint
+from fer.training.record import RunRecord
 import json
 import shutil
 
@@ -6,16 +9,17 @@ import krippendorff
 import numpy as np
 import pandas as pd
 import pytest
+
+from fer.trust import FERError
 import torch
 import yaml
 from scipy.stats import binomtest
 from sklearn import metrics as skm
 
 import compare_runs as C
-import FER_metrics as M
-import FER_run
+from fer.evaluation import metrics as M
 from conftest import run_here, tiny_args
-from FER_transform import FERDataset
+from fer.data.dataset import FERDataset
 
 QUICK = ["--epochs", 1, "--steps_per_epoch", 1]
 NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
@@ -49,8 +53,8 @@ def test_run_record(runs, demo):
     (train,) = record["data"]["train"]
     ds = FERDataset(demo["train"], size=32, verbose=False)
     assert train["rows"] == len(ds) == sum(train["rows_per_class"].values())
-    assert train["fingerprint"] == FER_run.data_record(ds)[0]["fingerprint"]
-    assert record["checkpoint_fingerprint"] == FER_run.weights_fingerprint(best["model"])
+    assert train["fingerprint"] == data_record(ds)[0]["fingerprint"]
+    assert record["checkpoint_fingerprint"] == weights_fingerprint(best["model"])
     assert record["outputs"]["history"] == "m_history.csv" and record["outputs"]["tensorboard"] == "m_tensorboard"
 
 
@@ -60,11 +64,11 @@ def test_fingerprint_follows_rows_not_bytes(demo, tmp_path):
     df[df.columns[::-1]].assign(unused=1).to_parquet(same)  # other bytes, the same rows
     changed = tmp_path / "changed.parquet"
     df.assign(valence=df["valence"].where(df.index != df.index[0], 0.123)).to_parquet(changed)
-    fp = [FER_run.data_record(FERDataset(p, train=False, size=32, verbose=False))[0]["fingerprint"]
+    fp = [data_record(FERDataset(p, train=False, size=32, verbose=False))[0]["fingerprint"]
           for p in (demo["val"], same, changed)]
     assert fp[0] == fp[1] != fp[2]
-    two = FER_run.data_record(FERDataset([demo["train"], demo["val"]], size=32, verbose=False))
-    assert [d["fingerprint"] for d in two] == [FER_run.data_record(FERDataset(p, size=32, verbose=False))[0]["fingerprint"]
+    two = data_record(FERDataset([demo["train"], demo["val"]], size=32, verbose=False))
+    assert [d["fingerprint"] for d in two] == [data_record(FERDataset(p, size=32, verbose=False))[0]["fingerprint"]
                                                for p in (demo["train"], demo["val"])]
 
 
@@ -354,5 +358,5 @@ def test_resume_refuses_changed_data(runs):
     data = json.loads(json.dumps(record["data"]))
     data["train"][0]["fingerprint"] = "f" * 64
     args = type("Args", (), {})()
-    with pytest.raises(FER_run.FERError, match="rows changed since the run started"):
-        FER_run.RunRecord(args, "x", torch.device("cpu"), 1, "float32", data, {}, previous=record)
+    with pytest.raises(FERError, match="rows changed since the run started"):
+        RunRecord(args, "x", torch.device("cpu"), 1, "float32", data, {}, previous=record)

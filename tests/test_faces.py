@@ -1,6 +1,16 @@
 """Faces in the wild (FER_face.py): MTCNN finds turned and small faces, crops are aligned onto the
 checkpoint's crop_template, the template comes from the training index, and every script that
 detects faces (predict.py, eval --recrop detect, metadata_parallel.py --detect_landmarks) uses them."""
+from fer.constants import POINT_COLUMNS
+from fer.data.faces import Cropper
+from fer.data.faces import Face
+from fer.data.faces import five_from_68
+from fer.data.faces import from_unit
+from fer.data.faces import make_detector
+from fer.data.faces import mean_template
+from fer.data.faces import rotation
+from fer.data.faces import to_unit
+from fer.data.faces import warp
 import json
 
 import cv2
@@ -9,11 +19,13 @@ import pandas as pd
 import pytest
 import torch
 
-import FER_face
 import make_demo_data
 import metadata_parallel
 from conftest import run_here
-from FER_transform import FACE_MARGIN, FERDataset, build_transforms, crop_template
+from fer.constants import FACE_MARGIN
+from fer.data.dataset import FERDataset
+from fer.data.transforms import build_transforms
+from fer.data.dataset import crop_template
 
 # The astronaut's five points in scikit-image's 512x512 picture (eye centres, nose tip, mouth corners).
 ASTRONAUT_POINTS = np.array([[205.4, 101.5], [246.9, 103.1], [225.1, 129.2], [201.2, 139.6], [245.1, 141.1]])
@@ -68,15 +80,15 @@ def matched(faces, truth):
 
 
 def test_mtcnn_finds_every_face_of_a_group_including_a_turned_one(group):
-    faces = FER_face.make_detector("mtcnn")(group["rgb"])
+    faces = make_detector("mtcnn")(group["rgb"])
     found = matched(faces, group["truth"])
     assert all(f is not None for f in found) and len(faces) == 4, [f.box for f in faces]
     for f, t, angle in zip(found, group["truth"], group["angles"]):
         assert np.abs(f.points - t).max() < 0.25 * np.linalg.norm(t[1] - t[0])  # every point on its feature
-        assert abs(FER_face.rotation(f.points) - angle) < 6 and 0.9 <= f.score <= 1
+        assert abs(rotation(f.points) - angle) < 6 and 0.9 <= f.score <= 1
     assert [f.box[2] * f.box[3] for f in faces] == sorted((f.box[2] * f.box[3] for f in faces), reverse=True)
     # The old detector does not see the turned face.
-    haar = FER_face.make_detector("haar")(group["rgb"])
+    haar = make_detector("haar")(group["rgb"])
     centre = group["truth"][1].mean(0)
     assert not any(x <= centre[0] <= x + w and y <= centre[1] <= y + h for x, y, w, h in (f.box for f in haar))
 
@@ -89,7 +101,7 @@ def test_mtcnn_needs_no_network(group, monkeypatch):
         raise OSError("no network in this test")
     monkeypatch.setattr(socket, "socket", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    assert len(FER_face.make_detector("mtcnn")(group["rgb"])) == 4
+    assert len(make_detector("mtcnn")(group["rgb"])) == 4
 
 
 def test_min_face_is_in_pixels_whatever_the_picture_size():
@@ -97,9 +109,9 @@ def test_min_face_is_in_pixels_whatever_the_picture_size():
     tenth of the shorter side, looked for nothing under 100 px), not with --min_face 90."""
     scene = background(1000, 1600)
     truth = [paste(scene, (200 + 400 * k, 500), 60, 0) for k in range(4)]
-    assert all(matched(FER_face.make_detector("mtcnn")(scene), truth))
-    assert not any(matched(FER_face.make_detector("mtcnn", min_face=90)(scene), truth))
-    assert FER_face.make_detector("mtcnn")(scene[:30, :30]) == []  # smaller than --min_face: nothing, no error
+    assert all(matched(make_detector("mtcnn")(scene), truth))
+    assert not any(matched(make_detector("mtcnn", min_face=90)(scene), truth))
+    assert make_detector("mtcnn")(scene[:30, :30]) == []  # smaller than --min_face: nothing, no error
 
 
 def test_warp_puts_the_landmarks_on_the_template():
@@ -108,18 +120,18 @@ def test_warp_puts_the_landmarks_on_the_template():
     size, template = 112, np.array([[0.35, 0.42], [0.65, 0.42], [0.5, 0.58], [0.38, 0.75], [0.62, 0.75]])
     picture = np.zeros((400, 500, 3), np.uint8)
     m = cv2.getRotationMatrix2D((50, 50), 30, 1.7)
-    points = FER_face.from_unit(template, 100) @ m[:, :2].T + m[:, 2] + (230, 170)  # a 100 px face, moved
+    points = from_unit(template, 100) @ m[:, :2].T + m[:, 2] + (230, 170)  # a 100 px face, moved
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
     for (x, y), c in zip(points, colours):
         cv2.circle(picture, (int(round(x * 16)), int(round(y * 16))), 5 * 16, c, -1, cv2.LINE_AA, 4)
-    crop = FER_face.warp(picture, points, template, size)
+    crop = warp(picture, points, template, size)
     assert crop.shape == (size, size, 3)
-    for (tx, ty), c in zip(FER_face.from_unit(template, size), colours):
+    for (tx, ty), c in zip(from_unit(template, size), colours):
         weight = np.clip(1 - np.abs(crop.astype(float) - c).max(2) / 255, 0, 1) ** 8
         ys, xs = np.mgrid[:size, :size]
         centre = (weight * xs).sum() / weight.sum(), (weight * ys).sum() / weight.sum()
         assert np.hypot(centre[0] - tx, centre[1] - ty) < 1, (centre, (tx, ty))
-    assert abs(FER_face.rotation(points) - 30) < 1e-6
+    assert abs(rotation(points) - 30) < 1e-6
 
 
 def test_broken_landmarks_never_stop_a_run():
@@ -131,13 +143,13 @@ def test_broken_landmarks_never_stop_a_run():
         name = "mtcnn"
 
         def __call__(self, rgb):
-            return [FER_face.Face((30, 20, 40, 50), np.zeros((5, 2)), 0.99)]
+            return [Face((30, 20, 40, 50), np.zeros((5, 2)), 0.99)]
     template = np.array([[0.35, 0.42], [0.65, 0.42], [0.5, 0.58], [0.38, 0.75], [0.62, 0.75]])
-    assert FER_face.warp(rgb, np.zeros((5, 2)), template, 32) is None
-    (row, crop), = FER_face.Cropper(Fake(), template, "template", 32)(rgb)
+    assert warp(rgb, np.zeros((5, 2)), template, 32) is None
+    (row, crop), = Cropper(Fake(), template, "template", 32)(rgb)
     assert crop.shape == (70, 60, 3) and (row["face_x"], row["face_y"], row["face_w"], row["face_h"]) == (20, 10, 60, 70)
-    good = FER_face.to_unit(FER_face.from_unit(template, 50), (0, 0, 50, 50))
-    np.testing.assert_allclose(FER_face.mean_template([good, np.zeros((5, 2)), good + 5, np.full((5, 2), np.nan)]),
+    good = to_unit(from_unit(template, 50), (0, 0, 50, 50))
+    np.testing.assert_allclose(mean_template([good, np.zeros((5, 2)), good + 5, np.full((5, 2), np.nan)]),
                                template, atol=1e-6)
 
 
@@ -184,7 +196,7 @@ def test_dataset_warps_onto_the_template(demo):
     assert ds.unaligned == 0
     rgb = cv2.cvtColor(cv2.imread(ds.paths[0]), cv2.COLOR_BGR2RGB)
     lm = np.stack(pd.read_parquet(demo["train"])["landmarks"])[0]
-    expected = build_transforms(False, 48)(image=FER_face.warp(rgb, FER_face.five_from_68(lm), template, 48))["image"]
+    expected = build_transforms(False, 48)(image=warp(rgb, five_from_68(lm), template, 48))["image"]
     torch.testing.assert_close(ds[0]["image"], expected)
     assert not torch.equal(ds[0]["image"], plain[0]["image"])
 
@@ -213,7 +225,7 @@ def test_predict_aligns_every_face_and_reports_landmarks(trained, group, tmp_pat
                         "--annotate", tmp_path / "ann")
     assert len(df) == 4 and df["expression"].notna().all() and "note:" not in r.stdout
     assert df["face_index"].tolist() == [0, 1, 2, 3]
-    points = df[FER_face.POINT_COLUMNS].to_numpy(float).reshape(-1, 5, 2)
+    points = df[POINT_COLUMNS].to_numpy(float).reshape(-1, 5, 2)
     for t, angle in zip(group["truth"], group["angles"]):
         k = np.argmin([np.abs(p - t).max() for p in points])
         assert np.abs(points[k] - t).max() < 8 and abs(df["rotation"][k] - angle) < 6
@@ -240,8 +252,9 @@ def old_haar_crops(rgb):
 
 
 def test_align_box_with_haar_reproduces_the_old_crops(trained, tmp_path):
-    from FER_metrics import softmax
-    from FER_model import infer, model_from_checkpoint
+    from fer.evaluation.metrics import softmax
+    from fer.model.forward import infer
+    from fer.model.checkpoint import model_from_checkpoint
 
     path = tmp_path / "astronaut.png"
     rgb = astronaut()
@@ -251,7 +264,7 @@ def test_align_box_with_haar_reproduces_the_old_crops(trained, tmp_path):
     _, df = predict_csv("--checkpoint", trained, path, "--detect_faces", "--detector", "haar", "--align", "box",
                         "--min_face", min(rgb.shape[:2]) // 10, "--out", tmp_path / "p.csv")
     assert [tuple(b) for b in df[["face_x", "face_y", "face_w", "face_h"]].to_numpy()] == boxes
-    assert df[FER_face.POINT_COLUMNS + ["rotation"]].isna().all().all()  # the cascade gives no landmarks
+    assert df[POINT_COLUMNS + ["rotation"]].isna().all().all()  # the cascade gives no landmarks
     model, meta = model_from_checkpoint(trained)
     t = build_transforms(False, meta["img_size"])
     logits, _ = infer(model, torch.stack([t(image=rgb[y:y + h, x:x + w])["image"] for x, y, w, h in boxes]), "cpu")

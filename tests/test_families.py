@@ -3,6 +3,7 @@
 One short training run per family (two steps, the second after the stage change; convnext_tiny with
 every knob on), resumed exactly, evaluated, predicted and exported in one test per family.
 """
+from fer.model.net import _under
 import shutil
 
 import numpy as np
@@ -10,11 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-import FER_model
 import train_vggface2_resnet50 as T
 from conftest import run_here, tiny_args
-from FER_backbones import ARCHS, FAMILIES, RESNETS
-from FER_model import FERNet
+from fer.model.backbones import ARCHS
+from fer.model.backbones import FAMILIES
+from fer.model.backbones import RESNETS
+from fer.model.net import FERNet
 
 NEW = [a for a in ARCHS if a not in RESNETS]  # the ResNets' path is tested in test_train.py
 # Seconds per step even at 32 px and ONNX files of hundreds of MB: in test_families_large.py, so that
@@ -124,7 +126,7 @@ def test_frozen_stages_do_not_move(arch):
                      opt, torch.amp.GradScaler("cuda", enabled=False), T.make_criterion(None, "cpu"))
         after = model.state_dict()
         moved = {k for k in before if not torch.equal(before[k], after[k])}
-        inside = {k for k in before if k.startswith("backbone.") and FER_model._under(k[9:], blocks)}
+        inside = {k for k in before if k.startswith("backbone.") and _under(k[9:], blocks)}
         frozen_keys = {k for k in before if k.startswith("backbone.") and k not in inside}
         assert frozen_keys and not moved & frozen_keys, sorted(moved & frozen_keys)[:3]
         assert {"fc_cls.weight", "fc_reg.weight"} <= moved and moved & inside  # heads and the stage train

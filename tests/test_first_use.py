@@ -13,7 +13,9 @@ from conftest import ROOT, run_here, tiny_args
 
 import eval_resnet50 as E
 import train_vggface2_resnet50 as T
-from FER_transform import FERDataError, FERDataset, images_dir_of
+from fer.data.dataset import FERDataError
+from fer.data.dataset import FERDataset
+from fer.data.dataset import images_dir_of
 
 
 # --- moving data --------------------------------------------------------------------------------
@@ -128,7 +130,7 @@ def saved_figures(monkeypatch):
 
 
 def test_curves_classification_only_whole_epochs(tmp_path, saved_figures):
-    from FER_io import staged_outputs
+    from fer.trust import staged_outputs
     history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "train_acc": e / 9, "val_acc": e / 10,
                 "val_rmse": math.nan, "val_rmse_valence": math.nan, "val_rmse_arousal": math.nan} for e in (1, 2, 3)]
     paths = {"history": tmp_path / "h.csv", "curves": tmp_path / "c.png"}
@@ -193,7 +195,7 @@ def no_va(trained, tmp_path_factory):
 
 
 def test_old_checkpoints_count_as_both_heads_trained(trained):
-    from FER_model import heads_trained
+    from fer.model.checkpoint import heads_trained
     assert heads_trained({}) == {"expression": True, "valence_arousal": True}
     assert heads_trained({"heads_trained": {"valence_arousal": False}})["valence_arousal"] is False
 
@@ -232,7 +234,7 @@ def test_predict_marks_an_untrained_head_and_speaks_per_image(trained, no_va, de
 
 def test_onnx_metadata_marks_an_untrained_head(no_va):
     from export_onnx import onnx_metadata
-    from FER_model import model_from_checkpoint
+    from fer.model.checkpoint import model_from_checkpoint
     info = onnx_metadata(model_from_checkpoint(no_va)[1])
     assert json.loads(info["heads_trained"]) == {"expression": True, "valence_arousal": False}
     assert "NOT TRAINED" in info["outputs"]

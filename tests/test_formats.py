@@ -11,7 +11,7 @@ import pytest
 import make_demo_data
 import metadata_parallel as mp
 from conftest import run_script
-from FER_io import run_main
+from fer.cli import run_main
 
 CANONICAL = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 COLUMNS = ["filename", "expression", "valence", "arousal", "landmarks", "source_label"]

@@ -232,7 +232,7 @@ def test_a_csv_header_with_a_line_break_stays_on_the_error_line(tmp_path):
 def test_a_missing_label_in_a_nullable_int_column_is_a_dropped_row(demo, tmp_path):
     """An index written by pandas with a nullable Int64 expression column holding <NA> ended in a
     ValueError traceback (to_numpy(int64) of a missing value) in training, evaluation and the grid."""
-    from FER_transform import FERDataset
+    from fer.data.dataset import FERDataset
 
     df = pd.read_parquet(demo["val"])
     attrs = dict(df.attrs)

@@ -3,6 +3,7 @@
 Every test fails on the code before its fix and passes after. They reuse the session fixtures
 (`demo`, `trained`) and run the scripts in-process (`run_here`); none trains a model.
 """
+from fer.evaluation.report import render
 import json
 import os
 import shutil
@@ -13,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import FER_io
-import FER_metrics as M
+import fer.trust
+
+from fer.evaluation import metrics as M
 from conftest import run_here
 from test_trust import one_error_line
 from test_trust_second import with_index
@@ -156,7 +158,7 @@ def test_ctrl_c_during_the_commit_does_not_leave_two_evaluations_in_one_folder(t
     def replace_then_ctrl_c(src, dst):
         real(src, dst)
         os.kill(os.getpid(), signal.SIGINT)
-    monkeypatch.setattr(FER_io.os, "replace", replace_then_ctrl_c)
+    monkeypatch.setattr(fer.trust.os, "replace", replace_then_ctrl_c)
     r = run_here(EVAL, *flags, "--meta", no_va, "--overwrite")
     assert r.returncode == 130, r.stderr
     monkeypatch.undo()
@@ -176,12 +178,12 @@ def test_export_without_onnxruntime_says_so_before_exporting(trained, tmp_path, 
 # --- FER_report.py ------------------------------------------------------------------------------
 def test_page_shows_a_name_with_a_bidi_override_as_it_is_spelled(tmp_path):
     """'a\\u202eevil.jpg' was shown as 'agpj.live': the override reversed the rest of the caption."""
-    import FER_report
+    pass
     rng = np.random.default_rng(0)
     y = np.arange(12) % 3
     logits = rng.normal(size=(12, 3)) + np.eye(3)[y]
     m = M.evaluate(logits, np.zeros((12, 2)), y, None, NAMES)
     names = ["a\u202eevil.jpg"] + [f"{i}.jpg" for i in range(1, 12)]
-    page = FER_report.render(m, {"logits": logits, "y_cls": y, "va": np.zeros((12, 2)), "y_reg": None},
+    page = render(m, {"logits": logits, "y_cls": y, "va": np.zeros((12, 2)), "y_reg": None},
                              [str(tmp_path / n) for n in names], names)
     assert "\u202e" not in page and "a[U+202E]evil.jpg" in page

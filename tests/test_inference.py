@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import run_here, run_script
-from FER_model import model_from_checkpoint
+from fer.model.checkpoint import model_from_checkpoint
 
 PROBS = [f"prob_{n}" for n in ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]]
 

@@ -1,15 +1,16 @@
 """The training knobs (EMA, MixUp/CutMix, warm-up, layer decay, CPU bfloat16), pretrained weights for
 every family (--weights, the offline message, ViT position embeddings) and bench.py --arch."""
+from fer.model.net import layer_ids
+from fer.model.net import param_groups
 import copy
 
 import pytest
 import torch
 
-import FER_model
 import train_vggface2_resnet50 as T
 from conftest import run_here, tiny_args
-from FER_model import FERNet
-from FER_transform import BatchMix
+from fer.model.net import FERNet
+from fer.data.transforms import BatchMix
 
 
 # --- knobs --------------------------------------------------------------------------------------
@@ -71,12 +72,12 @@ def test_warmup_then_cosine():
 @pytest.mark.parametrize("arch", ["vit_b_16", "swin_t", "convnext_tiny"])
 def test_layer_decay_groups(arch):
     model = FERNet(arch, img_size=32)
-    groups = FER_model.param_groups(model, 1.0, 0.5)
+    groups = param_groups(model, 1.0, 0.5)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     assert groups[0]["lr"] == 1.0 and any(p is model.fc_cls.weight for p in groups[0]["params"])
     lrs = [g["lr"] for g in groups]
     assert lrs == sorted(lrs, reverse=True) and len(set(lrs)) == len(lrs)
-    ids, top = FER_model.layer_ids(model)
+    ids, top = layer_ids(model)
     stem = {"vit_b_16": "backbone.conv_proj.weight"}.get(arch, "backbone.features.0.0.weight")
     assert ids[stem] == 0 and lrs[-1] == 0.5 ** top
 

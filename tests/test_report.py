@@ -3,6 +3,11 @@
 The page is parsed with the standard library's html.parser; the browser is kept out of the tests
 (README: how to look at the page in headless chromium).
 """
+from fer.evaluation.report import THUMB
+from fer.evaluation.report import cell_id
+from fer.evaluation.report import interval
+from fer.evaluation.report import render
+from fer.evaluation.report import thumbnail
 import base64
 import json
 import shutil
@@ -14,10 +19,11 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-import FER_metrics as M
-import FER_report
+from fer.evaluation import metrics as M
 from conftest import run_here
-from FER_transform import CLASS_NAMES, crop_face, load_image
+from fer.constants import CLASS_NAMES
+from fer.data.dataset import crop_face
+from fer.data.dataset import load_image
 
 REPORT = "report_resnet50.html"
 
@@ -166,11 +172,11 @@ def test_page_links_thumbnails_and_nothing_external(evaluated):
     cm = np.array(m["confusion_matrix"])
     # Every non-empty cell of the matrix links to its gallery, which shows at most --report_images images.
     cell_links = {h[1:] for h in page.links if h.startswith("#cell-")}
-    assert cell_links == {FER_report.cell_id(names, i, j) for i, j in zip(*np.nonzero(cm))}
+    assert cell_links == {cell_id(names, i, j) for i, j in zip(*np.nonzero(cm))}
     thumbs = [a for a in page.imgs if a["src"].startswith("data:image/jpeg")]
     for a in thumbs:
         img = decode(a["src"], "jpeg")
-        assert max(img.shape[:2]) <= FER_report.THUMB
+        assert max(img.shape[:2]) <= THUMB
     wrong = int((df["y_true"] != df["y_pred"]).sum())
     va_rows = int(df[["valence_true", "arousal_true"]].notna().all(axis=1).sum())
     assert len(thumbs) == np.minimum(cm[cm > 0], 3).sum() + min(wrong, 3) + min(va_rows, 3)
@@ -221,7 +227,7 @@ def test_page_numbers_equal_sklearn(evaluated):
     assert float(metrics["ECE"][1]) == pytest.approx(m["ece"], abs=5e-5 + 1e-12)
     assert float(metrics["valence CCC"][1]) == pytest.approx(m["valence"]["ccc"], abs=5e-5 + 1e-12)
     ci = (m.get("ci95") or {}).get("accuracy")
-    assert metrics["Accuracy"][2] == (FER_report.interval(ci) if ci else "\u2014")
+    assert metrics["Accuracy"][2] == (interval(ci) if ci else "\u2014")
 
 
 def test_report_off_leaves_the_other_outputs_alone(evaluated, trained, demo, tmp_path):
@@ -271,7 +277,7 @@ def test_render_escapes_names_and_survives_unreadable_images(demo, tmp_path):
     m["notes"].insert(0, "checkpoint classes absent from the evaluation set, left out of the argmax: Contempt")
     predictions = {"logits": logits[:, :7], "y_cls": y, "va": np.zeros((len(y), 2)),
                    "y_reg": np.full((len(y), 2), np.nan)}
-    html = FER_report.render(m, predictions, paths, names, command="python eval_resnet50.py --x '<y>'",
+    html = render(m, predictions, paths, names, command="python eval_resnet50.py --x '<y>'",
                              max_images=24)
     page = Page(html)
     check_self_contained(page)
@@ -293,7 +299,7 @@ def test_render_without_thumbnails(demo):
     y, logits, paths, names = synthetic(demo, seed=3)
     m = M.evaluate(logits, np.zeros((len(y), 2)), y, None, CLASS_NAMES)
     m["classes_scored"] = CLASS_NAMES
-    html = FER_report.render(m, {"logits": logits, "y_cls": y}, paths, names, max_images=0)
+    html = render(m, {"logits": logits, "y_cls": y}, paths, names, max_images=0)
     page = Page(html)
     check_self_contained(page)
     assert not any(a["src"].startswith("data:image/jpeg") for a in page.imgs)
@@ -311,7 +317,7 @@ def test_render_shows_intervals_data_and_run_when_present(demo):
              data=[{"path": "/d/metadata_val.parquet", "fingerprint": "sha256:abc<", "rows": 12}],
              run={"git": "1234abc", "args": {"lr": 0.001}})
     predictions = {"logits": logits, "y_cls": y, "va": va_true * 0.5, "y_reg": va_true}
-    page = Page(FER_report.render(m, predictions, paths, names, max_images=2))
+    page = Page(render(m, predictions, paths, names, max_images=2))
     check_self_contained(page)
     rows = {r[0]: r for r in page.tables["metrics-table"][1:]}
     assert rows["Accuracy"][2] == "0.1250 \u2013 0.5000" and rows["valence RMSE"][2] == "0.2500 \u2013 0.7500"
@@ -324,9 +330,9 @@ def test_render_shows_intervals_data_and_run_when_present(demo):
 def test_thumbnail_is_the_face_crop(demo):
     path = str(demo["root"] / "images" / pd.read_parquet(demo["all"])["filename"].iloc[0])
     box = np.array([8.0, 6.0, 12.0, 14.0])
-    uri, w, h = FER_report.thumbnail(path, box)
+    uri, w, h = thumbnail(path, box)
     crop = crop_face(load_image(path), box)
     assert (h, w) == crop.shape[:2]
     assert np.abs(decode(uri, "jpeg")[..., ::-1].astype(int) - crop).mean() < 12  # JPEG at quality 80
-    uri, reason = FER_report.thumbnail(path, np.array([500.0, 500.0, 10.0, 10.0]))
+    uri, reason = thumbnail(path, np.array([500.0, 500.0, 10.0, 10.0]))
     assert uri is None and "outside" in reason

@@ -1,4 +1,5 @@
 """Model, weight loading, freezing policy and the training script."""
+from fer.model.net import VGGFACE2_MEAN_BGR
 import csv
 import json
 import os
@@ -7,14 +8,19 @@ import sys
 
 import numpy as np
 import pytest
+
+import fer.model.checkpoint
 import torch
 import torchvision
 
-import FER_model
 import train_vggface2_resnet50 as T
 from conftest import ROOT, run_here, run_script, tiny_args
-from FER_model import CheckpointError, FERNet, load_backbone_weights, read_weights
-from FER_transform import IMAGENET_MEAN, IMAGENET_STD
+from fer.model.checkpoint import CheckpointError
+from fer.model.net import FERNet
+from fer.model.checkpoint import load_backbone_weights
+from fer.model.checkpoint import read_weights
+from fer.constants import IMAGENET_MEAN
+from fer.constants import IMAGENET_STD
 
 @pytest.mark.parametrize("arch,features", [("resnet18", 512), ("resnet50", 2048)])
 def test_model_outputs(arch, features):
@@ -36,7 +42,7 @@ def test_caffe_layout_and_input_conversion():
     rgb = torch.rand(1, 3, 32, 32)
     normalised = (rgb - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     model(normalised)
-    expected = rgb.flip(1) * 255 - torch.tensor(FER_model.VGGFACE2_MEAN_BGR).view(1, 3, 1, 1)
+    expected = rgb.flip(1) * 255 - torch.tensor(VGGFACE2_MEAN_BGR).view(1, 3, 1, 1)
     assert torch.allclose(seen["x"], expected, atol=1e-3)
     assert FERNet("resnet50").backbone.layer2[0].conv2.stride == (2, 2)  # torchvision layout otherwise
 
@@ -133,8 +139,8 @@ def test_partial_checkpoint_reports_coverage(tmp_path, capsys, monkeypatch):
     state = {k: v for k, v in resnet50_state().items() if not k.startswith("layer4")}
     state["conv1.weight"] = torch.zeros(64, 3, 3, 3)  # wrong shape: skipped, not loaded
     torch.save(state, tmp_path / "w.pth")
-    monkeypatch.setattr(FER_model, "imagenet_state_dict", lambda arch: (_ for _ in ()).throw(CheckpointError("x")))
-    monkeypatch.setattr(T, "imagenet_state_dict", FER_model.imagenet_state_dict)
+    monkeypatch.setattr(fer.model.checkpoint, "imagenet_state_dict", lambda arch: (_ for _ in ()).throw(CheckpointError("x")))
+    monkeypatch.setattr(T, "imagenet_state_dict", fer.model.checkpoint.imagenet_state_dict)
     T.build_model(T.get_args(["--vggface2_ckpt", str(tmp_path / "w.pth")]), T.Say(True))
     out = capsys.readouterr().out
     n = n_countable()

@@ -3,6 +3,8 @@
 Each case checks the exit code, the one-line message (it names the file or flag), that no traceback
 is printed, and that outputs that existed before are byte-identical afterwards.
 """
+from fer.trust import FERError
+from fer.trust import staged_outputs
 import shutil
 import subprocess
 
@@ -11,10 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-import FER_io
 import train_vggface2_resnet50 as T
 from conftest import interruptible, run_here, tiny_args
-from FER_transform import FERDataset, integer_labels
+from fer.data.dataset import FERDataset
+from fer.data.dataset import integer_labels
 
 TRAIN = "train_vggface2_resnet50.py"
 
@@ -72,12 +74,12 @@ def test_staged_outputs_keep_the_old_file_on_any_failure(tmp_path):
     target.write_text("old")
     for exc in (ValueError("boom"), KeyboardInterrupt()):
         with pytest.raises(type(exc)):
-            with FER_io.staged_outputs() as stage:
+            with staged_outputs() as stage:
                 stage(target).write_text("half")
                 stage(tmp_path / "other.json").write_text("{}")
                 raise exc
         assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
-    with FER_io.staged_outputs() as stage:
+    with staged_outputs() as stage:
         stage(target).write_text("new")
     assert target.read_text() == "new" and len(list(tmp_path.iterdir())) == 1
 
@@ -87,8 +89,8 @@ def test_a_target_that_became_a_folder_stops_the_commit_before_any_rename(tmp_pa
     while the run wrote) is found before the first rename, not after it."""
     first, second = tmp_path / "a.pth", tmp_path / "b.csv"
     first.write_text("old")
-    with pytest.raises(FER_io.FERError, match="b.csv: is a folder now"):
-        with FER_io.staged_outputs() as stage:
+    with pytest.raises(FERError, match="b.csv: is a folder now"):
+        with staged_outputs() as stage:
             stage(first).write_text("new")
             stage(second).write_text("new")
             second.mkdir()
@@ -375,7 +377,7 @@ def test_nonfinite_pretrained_weights_are_refused(tmp_path):
     state = torchvision.models.resnet18().state_dict()
     state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
     torch.save(state, tmp_path / "w.pth")
-    from FER_model import CheckpointError
+    from fer.model.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="w.pth.*non-finite.*layer2.0.conv1.weight"):
         T.build_model(T.get_args(["--arch", "resnet18", "--vggface2_ckpt", str(tmp_path / "w.pth"),
                                   "--vggface2_layout", "torchvision"]), T.Say(False))

@@ -16,7 +16,7 @@ import pytest
 import make_demo_data
 import metadata_parallel as mp
 from conftest import ROOT, interruptible, run_script
-from FER_io import run_main
+from fer.cli import run_main
 
 
 def index(*args, quiet=True):

@@ -1,6 +1,8 @@
 """predict.py as a hostile user would run it: bad flags and paths, special files, damaged videos, a
 full disk, Ctrl-C, failing threads. Each case: the exit code, one line naming the file or flag, no
 traceback, and earlier outputs byte-identical."""
+from fer.cli import run_main
+from fer.data.faces import MTCNNDetector
 import os
 import signal
 import subprocess
@@ -11,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import FER_face
-import FER_io
+import fer.model.forward
+
 import predict
 from conftest import ROOT, interruptible, run_script
 from test_video import face_video
@@ -234,7 +236,7 @@ def test_same_names_give_separate_outputs(trained, demo, tmp_path):
 # --- 6. a failing thread or model: one line -----------------------------------------------------
 def run_in_process(argv, capsys):
     with pytest.raises(SystemExit) as e:
-        FER_io.run_main(predict.main, [str(a) for a in argv])
+        run_main(predict.main, [str(a) for a in argv])
     err = capsys.readouterr().err
     return e.value.code, err
 
@@ -242,7 +244,7 @@ def run_in_process(argv, capsys):
 def test_failing_detection_thread_one_line(trained, clip, old_out, monkeypatch, capsys):
     def boom(self, rgb):
         raise RuntimeError("detector exploded")
-    monkeypatch.setattr(FER_face.MTCNNDetector, "__call__", boom)
+    monkeypatch.setattr(MTCNNDetector, "__call__", boom)
     code, err = run_in_process(["--checkpoint", trained, clip, "--detect_faces", "--out", old_out], capsys)
     assert code == 1 and err.strip().count("\n") == 0 and "Traceback" not in err
     assert "error: the decode/detect thread failed reading" in err and "clip.mp4: RuntimeError: detector exploded" in err
@@ -250,11 +252,11 @@ def test_failing_detection_thread_one_line(trained, clip, old_out, monkeypatch, 
 
 
 def test_failing_model_one_line(trained, clip, old_out, monkeypatch, capsys):
-    import FER_model
+    pass
 
     def oom(*a, **k):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
-    monkeypatch.setattr(FER_model, "infer", oom)
+    monkeypatch.setattr(fer.model.forward, "infer", oom)
     code, err = run_in_process(["--checkpoint", trained, clip, "--out", old_out], capsys)
     assert code == 1 and err.strip().count("\n") == 0
     assert "the model failed on a batch" in err and "out of memory" in err and "--batch_size" in err

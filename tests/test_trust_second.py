@@ -3,6 +3,11 @@
 Every test fails on the code before the issue and passes after. They reuse the session fixtures
 (`demo`, `trained`) and run scripts in-process (`run_here`); none trains a model.
 """
+from fer.evaluation.metrics import evaluate
+from fer.trust import FERError
+from fer.trust import check_not_inputs
+from fer.trust import check_output
+from fer.trust import staged_outputs
 import errno
 import os
 import shutil
@@ -13,10 +18,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+
+import fer.trust
 import torch
 
-import FER_io
-import FER_metrics
 import make_demo_data
 import metadata_parallel as mp
 import train_vggface2_resnet50 as T
@@ -72,9 +77,9 @@ def test_a_commit_is_not_cut_in_half_by_ctrl_c(tmp_path, monkeypatch):
     def replace_then_ctrl_c(src, dst):
         real(src, dst)
         os.kill(os.getpid(), signal.SIGINT)
-    monkeypatch.setattr(FER_io.os, "replace", replace_then_ctrl_c)
+    monkeypatch.setattr(fer.trust.os, "replace", replace_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        with FER_io.staged_outputs() as stage:
+        with staged_outputs() as stage:
             for t in targets:
                 stage(t).write_text("new")
     assert [t.read_text() for t in targets] == ["new"] * 3
@@ -124,8 +129,8 @@ def test_no_two_outputs_of_a_run_are_one_file(trained, demo, tmp_path):
                    "--out", "m.pth", "is the input --checkpoint")
     assert ckpt.read_bytes() == trained.read_bytes()
     (tmp_path / "link.csv").symlink_to(tmp_path / "a.csv")  # another spelling of a file not yet written
-    with pytest.raises(FER_io.FERError, match="--b .*link.csv: is also the output --a"):
-        FER_io.check_not_inputs([("--a", tmp_path / "a.csv"), ("--b", tmp_path / "link.csv")], [])
+    with pytest.raises(FERError, match="--b .*link.csv: is also the output --a"):
+        check_not_inputs([("--a", tmp_path / "a.csv"), ("--b", tmp_path / "link.csv")], [])
 
 
 # --- silent wrong results -----------------------------------------------------------------------
@@ -229,7 +234,7 @@ def test_a_regression_dimension_without_values_is_absent(trained, demo, tmp_path
     for empty in (0, 1):
         true = va.copy()
         true[:, empty] = np.nan
-        m = FER_metrics.evaluate(rng.normal(size=(6, 3)), va / 2, np.arange(6) % 3, true, ["a", "b", "c"])
+        m = evaluate(rng.normal(size=(6, 3)), va / 2, np.arange(6) % 3, true, ["a", "b", "c"])
         absent, present = ("valence", "arousal")[empty], ("valence", "arousal")[1 - empty]
         assert absent not in m and m[present]["rmse"] > 0 and f"no {absent} labels" in " ".join(m["notes"])
     no_valence = with_index(demo["val"], tmp_path / "a.parquet", lambda df: df.drop(columns="valence"))
@@ -278,14 +283,14 @@ def test_checkpoints_that_are_not_weights_only_or_zip_bombs(trained, demo, tmp_p
 
 
 def test_a_full_disk_is_blamed_on_the_file_that_failed(tmp_path, monkeypatch):
-    monkeypatch.setattr(FER_io, "_disk_full", lambda path: True)
-    with pytest.raises(FER_io.FERError, match=r"no space left on device writing .*second\.pth$"):
-        with FER_io.staged_outputs() as stage:
+    monkeypatch.setattr(fer.trust, "_disk_full", lambda path: True)
+    with pytest.raises(FERError, match=r"no space left on device writing .*second\.pth$"):
+        with staged_outputs() as stage:
             stage(tmp_path / "first.json").write_text("{}")
             stage(tmp_path / "second.pth")
             raise RuntimeError("PytorchStreamWriter failed writing file data/0")  # torch.save names no file
-    with pytest.raises(FER_io.FERError, match=r"writing .*first\.json$"):
-        with FER_io.staged_outputs() as stage:
+    with pytest.raises(FERError, match=r"writing .*first\.json$"):
+        with staged_outputs() as stage:
             tmp = stage(tmp_path / "first.json")
             stage(tmp_path / "second.pth").write_text("x")
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
@@ -300,7 +305,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed(demo, tmp_path, capsys):
     for p in stale + [alive, mine]:
         p.write_bytes(b"x" * 1000)
     for path in ("m_last.pth", "m_history.csv"):
-        FER_io.check_output(tmp_path / path, "--save_path")
+        check_output(tmp_path / path, "--save_path")
     assert not any(p.exists() for p in stale) and alive.exists() and mine.exists()
     assert "removed 1 temporary file(s)" in capsys.readouterr().out
 

@@ -1,11 +1,13 @@
 """Every face, tracked over time: the tracker on hand-made boxes, and predict.py on videos with two
 real faces (scikit-image's astronaut) that cross paths, one of them leaving for a few frames."""
+from fer.inference.track import IouTracker
+from fer.inference.track import iou
+from fer.inference.track import smooth
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
-import FER_track
 import predict
 
 CLASSES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
@@ -44,12 +46,12 @@ def run_predict(*args):
 
 # --- the tracker alone ----------------------------------------------------------------------------
 def test_iou():
-    got = FER_track.iou([[0, 0, 10, 10]], [[0, 0, 10, 10], [5, 0, 10, 10], [20, 20, 5, 5], [0, 0, 0, 0]])
+    got = iou([[0, 0, 10, 10]], [[0, 0, 10, 10], [5, 0, 10, 10], [20, 20, 5, 5], [0, 0, 0, 0]])
     np.testing.assert_allclose(got, [[1, 50 / 150, 0, 0]])
 
 
 def test_tracker_keeps_ids_through_crossing_and_gaps():
-    tracker = FER_track.IouTracker(min_iou=0.3, max_gap=2)
+    tracker = IouTracker(min_iou=0.3, max_gap=2)
     # Two faces moving towards each other with overlapping boxes: matched by total overlap, ids kept.
     a = [[0, 0, 40, 40], [10, 0, 40, 40], [20, 0, 40, 40], [30, 0, 40, 40]]
     b = [[60, 5, 40, 40], [50, 5, 40, 40], [40, 5, 40, 40], [30, 5, 40, 40]]
@@ -71,7 +73,7 @@ def test_smooth_is_an_ema_per_track():
                          "valence": [0.0, 1.0, 1.0, 1.0, 1.0], "arousal": 0.0,
                          **{p: 1 / 8 for p in PROBS}})
     rows.loc[[0, 1], "prob_Happy"] = [0.9, 0.125]
-    out = FER_track.smooth(rows, 0.5, CLASSES)
+    out = smooth(rows, 0.5, CLASSES)
     np.testing.assert_allclose(out["smooth_valence"], [0, 1, 0.5, 1, 0.75])  # track 0: 0, 1, 1 -> 0, .5, .75
     np.testing.assert_allclose(out.loc[[0, 2, 4], "smooth_prob_Happy"], [0.9, 0.5125, 0.31875])
     assert out.loc[0, "smooth_expression"] == "Happy" and out.loc[4, "smooth_expression"] == "Happy"

@@ -14,6 +14,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 BOX = ["face_x", "face_y", "face_w", "face_h"]
+
 VIDEO_KEYS = ["filename", "track_id"]
 
 
@@ -169,8 +170,3 @@ def plot_timeline(video, summary, class_names, path, title, max_tracks=8):
     fig.suptitle(title + (" (smoothed)" if smoothed else "") + (f"; {more} shorter tracks only in the CSV" if more > 0
                                                                   else ""), y=1 - 0.02 / n)
     fig.savefig(path, dpi=80, bbox_inches="tight")
-
-
-if __name__ == "__main__":
-    from FER_io import not_a_script
-    not_a_script(__file__)

@@ -1,26 +1,22 @@
-"""The multitask FER model on torchvision backbones (the families are listed in FER_backbones.py), staged
-freezing, layer-wise learning rates, pretrained-weight loading, checkpoint I/O and batched prediction.
-
-Shared by train_vggface2_resnet50.py, eval_resnet50.py, predict.py, export_onnx.py and bench.py.
+"""Reading and writing weights, in one place: pretrained backbones (VGGFace2, ImageNet, any state
+dict), FER checkpoints with their metadata, and their fingerprints. Weight files are read safely
+(torch's weights_only, or numpy-only unpickling), and refused with one line when they cannot be used.
 """
+import hashlib
 import pickle
 import re
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision
 from torch import nn
-from tqdm import tqdm
 
-from FER_backbones import ARCHS, FAMILIES, PATCH, check_img_size
-from FER_io import FERError, staged_outputs
-from FER_transform import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
+from fer.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
+from fer.model.backbones import ARCHS, check_img_size
+from fer.model.net import INPUT_FORMATS, FERNet, unwrap
+from fer.trust import FERError, staged_outputs
 
-INPUT_FORMATS = ("imagenet", "caffe_bgr")
-# The VGGFace2 ResNet-50 (Cao et al. 2018) was trained in Caffe on BGR pixels 0-255 minus this mean.
-VGGFACE2_MEAN_BGR = (91.4953, 103.8827, 131.0912)
 CHECKPOINT_VERSION = 1
 
 
@@ -28,153 +24,9 @@ class CheckpointError(FERError):
     """A weights file that cannot be used; the message names the file and the problem."""
 
 
-def _replace(module, dotted, new):
-    parent, _, name = dotted.rpartition(".")
-    setattr(module.get_submodule(parent) if parent else module, name, new)
-
-
-def _features(module, dotted):
-    """in_features of the Linear at dotted, or of the first Linear inside it (ViT's heads)."""
-    m = module.get_submodule(dotted)
-    return m.in_features if isinstance(m, nn.Linear) else next(x for x in m.modules() if isinstance(x, nn.Linear)).in_features
-
-
-class FERNet(nn.Module):
-    """Backbone (classifier -> Identity) + Dropout + expression head (fc_cls) + valence/arousal head (fc_reg).
-
-    Module names match the original scripts, so their state dicts load unchanged. Inputs are always
-    ImageNet-normalised RGB (what FERDataset yields). With input_format="caffe_bgr" the model converts
-    them to what Caffe-trained VGGFace2 weights expect (BGR, 0-255, minus the VGGFace2 mean) and uses
-    the Caffe ResNet-50 layout, so that frozen pretrained layers see their training distribution.
-    img_size matters to ViT only, whose position embeddings are made for one input size.
-    """
-
-    def __init__(self, arch="resnet50", class_names=CLASS_NAMES, dropout=None, input_format="imagenet", img_size=224):
-        super().__init__()
-        if arch not in FAMILIES:
-            raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
-        if input_format not in INPUT_FORMATS:
-            raise ValueError(f"unknown input_format {input_format!r}")
-        if check_img_size(arch, img_size):
-            raise ValueError(check_img_size(arch, img_size))
-        family = FAMILIES[arch]
-        self.arch, self.input_format, self.class_names = arch, input_format, list(class_names)
-        num_classes = len(self.class_names)
-        extra = {"image_size": img_size} if arch in PATCH else {}
-        self.backbone = torchvision.models.get_model(arch, weights=None, **extra)
-        in_features = _features(self.backbone, family.head)
-        _replace(self.backbone, family.head, nn.Identity())
-        if arch == "mobilenet_v3_large":  # its recipe's dropout is ours, before the heads
-            self.backbone.classifier[2] = nn.Identity()
-        self.dropout = nn.Dropout(p=family.dropout if dropout is None else dropout)
-        self.fc_cls = nn.Linear(in_features, num_classes)
-        self.fc_reg = nn.Linear(in_features, 2)
-        if input_format == "caffe_bgr":
-            if arch != "resnet50":
-                raise ValueError("the Caffe (VGGFace2) layout exists for resnet50 only")
-            to_caffe_layout(self.backbone)
-            # x_bgr255 - mean = flip(x) * 255 std + (255 mean - vggface2 mean), per channel in BGR order.
-            std, mean = torch.tensor(IMAGENET_STD[::-1]), torch.tensor(IMAGENET_MEAN[::-1])
-            scale, bias = 255 * std, 255 * mean - torch.tensor(VGGFACE2_MEAN_BGR)
-        else:
-            scale, bias = torch.ones(3), torch.zeros(3)
-        # Not persistent: derived from input_format, which the checkpoint records.
-        self.register_buffer("in_scale", scale.view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("in_bias", bias.view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x):
-        if self.input_format == "caffe_bgr":
-            x = x.flip(1) * self.in_scale + self.in_bias
-        features = self.dropout(self.backbone(x))
-        return self.fc_cls(features), self.fc_reg(features)
-
-
-def to_caffe_layout(resnet):
-    """Caffe ResNet-50 v1: stride 2 on the first 1x1 conv of a downsampling block, ceil-mode max-pool."""
-    resnet.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
-    for layer in (resnet.layer2, resnet.layer3, resnet.layer4):
-        layer[0].conv1.stride, layer[0].conv2.stride = (2, 2), (1, 1)
-
-
-# --- staged fine-tuning and layer-wise learning rates ---------------------------------------------
-def _under(name, prefixes):
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
-def freeze_backbone(model, prefixes):
-    """requires_grad per backbone tensor: those under prefixes train (all when prefixes is None).
-    Returns the largest modules holding nothing that trains: they stay in eval mode while training,
-    so their BatchNorm statistics do not move (LayerNorm weights are frozen by requires_grad)."""
-    backbone = unwrap(model).backbone
-    for name, p in backbone.named_parameters():
-        p.requires_grad_(prefixes is None or _under(name, prefixes))
-    if prefixes is None:
-        return []
-    frozen = []
-
-    def walk(module, path):
-        for name, child in module.named_children():
-            full = f"{path}{name}"
-            if _under(full, prefixes):
-                continue
-            if any(p.startswith(full + ".") for p in prefixes):
-                walk(child, full + ".")
-            else:
-                frozen.append(child)
-    walk(backbone, "")
-    return frozen
-
-
-def layer_ids(model):
-    """{parameter name: depth} for layer-wise learning-rate decay (ViT, Swin, ConvNeXt), and the top depth.
-
-    Depth 0 is the stem (ViT: patch projection, class token, position embedding); each transformer or
-    ConvNeXt block is one deeper, a downsampling layer goes with the block after it, and the final
-    norm and the heads are the top (BEiT's convention)."""
-    model = unwrap(model)
-    backbone, prefix_depth = model.backbone, {}
-    if model.arch == "vit_b_16":
-        layers = list(backbone.encoder.layers.named_children())
-        prefix_depth = {f"encoder.layers.{n}": i + 1 for i, (n, _) in enumerate(layers)}
-        top = len(layers) + 1
-    else:  # convnext / swin: features = stem, stage, downsample, stage, ...
-        depth = 0
-        for k, stage in enumerate(backbone.features):
-            if k % 2 == 1:
-                for j in range(len(stage)):
-                    depth += 1
-                    prefix_depth[f"features.{k}.{j}"] = depth
-            elif k > 0:
-                prefix_depth[f"features.{k}"] = depth + 1
-        top = depth + 1
-    ids = {}
-    for name, _ in model.named_parameters():
-        if not name.startswith("backbone."):
-            ids[name] = top
-            continue
-        inner = name[len("backbone."):]
-        hit = [d for p, d in prefix_depth.items() if _under(inner, (p,))]
-        stem = inner.startswith(("features.0.", "conv_proj.", "class_token", "encoder.pos_embedding"))
-        ids[name] = hit[0] if hit else 0 if stem else top
-    return ids, top
-
-
-def param_groups(model, lr, layer_decay=None):
-    """AdamW parameter groups: one (all at lr), or one per depth with lr x layer_decay^(top - depth),
-    the top (heads) first, so param_groups[0]["lr"] is the heads' learning rate."""
-    if layer_decay is None:
-        return [{"params": list(model.parameters())}]
-    ids, top = layer_ids(model)
-    params = dict(model.named_parameters())
-    groups = []
-    for depth in sorted(set(ids.values()), reverse=True):
-        groups.append({"params": [params[n] for n, d in ids.items() if d == depth],
-                       "lr": lr * layer_decay ** (top - depth)})
-    return groups
-
-
 # --- reading weight files safely ----------------------------------------------------------------
 _NP_CORE = getattr(np, "_core", None) or np.core
+
 _PICKLE_ALLOWED = {  # what a pickled dict of numpy arrays needs, and nothing that can run code
     ("numpy.core.multiarray", "_reconstruct"): _NP_CORE.multiarray._reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _NP_CORE.multiarray._reconstruct,
@@ -362,13 +214,6 @@ def save_checkpoint(obj, path, stage=None):
     torch.save(obj, stage(path))
 
 
-def unwrap(model):
-    """The plain FERNet inside DDP / torch.compile wrappers."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
-    return model
-
-
 def checkpoint_payload(model, img_size, **extra):
     """Everything needed to use a model without the command line that trained it."""
     model = unwrap(model)
@@ -487,14 +332,6 @@ def model_from_checkpoint(path, device="cpu", img_size=None):
     return model.to(device).eval(), meta
 
 
-def check_outputs_finite(model, *outputs):
-    """Finite weights can still give NaN or inf (invalid statistics, overflow): a prediction that is
-    not a number is an error naming the checkpoint, never a row with empty values."""
-    if not all(bool(torch.isfinite(torch.as_tensor(o)).all()) for o in outputs):
-        raise CheckpointError(f"{getattr(unwrap(model), 'source', 'the model')}: the model's outputs are not finite "
-                              f"(NaN or inf) for a finite input: its weights or BatchNorm statistics are invalid")
-
-
 def model_initialised_from(path, arch, class_names, say=print, img_size=None):
     """The model of a trained checkpoint as the start of a new run (fine-tuning, e.g. AffectNet -> RAF-DB).
 
@@ -517,46 +354,14 @@ def model_initialised_from(path, arch, class_names, say=print, img_size=None):
     return model
 
 
-# --- prediction ---------------------------------------------------------------------------------
-def autocast(device, amp_dtype):
-    """Mixed precision on CUDA (float16 or bfloat16); plain float32 elsewhere."""
-    device = torch.device(device)
-    if device.type != "cuda" or amp_dtype is None:
-        return nullcontext()
-    return torch.autocast("cuda", dtype=amp_dtype)
+def weights_fingerprint(state_dict):
+    """SHA-256 of a model's tensors (names, dtypes, shapes, values): the same weights give the same
+    fingerprint whichever file or device they come from."""
+    import torch
 
-
-def infer(model, images, device, amp_dtype=None, tta=False):
-    """Logits and valence/arousal (float32) for a batch of normalised images; tta adds the mirror image."""
-    device = torch.device(device)
-    x = images.to(device, non_blocking=True)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast(device, amp_dtype):
-        logits, va = model(x)
-        if tta:  # average with the mirrored face
-            logits_f, va_f = model(x.flip(3))
-            logits, va = (logits + logits_f) / 2, (va + va_f) / 2
-    if hasattr(unwrap(model), "source"):  # a loaded checkpoint (training checks its own validation outputs)
-        check_outputs_finite(model, logits, va)
-    return logits.float(), va.float()
-
-
-def predict_batches(model, loader, device, amp_dtype=None, tta=False, progress=False, desc="predict"):
-    """Run the model over a loader of FERDataset batches.
-
-    Returns numpy arrays: logits (N, C), va (N, 2) predicted valence/arousal (unclipped), and the
-    batch's other entries (y_cls, y_reg targets, index: dataset row of each sample).
-    """
-    model.eval()
-    out = {}
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        logits, va = infer(model, batch["image"], device, amp_dtype, tta)
-        for k, v in (("logits", logits.cpu()), ("va", va.cpu()), *((k, batch[k]) for k in batch if k != "image")):
-            out.setdefault(k, []).append(v)
-    return {k: torch.cat(v).numpy() for k, v in out.items()}
-
-
-if __name__ == "__main__":
-    from FER_io import not_a_script
-    not_a_script(__file__)
+    h = hashlib.sha256()
+    for name, t in state_dict.items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -20,12 +20,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-import FER_metrics
-from FER_io import one_line
-from FER_transform import FERDataError, crop_face, load_image
+from fer.data.dataset import FERDataError, crop_face, load_image
+from fer.evaluation.metrics import clip_va, reliability, softmax
+from fer.trust import one_line
 
 THUMB = 64  # thumbnail side in px (larger images are shrunk to it, smaller ones kept as they are)
+
 JPEG_QUALITY = 80
+
 DASH = "\u2014"
 
 # (key, label, what it is): the metrics of the JSON, in the order of the page. Other numeric
@@ -45,7 +47,9 @@ CLASSIFICATION = [
     ("nll_at_temperature", "NLL at T", "the NLL they would have at that temperature"),
     ("rmse_combined", "RMSE (valence + arousal)", "root mean squared error over both dimensions"),
 ]
+
 REGRESSION = [("rmse", "RMSE"), ("mae", "MAE"), ("corr", "Pearson r"), ("sagr", "SAGR"), ("ccc", "CCC")]
+
 NOT_METRICS = {"n", "img_size"}
 
 CSS = """
@@ -90,7 +94,6 @@ img.chart{max-width:100%;height:auto;border:1px solid #d0d7de}
 .charts{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 .back{font-size:12px;font-weight:normal;margin-left:8px}
 """
-
 
 # Bidirectional controls (U+202A-202E, U+2066-2069) and marks (U+200E, U+200F): a file name holding one
 # would display reversed ("a\u202eevil.jpg" as "agpj.live"), so they are shown by their code.
@@ -356,7 +359,7 @@ def mistakes(rows, class_names, y, pred, probs, pics, cap):
 
 def calibration_section(m, probs, y):
     plt = pyplot()
-    bins = m.get("reliability") or FER_metrics.reliability(probs, y)
+    bins = m.get("reliability") or reliability(probs, y)
     lo = np.array([b["lo"] for b in bins])
     width = bins[0]["hi"] - bins[0]["lo"]
     acc = np.array([b["accuracy"] if b["count"] else 0.0 for b in bins])
@@ -395,7 +398,7 @@ def calibration_section(m, probs, y):
 
 def va_section(m, va_true, va_pred, rows, class_names, y, pics, cap):
     plt = pyplot()
-    ok = ~np.isnan(va_true).all(1)  # a dimension without labels is absent from m (see FER_metrics.evaluate)
+    ok = ~np.isnan(va_true).all(1)  # a dimension without labels is absent from m (see metrics.evaluate)
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.2))
     va_scatter(axes, va_true, va_pred, [f"{name}: CCC {num(m.get(name, {}).get('ccc'), 3)}"
                                         for name in ("valence", "arousal")])
@@ -428,7 +431,7 @@ def render(metrics, predictions, image_paths, names=None, boxes=None, command=No
            progress=False):
     """The report page as a string.
 
-    metrics: eval's metrics dict (FER_metrics.evaluate plus eval's keys; ci95, data, run, bootstrap
+    metrics: eval's metrics dict (metrics.evaluate plus eval's keys; ci95, data, run, bootstrap
     shown when present). predictions: {"logits": (N, C) over metrics["classes_scored"], "y_cls": (N,),
     "va": (N, 2) predicted, "y_reg": (N, 2) true (NaN where none)}. image_paths: N paths, names: N
     names to show (default: the paths), boxes: (N, 4) face boxes or None. max_images: thumbnails per
@@ -436,7 +439,7 @@ def render(metrics, predictions, image_paths, names=None, boxes=None, command=No
     """
     class_names = list(metrics.get("classes_scored") or metrics["per_class"])
     names = list(names) if names is not None else [str(p) for p in image_paths]
-    probs = FER_metrics.softmax(predictions["logits"])
+    probs = softmax(predictions["logits"])
     y, pred = np.asarray(predictions["y_cls"]), probs.argmax(1)
     conf = probs.max(1)
     cm = np.asarray(metrics["confusion_matrix"])
@@ -450,7 +453,7 @@ def render(metrics, predictions, image_paths, names=None, boxes=None, command=No
     va_rows = []
     if has_va:
         va_true = np.asarray(predictions["y_reg"], np.float64)
-        va_pred = FER_metrics.clip_va(np.asarray(predictions["va"], np.float64))
+        va_pred = clip_va(np.asarray(predictions["va"], np.float64))
         err = np.where(np.isnan(va_true).all(1), np.nan, np.sqrt(np.nansum((va_pred - va_true) ** 2, 1)))
         va_rows = [int(r) for r in np.argsort(-np.nan_to_num(err, nan=-1), kind="stable") if np.isfinite(err[r])]
     shown = [r for rows in cells.values() for r in rows[:max_images]] + wrong[:max_images] + va_rows[:max_images]
@@ -491,8 +494,3 @@ def render(metrics, predictions, image_paths, names=None, boxes=None, command=No
         parts.append(va_section(metrics, va_true, va_pred, va_rows, class_names, y, pics, max_images))
     parts.append("</main></body></html>\n")
     return "".join(parts)
-
-
-if __name__ == "__main__":
-    from FER_io import not_a_script
-    not_a_script(__file__)

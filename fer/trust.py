@@ -1,21 +1,20 @@
-"""Safe outputs, flag checks and one-line errors: the trust rules every script follows.
+"""The trust rules every script follows, in one place.
 
 - Outputs are staged: each file is written beside its target under a hidden temporary name and
   renamed into place only when every file of the run is complete, so a failed or interrupted run
   leaves earlier outputs byte-identical and no stray temporary file.
-- Output locations and numeric flags are checked before any expensive work.
+- Inputs and outputs are checked before any expensive work: inputs exist and are regular files or
+  folders; an output is never one of the inputs; an earlier output is replaced only when asked.
 - Every expected failure is an FERError and ends the script with one line, never a traceback.
 
 Imports nothing heavy: every other module may import this one.
 """
-import argparse
 import errno
 import os
 import re
 import shutil
 import signal
 import stat
-import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,17 +22,6 @@ from pathlib import Path
 
 class FERError(Exception):
     """A problem that ends a script with one line; the message names the file, flag or value."""
-
-
-def _one_line_interrupt(kind, value, tb, _default=sys.excepthook):
-    """A Ctrl-C outside run_main (e.g. during a script's slow imports) ends in one line too."""
-    if issubclass(kind, KeyboardInterrupt):
-        print("\ninterrupted", file=sys.stderr)
-    else:
-        _default(kind, value, tb)
-
-
-sys.excepthook = _one_line_interrupt
 
 
 # --- staged outputs -----------------------------------------------------------------------------
@@ -289,87 +277,6 @@ def check_device(name):
     return device
 
 
-# --- flags --------------------------------------------------------------------------------------
-def _number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
-    """An argparse type: a finite number within [lo, hi] (or open ends), with a one-line error."""
-    def parse(text):
-        try:
-            x = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if x != x or x in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"{text!r} is not finite")
-        if lo is not None and (x <= lo if lo_open else x < lo):
-            raise argparse.ArgumentTypeError(f"{text} must be {'>' if lo_open else '>='} {lo}")
-        if hi is not None and (x >= hi if hi_open else x > hi):
-            raise argparse.ArgumentTypeError(f"{text} must be {'<' if hi_open else '<='} {hi}")
-        return x
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
-def int_at_least(lo, hi=None):
-    return _number(int, lo, hi)
-
-
-# --bootstrap N, in every script that has it: fewer resamples give no 95 % interval (its ends are the
-# 2.5th and 97.5th percentiles of the resampled values); more do not fit in memory (resamples x images).
-MIN_RESAMPLES, MAX_RESAMPLES = 100, 100_000
-
-
-def add_bootstrap_argument(p):
-    p.add_argument("--bootstrap", type=int_at_least(0, MAX_RESAMPLES), default=1000, metavar="N",
-                   help=f"resamples of the images for the 95%% intervals: 0 (no intervals) or {MIN_RESAMPLES}-"
-                        f"{MAX_RESAMPLES}")
-
-
-def check_bootstrap(p, args):
-    if 0 < args.bootstrap < MIN_RESAMPLES:  # a 2.5th percentile of a few values is no 95 % interval
-        p.error(f"--bootstrap {args.bootstrap}: too few resamples for a 95% interval; give at least "
-                f"{MIN_RESAMPLES}, or 0 for none")
-
-
-def float_in(lo=None, hi=None, lo_open=False, hi_open=False):
-    return _number(float, lo, hi, lo_open, hi_open)
-
-
-positive_int = int_at_least(1)
-nonneg_int = int_at_least(0)
-positive_float = float_in(0, lo_open=True)
-nonneg_float = float_in(0)
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help shows each flag's default, unless it has none (None, off) or its help already names it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        default = action.default
-        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
-                or "default" in text.lower()):
-            return text
-        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
-        return f"{text} (default: {shown.replace('%', '%%')})"
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage block) and the defaults in --help."""
-
-    def __init__(self, *a, **k):
-        k.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*a, **k)
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def not_a_script(path):
-    """What a module of the toolkit says when it is run as a script (instead of exiting silently)."""
-    print(f"{Path(path).name} is a module used by the toolkit's scripts, not a script; run e.g. "
-          f"train_vggface2_resnet50.py, eval_resnet50.py or predict.py (see README.md)", file=sys.stderr)
-    sys.exit(2)
-
-
 # --- one line -----------------------------------------------------------------------------------
 def one_line(e):
     """The message of an exception without the worker traceback that DataLoader wraps around it."""
@@ -378,26 +285,3 @@ def one_line(e):
     for prefix in ("FERError: ", "FERDataError: ", "CheckpointError: ", "TrainError: "):
         last = last.split(prefix, 1)[-1]
     return last
-
-
-def run_main(main, argv=None):
-    """Run a script's main(argv): expected failures end in one line on stderr, never a traceback."""
-    try:
-        code = main(argv)
-    except KeyboardInterrupt:
-        print("\ninterrupted: nothing was half-written (outputs are replaced only when complete)", file=sys.stderr)
-        code = 130
-    except FERError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        code = 1
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            print(f"error: no space left on device writing {e.filename or 'output'}", file=sys.stderr)
-        else:
-            print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
-        code = 1
-    sys.exit(code or 0)
-
-
-if __name__ == "__main__":
-    not_a_script(__file__)

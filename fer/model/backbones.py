@@ -1,7 +1,7 @@
 """The backbone families: which torchvision models, their last two stages and their dropout.
 
 Imports nothing heavy, so that a script checks --arch and --img_size before it imports torch.
-Used by FER_model.py (which builds them) and the scripts' flag parsers.
+Used by fer.model.net (which builds them) and the flag parsers of fer.cli: imports nothing.
 """
 from typing import NamedTuple
 
@@ -21,9 +21,13 @@ class Family(NamedTuple):
 
 
 _RESNET = Family("fc", (("layer3",), ("layer4",)), 0.7)
+
 _EFF = (("features.4", "features.5"), ("features.6", "features.7", "features.8"))
+
 _CONVNEXT = (("features.4", "features.5"), ("features.6", "features.7", "classifier"))
+
 _VIT_BLOCKS = [f"encoder.layers.encoder_layer_{i}" for i in range(12)]
+
 FAMILIES = {
     "resnet18": _RESNET, "resnet34": _RESNET, "resnet50": _RESNET,
     "efficientnet_b0": Family("classifier", _EFF, 0.2),
@@ -38,9 +42,13 @@ FAMILIES = {
                                                   tuple(f"features.{i}" for i in range(13, 17)) + ("classifier",)),
                                  0.2),
 }
+
 ARCHS = tuple(FAMILIES)
+
 RESNETS = ("resnet18", "resnet34", "resnet50")
+
 LAYER_DECAY_ARCHS = ("convnext_tiny", "convnext_small", "vit_b_16", "swin_t")
+
 PATCH = {"vit_b_16": 16}  # input side must be a multiple of this
 
 
@@ -50,8 +58,3 @@ def check_img_size(arch, img_size):
     if patch and img_size % patch:
         return f"{arch} takes images whose side is a multiple of {patch} pixels, not {img_size}"
     return None
-
-
-if __name__ == "__main__":
-    from FER_io import not_a_script
-    not_a_script(__file__)

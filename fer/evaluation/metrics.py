@@ -9,7 +9,7 @@ Neural Networks").
 import numpy as np
 from sklearn import metrics as skm
 
-VA_RANGE = (-1.0, 1.0)  # valence/arousal labels lie in [-1, 1]; predictions are clipped to it
+from fer.constants import VA_RANGE
 
 
 def softmax(logits):
@@ -134,6 +134,7 @@ def most_confused(cm, class_names, k=2):
 
 # --- calibration (Guo et al. 2017) ----------------------------------------------------------------
 CALIBRATION_BINS = 15
+
 TEMPERATURE_RANGE = (0.01, 100.0)  # the search range of the temperature
 
 
@@ -450,8 +451,3 @@ def format_comparison(comp, name_a="A", name_b="B"):
     lines.append(f"McNemar's exact test (accuracy): {mc['a_only_correct']} images only A got right, "
                  f"{mc['b_only_correct']} only B; two-sided p = {mc['p_value']:.4g}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    from FER_io import not_a_script
-    not_a_script(__file__)

@@ -1,19 +1,11 @@
-"""Where a training run came from, how to repeat it, and its live curves.
+"""Where a training run came from, and its live curves.
 
 - The run record (`<stem>_run.json` beside the checkpoint, and the same dict in the checkpoint under
   `run`): command line, resolved flags, times, code version, library versions, device, and a
   fingerprint of the data rows used, so two runs on different data are never taken for one experiment.
-- `--config FILE`: flag values from YAML or JSON, checked by the flags' own argparse types; every run
-  writes its resolved flags as `<stem>_config.yaml`, which repeats the run.
 - TensorBoard scalars (rank 0 only), behind a small logger that does nothing without --tensorboard.
-
-Imports only numpy and the standard library at load time (torch and TensorBoard where used).
 """
-import argparse
-import difflib
-import hashlib
 import json
-import os
 import platform
 import shlex
 import subprocess
@@ -25,57 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from FER_io import FERError, check_input
+from fer.model.checkpoint import weights_fingerprint
+from fer.trust import FERError
 
 RECORD_VERSION = 1
-NOT_CONFIG = ("config", "resume", "overwrite")  # how this invocation runs, not what the run is
+
 VERSIONED = ("torch", "torchvision", "albumentations", "numpy")
 
 
-class ConfigError(FERError):
-    """A --config file that cannot be used, named with the key."""
-
-
-# --- fingerprints -------------------------------------------------------------------------------
-def rows_fingerprint(filenames, labels, va):
-    """SHA-256 of the rows a run used (file names, class names, valence/arousal), not of the file bytes:
-    the same rows written in another format or order of columns give the same fingerprint."""
-    h = hashlib.sha256()
-    h.update("\n".join(map(str, filenames)).encode() + b"\0")
-    h.update("\n".join(map(str, labels)).encode() + b"\0")
-    va = np.asarray(va, "<f4")
-    h.update(np.where(np.isnan(va), np.float32(np.nan), va).astype("<f4").tobytes())  # one NaN bit pattern
-    return h.hexdigest()
-
-
-def data_record(ds):
-    """Per index file of a FERDataset: path, fingerprint of the rows used, row count, rows per class."""
-    out, start = [], 0
-    for path, count in ds.sources:
-        rows = slice(start, start + count)
-        start += count
-        names = [ds.classes[k] for k in ds.labels[rows]]
-        per_class = np.bincount(ds.labels[rows], minlength=len(ds.classes))
-        out.append({"path": str(path), "fingerprint": rows_fingerprint(ds.filenames[rows], names, ds.va[rows]),
-                    "rows": int(count), "rows_per_class": dict(zip(ds.classes, map(int, per_class)))})
-    return out
-
-
-def weights_fingerprint(state_dict):
-    """SHA-256 of a model's tensors (names, dtypes, shapes, values): the same weights give the same
-    fingerprint whichever file or device they come from."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in state_dict.items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 # --- the environment ----------------------------------------------------------------------------
-def git_state(folder=Path(__file__).resolve().parent):
+def git_state(folder=Path(__file__).resolve().parents[2]):
     """{"commit", "dirty"} of the code's checkout, or "not a git checkout"."""
     try:
         head = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -191,103 +142,6 @@ def write_json(obj, path):
     Path(path).write_text(json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
-# --- --config -----------------------------------------------------------------------------------
-def config_values(args):
-    """The flags to write as <stem>_config.yaml: every resolved flag but how this invocation runs."""
-    return {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
-
-
-def write_config(args, path):
-    import yaml
-
-    Path(path).write_text(yaml.safe_dump(config_values(args), sort_keys=False))
-
-
-def read_config_file(path):
-    """A dict of flag name -> value from a YAML or JSON file (PyYAML's safe loader only)."""
-    check_input(path, "--config")
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config {path}: not a readable text file ({type(e).__name__})") from None
-    kind = "JSON" if Path(path).suffix.lower() == ".json" else "YAML"
-    try:
-        if kind == "JSON":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: both say where
-        mark = getattr(e, "problem_mark", None)
-        first = f"{e.problem} at line {mark.line + 1}" if mark is not None and getattr(e, "problem", None) else \
-            (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"--config {path}: not valid {kind} ({first})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected flag name -> value pairs, found a {type(data).__name__}")
-    return data
-
-
-def _checked(action, key, value, path):
-    """value run through the flag's own argparse type and choices, as if typed on the command line."""
-    where = f"--config {path}: {key}"
-    if action.nargs == 0:  # store_true / store_false
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if value is None:
-        if action.default is None or action.nargs == "?":
-            return None
-        raise ConfigError(f"{where}: must have a value (null given)")
-    if action.nargs in ("+", "*"):
-        values = value if isinstance(value, list) else [value]
-        if not values and action.nargs == "+":
-            raise ConfigError(f"{where}: expected at least one value")
-        return [_checked_one(action, where, v) for v in values]
-    return _checked_one(action, where, value)
-
-
-def _checked_one(action, where, value):
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ConfigError(f"{where}: expected {getattr(action.type, '__name__', 'text')}, got {value!r}")
-    if action.type is None and not isinstance(value, str):
-        raise ConfigError(f"{where}: expected text, got {value!r}")
-    text = value if isinstance(value, str) else repr(value)
-    try:
-        out = action.type(text) if action.type else text
-    except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
-        raise ConfigError(f"{where}: {e}") from None
-    if action.choices is not None and out not in action.choices:
-        raise ConfigError(f"{where}: {out!r} is not one of {', '.join(map(str, action.choices))}")
-    return out
-
-
-def apply_config(parser, argv=None):
-    """Read --config FILE (if given) into the parser's defaults, so the command line still overrides it.
-    Unknown keys, wrong types and refused values end in one line naming the key."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    known, _ = pre.parse_known_args(argv)
-    if not known.config:
-        return
-    try:
-        data = read_config_file(known.config)
-        actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config") and a.option_strings}
-        defaults = {}
-        for key, value in data.items():
-            key = str(key)
-            if key not in actions:
-                hint = difflib.get_close_matches(key, list(actions), 1)
-                raise ConfigError(f"--config {known.config}: unknown key {key!r}"
-                                  + (f" (did you mean {hint[0]}?)" if hint else ""))
-            defaults[key] = _checked(actions[key], key, value, known.config)
-    except FERError as e:
-        parser.error(str(e))
-    parser.set_defaults(**defaults)
-
-
 # --- TensorBoard --------------------------------------------------------------------------------
 class TensorBoardLog:
     """TensorBoard scalars of a run; a no-op when folder is None (no --tensorboard, or not rank 0).
@@ -337,8 +191,3 @@ class TensorBoardLog:
     def close(self):
         if self._writer is not None:
             self._writer.close()
-
-
-if __name__ == "__main__":
-    from FER_io import not_a_script
-    not_a_script(__file__)

@@ -1,0 +1,113 @@
+"""--config FILE: flag values from YAML or JSON, checked by the flags' own argparse types.
+
+Torch-free, like every module of fer.cli.
+"""
+import argparse
+import difflib
+import json
+from pathlib import Path
+
+from fer.trust import FERError, check_input
+
+NOT_CONFIG = ("config", "resume", "overwrite")  # how this invocation runs, not what the run is
+
+
+class ConfigError(FERError):
+    """A --config file that cannot be used, named with the key."""
+
+
+# --- --config -----------------------------------------------------------------------------------
+def config_values(args):
+    """The flags to write as <stem>_config.yaml: every resolved flag but how this invocation runs."""
+    return {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+
+
+def write_config(args, path):
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(config_values(args), sort_keys=False))
+
+
+def read_config_file(path):
+    """A dict of flag name -> value from a YAML or JSON file (PyYAML's safe loader only)."""
+    check_input(path, "--config")
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {path}: not a readable text file ({type(e).__name__})") from None
+    kind = "JSON" if Path(path).suffix.lower() == ".json" else "YAML"
+    try:
+        if kind == "JSON":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: both say where
+        mark = getattr(e, "problem_mark", None)
+        first = f"{e.problem} at line {mark.line + 1}" if mark is not None and getattr(e, "problem", None) else \
+            (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"--config {path}: not valid {kind} ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected flag name -> value pairs, found a {type(data).__name__}")
+    return data
+
+
+def _checked(action, key, value, path):
+    """value run through the flag's own argparse type and choices, as if typed on the command line."""
+    where = f"--config {path}: {key}"
+    if action.nargs == 0:  # store_true / store_false
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if value is None:
+        if action.default is None or action.nargs == "?":
+            return None
+        raise ConfigError(f"{where}: must have a value (null given)")
+    if action.nargs in ("+", "*"):
+        values = value if isinstance(value, list) else [value]
+        if not values and action.nargs == "+":
+            raise ConfigError(f"{where}: expected at least one value")
+        return [_checked_one(action, where, v) for v in values]
+    return _checked_one(action, where, value)
+
+
+def _checked_one(action, where, value):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{where}: expected {getattr(action.type, '__name__', 'text')}, got {value!r}")
+    if action.type is None and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected text, got {value!r}")
+    text = value if isinstance(value, str) else repr(value)
+    try:
+        out = action.type(text) if action.type else text
+    except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if action.choices is not None and out not in action.choices:
+        raise ConfigError(f"{where}: {out!r} is not one of {', '.join(map(str, action.choices))}")
+    return out
+
+
+def apply_config(parser, argv=None):
+    """Read --config FILE (if given) into the parser's defaults, so the command line still overrides it.
+    Unknown keys, wrong types and refused values end in one line naming the key."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if not known.config:
+        return
+    try:
+        data = read_config_file(known.config)
+        actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config") and a.option_strings}
+        defaults = {}
+        for key, value in data.items():
+            key = str(key)
+            if key not in actions:
+                hint = difflib.get_close_matches(key, list(actions), 1)
+                raise ConfigError(f"--config {known.config}: unknown key {key!r}"
+                                  + (f" (did you mean {hint[0]}?)" if hint else ""))
+            defaults[key] = _checked(actions[key], key, value, known.config)
+    except FERError as e:
+        parser.error(str(e))
+    parser.set_defaults(**defaults)
