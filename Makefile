@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 
-.PHONY: demo test bench clean-demo
+.PHONY: demo test test-all bench clean-demo
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,8 +43,14 @@ demo: $(STAMP)
 	$(PY) export_onnx.py --checkpoint $(DEMO)/FER_resnet50.pth --out $(DEMO)/FER_resnet50.onnx
 
 # pytest exits 5 when it collects nothing: a suite that vanished is a failure, and is named as one.
+# `make test`: the fast tests (every module, no end-to-end run of a script in a fresh interpreter);
+# `make test-all`: every test, the slow end-to-end ones too (what CI runs).
+PYTEST = $(PY) -m pytest -q -n auto --dist loadfile
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist loadfile tests || { rc=$$?; [ $$rc -eq 5 ] && echo "error: pytest collected no tests"; exit $$rc; }
+	$(PYTEST) -m "not slow" tests || { rc=$$?; [ $$rc -eq 5 ] && echo "error: pytest collected no tests"; exit $$rc; }
+
+test-all: $(STAMP)
+	$(PYTEST) tests || { rc=$$?; [ $$rc -eq 5 ] && echo "error: pytest collected no tests"; exit $$rc; }
 
 bench: $(STAMP)
 	$(PY) bench.py

@@ -10,8 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import make_demo_data  # noqa: E402
-import metadata_parallel  # noqa: E402
+from fer.data import demo as demo_data  # noqa: E402  (not `demo`: the fixture below has that name)
+from fer.data import index  # noqa: E402
 
 
 def run_script(script, *args, cwd=None, timeout=300):
@@ -62,13 +62,13 @@ def tiny_args(demo, out_dir, *extra):
 def demo(tmp_path_factory):
     """A tiny demo dataset (64 images, 32 px) and its index: {'root', 'all', 'train', 'val'}."""
     root = tmp_path_factory.mktemp("demo")
-    make_demo_data.make_dataset(root / "data", n=64, size=32, seed=1, progress=False)
-    df, _ = metadata_parallel.build_index(root / "data" / "images", root / "data" / "annotations", progress=False)
-    train, val = metadata_parallel.stratified_split(df, 0.25, 42)
+    demo_data.make_dataset(root / "data", n=64, size=32, seed=1, progress=False)
+    df, _ = index.build_index(root / "data" / "images", root / "data" / "annotations", progress=False)
+    train, val = index.stratified_split(df, 0.25, 42)
     paths = {"root": root / "data"}
     for name, part in (("all", df), ("train", train), ("val", val)):
         paths[name] = root / f"metadata_{name}.parquet"
-        metadata_parallel.write_parquet(part, paths[name])
+        index.write_parquet(part, paths[name])
     return paths
 
 
@@ -80,3 +80,18 @@ def trained(demo, tmp_path_factory):
                                                             "--save_path", out / "FER_resnet18.pth"))
     assert r.returncode == 0, r.stderr
     return out / "FER_resnet18.pth"
+
+
+SLOW_CALLS = ("run_script(", "subprocess.", "Popen(")  # a fresh interpreter: seconds of imports each
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` marks the end-to-end tests: those that start a script in a fresh interpreter (run_script,
+    subprocess) or carry the marker themselves. `make test` leaves them out; `make test-all` runs all."""
+    import inspect
+
+    for item in items:
+        fn = getattr(item, "function", None)
+        source = inspect.getsource(fn) if fn is not None else ""
+        if any(call in source for call in SLOW_CALLS):
+            item.add_marker(pytest.mark.slow)

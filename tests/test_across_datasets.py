@@ -8,13 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import run_here, tiny_args
-from fer.constants import CLASS_NAMES
-from fer.constants import FACE_MARGIN
-from fer.data.dataset import FERDataset
+
+from fer.constants import CLASS_NAMES, FACE_MARGIN
+from fer.data.dataset import FERDataset, load_image
 from fer.data.transforms import build_transforms
-from fer.data.dataset import load_image
 
 SEVEN = [c for c in CLASS_NAMES if c != "Contempt"]  # RAF-DB, FER2013
 
@@ -138,7 +136,7 @@ FORMATS = {"affectnet": 48, "affectnet_csv": 48, "rafdb": 42, "fer2013": 42, "fe
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_every_format_trains_and_evaluates(fmt, trained, tmp_path):
-    import make_demo_data
+    from fer.data import demo as make_demo_data
     make_demo_data.make_dataset(tmp_path / "data", FORMATS[fmt], size=None if fmt.startswith("fer") else 32,
                                 seed=3, progress=False, fmt=fmt)
     r = run_here("metadata_parallel.py", "--format", fmt, "--root", tmp_path / "data", "--out_dir", tmp_path / "idx",

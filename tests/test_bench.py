@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
-
 from conftest import run_script, tiny_args
+
 from fer.model.net import FERNet
+
 
 def assert_close_norm(a, b, rel, what=""):
     """|a - b| small beside |a| (norms): float32 sums in another order differ in the last bits of each term."""

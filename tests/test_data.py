@@ -1,6 +1,4 @@
 """The data layer: demo generator, indexer, dataset and transforms."""
-from fer.data.transforms import FastISONoise
-from fer.data.transforms import poisson
 import os
 import shutil
 
@@ -8,16 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import make_demo_data
-import metadata_parallel as mp
 from conftest import run_script
-from fer.constants import IMAGENET_MEAN
-from fer.constants import IMAGENET_STD
-from fer.data.dataset import FERDataError
-from fer.data.dataset import FERDataset
-from fer.data.transforms import build_transforms
-from fer.data.dataset import load_image
+
+from fer.constants import IMAGENET_MEAN, IMAGENET_STD
+from fer.data import demo as make_demo_data
+from fer.data import formats
+from fer.data import index as mp
+from fer.data.dataset import FERDataError, FERDataset, load_image
+from fer.data.transforms import FastISONoise, build_transforms, poisson
 
 
 # --- demo generator -----------------------------------------------------------------------------
@@ -126,7 +122,7 @@ def test_numeric_npy_and_bad_files_are_counted(tmp_path):
 
 def test_parallel_index_equals_serial(tmp_path, monkeypatch):
     root, ann = make_tree(tmp_path, n=40)
-    monkeypatch.setattr(mp, "CHUNK", 7)  # several worker tasks
+    monkeypatch.setattr(formats, "CHUNK", 7)  # several worker tasks
     serial, _ = mp.build_index(root / "images", ann, workers=1, progress=False)
     parallel, _ = mp.build_index(root / "images", ann, workers=2, progress=False)
     pd.testing.assert_frame_equal(serial.drop(columns="landmarks"), parallel.drop(columns="landmarks"))

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_script
 from sklearn import metrics as skm
 
 from fer.evaluation import metrics as M
-from conftest import run_script
-from fer.model.net import FERNet
 from fer.model.forward import predict_batches
+from fer.model.net import FERNet
 
 NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 

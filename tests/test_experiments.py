@@ -1,7 +1,4 @@
 """Run records, --config, TensorBoard, compare_runs.py, bootstrap intervals and paired comparisons."""
-from fer.data.dataset import data_record
-from fer.model.checkpoint import weights_fingerprint
-from fer.training.record import RunRecord
 import json
 import shutil
 
@@ -9,17 +6,18 @@ import krippendorff
 import numpy as np
 import pandas as pd
 import pytest
-
-from fer.trust import FERError
 import torch
 import yaml
+from conftest import run_here, tiny_args
 from scipy.stats import binomtest
 from sklearn import metrics as skm
 
-import compare_runs as C
+import fer.training.compare as C
+from fer.data.dataset import FERDataset, data_record
 from fer.evaluation import metrics as M
-from conftest import run_here, tiny_args
-from fer.data.dataset import FERDataset
+from fer.model.checkpoint import weights_fingerprint
+from fer.training.record import RunRecord
+from fer.trust import FERError
 
 QUICK = ["--epochs", 1, "--steps_per_epoch", 1]
 NAMES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
@@ -86,6 +84,22 @@ def test_config_rerun_is_bit_identical(runs, tmp_path):
     assert json.loads((tmp_path / "again_run.json").read_text())["args"]["config"] == str(config)
 
 
+def test_a_flag_over_a_runs_config_acts_as_if_added_to_its_command(runs, tmp_path):
+    """--config <stem>_config.yaml --ema 0.9 kept the config's resolved best_on: raw (the config held every
+    resolved value); it is now the original command plus --ema 0.9: the averaged weights pick the best."""
+    config = runs / "lr_b" / "m_config.yaml"
+    values = yaml.safe_load(config.read_text())
+    assert "best_on" not in values and "freeze_epochs" not in values  # the flags given, nothing resolved
+    r = run_here("train_vggface2_resnet50.py", "--config", config, "--ema", 0.9, "--save_path", tmp_path / "ema.pth")
+    assert r.returncode == 0, r.stderr
+    assert "best validation accuracy (EMA weights)" in r.stdout
+    record = json.loads((tmp_path / "ema_run.json").read_text())
+    assert record["args"]["best_on"] == "ema" and record["args"]["freeze_epochs"] == 0  # resolved, for reading
+    assert record["given"] == yaml.safe_load((tmp_path / "ema_config.yaml").read_text()) == \
+        {**values, "ema": 0.9, "save_path": str(tmp_path / "ema.pth")}
+    assert torch.load(tmp_path / "ema.pth", weights_only=True)["args"]["best_on"] == "ema"
+
+
 @pytest.mark.parametrize("text,message", [
     ("lrr: 0.1", "unknown key 'lrr' (did you mean lr?)"),
     ("lr: 20", "lr: 20 must be <= 10"),
@@ -105,7 +119,7 @@ def test_config_errors_name_the_key(tmp_path, text, message):
 
 
 def test_config_json_and_command_line_override(tmp_path):
-    import train_vggface2_resnet50 as T
+    import fer.cli.train as T
 
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"lr": 0.5, "epochs": 7, "train_meta": ["x.parquet"], "compile": True}))

@@ -1,16 +1,6 @@
 """Faces in the wild (FER_face.py): MTCNN finds turned and small faces, crops are aligned onto the
 checkpoint's crop_template, the template comes from the training index, and every script that
 detects faces (predict.py, eval --recrop detect, metadata_parallel.py --detect_landmarks) uses them."""
-from fer.constants import POINT_COLUMNS
-from fer.data.faces import Cropper
-from fer.data.faces import Face
-from fer.data.faces import five_from_68
-from fer.data.faces import from_unit
-from fer.data.faces import make_detector
-from fer.data.faces import mean_template
-from fer.data.faces import rotation
-from fer.data.faces import to_unit
-from fer.data.faces import warp
 import json
 
 import cv2
@@ -18,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import make_demo_data
-import metadata_parallel
 from conftest import run_here
-from fer.constants import FACE_MARGIN
-from fer.data.dataset import FERDataset
+
+from fer.constants import FACE_MARGIN, POINT_COLUMNS
+from fer.data import demo as make_demo_data
+from fer.data import index
+from fer.data.dataset import FERDataset, crop_template
+from fer.data.faces import Cropper, Face, five_from_68, from_unit, make_detector, mean_template, rotation, to_unit, warp
 from fer.data.transforms import build_transforms
-from fer.data.dataset import crop_template
 
 # The astronaut's five points in scikit-image's 512x512 picture (eye centres, nose tip, mouth corners).
 ASTRONAUT_POINTS = np.array([[205.4, 101.5], [246.9, 103.1], [225.1, 129.2], [201.2, 139.6], [245.1, 141.1]])
@@ -157,8 +147,8 @@ def test_template_of_an_affectnet_index_is_the_mean_of_its_landmarks(tmp_path):
     """Both AffectNet layouts: the .npy crops (landmarks in the crop's pixels) and the CSV release
     (landmarks in the full photo, the crop is the face box with FACE_MARGIN)."""
     npy = make_demo_data.make_dataset(tmp_path / "npy", n=24, size=48, seed=3, progress=False)
-    df, _ = metadata_parallel.build_index(npy / "images", npy / "annotations", workers=1, progress=False)
-    metadata_parallel.write_parquet(df, tmp_path / "npy.parquet")
+    df, _ = index.build_index(npy / "images", npy / "annotations", workers=1, progress=False)
+    index.write_parquet(df, tmp_path / "npy.parquet")
     expected = []
     for name in df["filename"]:
         lm = np.load(npy / "annotations" / name.replace(".jpg", "_lnd.npy")).astype(float).reshape(68, 2)
@@ -253,8 +243,8 @@ def old_haar_crops(rgb):
 
 def test_align_box_with_haar_reproduces_the_old_crops(trained, tmp_path):
     from fer.evaluation.metrics import softmax
-    from fer.model.forward import infer
     from fer.model.checkpoint import model_from_checkpoint
+    from fer.model.forward import infer
 
     path = tmp_path / "astronaut.png"
     rgb = astronaut()

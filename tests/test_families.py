@@ -3,20 +3,19 @@
 One short training run per family (two steps, the second after the stage change; convnext_tiny with
 every knob on), resumed exactly, evaluated, predicted and exported in one test per family.
 """
-from fer.model.net import _under
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import train_vggface2_resnet50 as T
 from conftest import run_here, tiny_args
-from fer.model.backbones import ARCHS
-from fer.model.backbones import FAMILIES
-from fer.model.backbones import RESNETS
-from fer.model.net import FERNet
+
+import fer.training.loop as TL
+import fer.training.schedule as TS
+import train_vggface2_resnet50 as T
+from fer.model.backbones import ARCHS, FAMILIES, RESNETS
+from fer.model.net import FERNet, _under
 
 NEW = [a for a in ARCHS if a not in RESNETS]  # the ResNets' path is tested in test_train.py
 # Seconds per step even at 32 px and ONNX files of hundreds of MB: in test_families_large.py, so that
@@ -34,7 +33,7 @@ def main_ok(argv):
 def train_and_resume(arch, demo, out):
     """Two one-step epochs (the second after the stage change) in out/full, and the same run in out/cut
     resumed from a copy of the training state after the first epoch."""
-    real = T.save_epoch
+    real = TL.save_epoch
 
     def keep_first(paths, *a, **k):
         real(paths, *a, **k)
@@ -42,7 +41,7 @@ def train_and_resume(arch, demo, out):
             (out / "cut").mkdir()
             shutil.copy(paths["last"], out / "cut" / "m_last.pth")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(T, "save_epoch", keep_first)
+        mp.setattr(TL, "save_epoch", keep_first)
         main_ok(tiny_args(demo, out / "full", *family_flags(arch)))
     main_ok(tiny_args(demo, out / "cut", *family_flags(arch), "--resume", out / "cut" / "m_last.pth"))
 
@@ -67,8 +66,8 @@ def check_end_to_end(arch, demo, tmp_path):
     cut = torch.load(tmp_path / "cut" / "m_last.pth", weights_only=True)
     assert full["arch"] == arch and full["train_state"]["epoch"] == cut["train_state"]["epoch"] == 2
     stages = FAMILIES[arch].stages
-    assert [h["trainable"] for h in full["train_state"]["history"]] == [T.stage_label(stages[1]),
-                                                                         T.stage_label(stages[0] + stages[1])]
+    assert [h["trainable"] for h in full["train_state"]["history"]] == [TS.stage_label(stages[1]),
+                                                                         TS.stage_label(stages[0] + stages[1])]
     for k, v in full["model"].items():
         assert torch.equal(v, cut["model"][k]), f"resumed weights differ: {k}"
     assert full["train_state"]["history"][-1]["val_acc"] == cut["train_state"]["history"][-1]["val_acc"]
@@ -117,13 +116,13 @@ def test_frozen_stages_do_not_move(arch):
     stages = FAMILIES[arch].stages
     assert set(stages[0] + stages[1]) <= {n for n, _ in model.backbone.named_modules()}
     for epoch in (0, 1):
-        blocks = T.trainable_blocks(epoch, 1, None, stages)
-        frozen = T.apply_freezing(model, blocks)
+        blocks = TS.trainable_blocks(epoch, 1, None, stages)
+        frozen = TS.apply_freezing(model, blocks)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-        T.train_mode(model, frozen)
-        T.train_step(model, torch.randn(4, 3, 32, 32), torch.randint(0, 8, (4,)), torch.rand(4, 2),
-                     opt, torch.amp.GradScaler("cuda", enabled=False), T.make_criterion(None, "cpu"))
+        TS.train_mode(model, frozen)
+        TL.train_step(model, torch.randn(4, 3, 32, 32), torch.randint(0, 8, (4,)), torch.rand(4, 2),
+                      opt, torch.amp.GradScaler("cuda", enabled=False), TL.make_criterion(None, "cpu"))
         after = model.state_dict()
         moved = {k for k in before if not torch.equal(before[k], after[k])}
         inside = {k for k in before if k.startswith("backbone.") and _under(k[9:], blocks)}

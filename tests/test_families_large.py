@@ -2,7 +2,6 @@
 end-to-end check as tests/test_families.py, in a file of its own so that pytest-xdist runs it beside
 the other (they cost seconds per step even at 32 px)."""
 import pytest
-
 from test_families import LARGE, check_end_to_end
 
 

@@ -10,11 +10,13 @@ import pytest
 import torch
 from conftest import run_here, tiny_args
 
-import eval_resnet50 as E
+import fer.cli.evaluate as E
+import fer.cli.train as TF
+import fer.training.loop as TL
+import fer.training.outputs as TO
+import fer.training.schedule as TS
 import train_vggface2_resnet50 as T
-from fer.data.dataset import FERDataError
-from fer.data.dataset import FERDataset
-from fer.data.dataset import images_dir_of
+from fer.data.dataset import FERDataError, FERDataset, images_dir_of
 
 
 # --- moving data --------------------------------------------------------------------------------
@@ -60,14 +62,14 @@ def test_training_and_evaluation_take_root(demo, moved, tmp_path):
     r = run_here("FER_transform.py", "--meta", moved["val"], "--out", tmp_path / "g.png",
                  "--root", tmp_path / "nowhere")
     assert r.returncode == 1 and "--root" in r.stderr and "folder not found" in r.stderr
-    assert "root" in T.RESUMABLE_CHANGES  # a moved dataset can be resumed: --root changes where, not what
+    assert "root" in TF.RESUMABLE_CHANGES  # a moved dataset can be resumed: --root changes where, not what
 
 
 # --- Ctrl-C before the first epoch; the schedule ---------------------------------------------------
 def _interrupt_first_epoch(monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(T, "train_one_epoch", interrupted)
+    monkeypatch.setattr(TL, "train_one_epoch", interrupted)
 
 
 def test_ctrl_c_before_the_first_epoch_says_nothing_was_saved(demo, moved, tmp_path, monkeypatch, capsys):
@@ -94,15 +96,15 @@ def test_one_epoch_convention():
     """Epochs are numbered from 1 (as printed): --freeze_epochs N = epochs 1..N, --unfreeze_all_at E = from E;
     the meaning is the one older checkpoints were trained with (a resume keeps its schedule)."""
     for epochs, freeze, unfreeze in ((100, 3, None), (6, 3, 1), (10, 3, 6), (5, 0, None), (5, 3, 3)):
-        text = T.schedule_text(epochs, freeze, unfreeze)
+        text = TS.schedule_text(epochs, freeze, unfreeze)
         for epoch in range(1, epochs + 1):  # each epoch's stage in the text is the one training applies
-            blocks = T.trainable_blocks(epoch - 1, freeze, unfreeze)
+            blocks = TS.trainable_blocks(epoch - 1, freeze, unfreeze)
             name = "all" if blocks is None else "+".join(blocks)
             ranges = {(int(a), int(b or a)): n for a, b, n in
                       (__import__("re").fullmatch(r"(\d+)(?:-(\d+))? (.+)", s).groups()
                        for s in text.removeprefix("epochs ").split(", "))}
             assert [n for (a, b), n in ranges.items() if a <= epoch <= b] == [name], (text, epoch)
-    assert T.schedule_text(5, 3, 3) == "epochs 1-2 layer4, 3-5 all"  # all wins from epoch E on
+    assert TS.schedule_text(5, 3, 3) == "epochs 1-2 layer4, 3-5 all"  # all wins from epoch E on
     help_text = run_here("train_vggface2_resnet50.py", "--help").stdout
     assert help_text.count("numbered from 1") >= 2
 
@@ -134,7 +136,7 @@ def test_curves_classification_only_whole_epochs(tmp_path, saved_figures):
                 "val_rmse": math.nan, "val_rmse_valence": math.nan, "val_rmse_arousal": math.nan} for e in (1, 2, 3)]
     paths = {"history": tmp_path / "h.csv", "curves": tmp_path / "c.png"}
     with staged_outputs() as stage:
-        T.write_history(history, paths, stage)
+        TO.write_history(history, paths, stage)
     fig = saved_figures[-1]
     assert fig["titles"] == ["loss", "accuracy"]  # no empty RMSE panel
     for ticks in fig["xticks"]:
@@ -232,7 +234,7 @@ def test_predict_marks_an_untrained_head_and_speaks_per_image(trained, no_va, de
 
 
 def test_onnx_metadata_marks_an_untrained_head(no_va):
-    from export_onnx import onnx_metadata
+    from fer.inference.export import onnx_metadata
     from fer.model.checkpoint import model_from_checkpoint
     info = onnx_metadata(model_from_checkpoint(no_va)[1])
     assert json.loads(info["heads_trained"]) == {"expression": True, "valence_arousal": False}
@@ -251,7 +253,7 @@ def test_help_shows_defaults(script, shown):
 
 
 def test_index_summary_shows_rows_per_class_and_split():
-    import metadata_parallel as mp
+    from fer.data import index as mp
     parts = {"train": pd.DataFrame({"expression": [0, 0, 1, 1, 1, 3]}), "val": pd.DataFrame({"expression": [0, 1, 3]})}
     rows = {ln.split()[0]: ln.split()[1:] for ln in mp.class_table(parts).splitlines()[1:]}
     assert rows == {"Neutral": ["2", "1", "3"], "Happy": ["3", "1", "4"], "Surprise": ["1", "1", "2"],

@@ -7,11 +7,14 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_script
 
 import make_demo_data
-import metadata_parallel as mp
-from conftest import run_script
 from fer.cli import run_main
+from fer.cli.index import parse_class_map
+from fer.data import demo
+from fer.data import formats as mp
+from fer.trust import staged_outputs
 
 CANONICAL = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 COLUMNS = ["filename", "expression", "valence", "arousal", "landmarks", "source_label"]
@@ -82,7 +85,7 @@ def test_fer2013_label_map_and_damaged_rows(tmp_path):
              (2, fer_pixels(5), "Holdout")]                 # no such Usage
     pd.DataFrame(rows, columns=["emotion", "pixels", "Usage"]).to_csv(tmp_path / "fer2013.csv", index=False)
     o = opts(tmp_path)
-    with mp.staged_outputs() as o.stage:
+    with staged_outputs() as o.stage:
         df, problems = mp.read_fer2013(tmp_path, o)
     assert len(df) == 9
     for code, expected in FER2013_DOC.items():
@@ -132,7 +135,7 @@ def test_ferplus_reader_rows_and_names(tmp_path):
     lines.append("Training,,0,0,0,0,0,0,0,0,0,10")  # as in the real file: removed images have no name
     (tmp_path / "fer2013new.csv").write_text(header + "\n".join(lines) + "\n")
     o = opts(tmp_path)
-    with mp.staged_outputs() as o.stage:
+    with staged_outputs() as o.stage:
         df, problems = mp.read_ferplus(tmp_path, o)
     kept = [(f"fer{i:07d}", CANONICAL.index(e), v) for i, (v, e, _) in enumerate(FERPLUS_ROWS) if e]
     assert list(zip(df["filename"].str[:10], df["expression"], df["source_label"])) == kept  # + _<pixel hash>.png
@@ -197,7 +200,7 @@ def test_numeric_folders_need_class_map(tmp_path):
         tiny_image(tmp_path / name / "x.png")
     with pytest.raises(mp.FERError, match="class_map"):
         mp.read_folders(tmp_path, opts(tmp_path))
-    class_map = mp.parse_class_map("0=anger, 1=contempt,2=disgust,3=fear")
+    class_map = parse_class_map("0=anger, 1=contempt,2=disgust,3=fear")
     df, _ = mp.read_folders(tmp_path, opts(tmp_path, class_map=class_map))
     assert [CANONICAL[e] for e in df["expression"]] == ["Anger", "Contempt", "Disgust", "Fear"]
     r = run_script("metadata_parallel.py", "--format", "folders", "--root", tmp_path, "--class_map", "0=angery",
@@ -355,7 +358,7 @@ def test_demo_rerun_replaces_only_its_own_folders(tmp_path, capsys):
     assert e.value.code == 1 and "--out" in capsys.readouterr().err
     # Through a link the linked folder is replaced, and the link stays.
     (tmp_path / "link").symlink_to(out)
-    make_demo_data.make_dataset(tmp_path / "link", n=8, size=32, fmt="folders", progress=False)
+    demo.make_dataset(tmp_path / "link", n=8, size=32, fmt="folders", progress=False)
     assert (tmp_path / "link").is_symlink() and (out / "train").is_dir() and not (out / "Image").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -363,15 +366,15 @@ def test_demo_rerun_replaces_only_its_own_folders(tmp_path, capsys):
 def test_demo_interrupted_or_disk_full_keeps_the_old_folder(tmp_path, monkeypatch):
     import subprocess
 
-    out = make_demo_data.make_dataset(tmp_path / "d", n=8, size=32, progress=False)
+    out = demo.make_dataset(tmp_path / "d", n=8, size=32, progress=False)
     before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
     def interrupted(folder, *args):
-        make_demo_data.write_affectnet(folder, *args)
+        demo.write_affectnet(folder, *args)
         raise KeyboardInterrupt
-    monkeypatch.setitem(make_demo_data.WRITERS, "affectnet", interrupted)
+    monkeypatch.setitem(demo.WRITERS, "affectnet", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        make_demo_data.make_dataset(out, n=16, size=32, seed=3, progress=False)
+        demo.make_dataset(out, n=16, size=32, seed=3, progress=False)
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporary folder left
 

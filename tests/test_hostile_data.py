@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
-import make_demo_data
 from conftest import ROOT, run_here
 from test_trust import one_error_line
+
+from fer.data import demo as make_demo_data
 
 
 def index(root, out, *flags):
@@ -20,9 +20,12 @@ def index(root, out, *flags):
 
 
 @pytest.mark.parametrize("script", ["metadata_parallel.py", "make_demo_data.py"])
-def test_ctrl_c_during_the_imports_is_one_line(script):
+def test_ctrl_c_during_the_imports_is_one_line(script, tmp_path):
     """A Ctrl-C while pandas loads (the first second of every run) ended in a traceback: these
-    scripts imported pandas before FER_io, whose hook makes an interrupt one line."""
+    scripts imported pandas before FER_io, whose hook makes an interrupt one line. Now the scripts
+    import the library inside run_main, once the flags are checked: flags that get that far."""
+    argv = {"metadata_parallel.py": ["--root", str(tmp_path), "--out_dir", str(tmp_path / "o")],
+            "make_demo_data.py": ["--out", str(tmp_path / "d"), "--n", "1"]}[script]
     code = ("import builtins, runpy, sys\n"
             "real = builtins.__import__\n"
             "def hook(name, *a, **k):\n"
@@ -30,10 +33,12 @@ def test_ctrl_c_during_the_imports_is_one_line(script):
             "        raise KeyboardInterrupt\n"
             "    return real(name, *a, **k)\n"
             "builtins.__import__ = hook\n"
-            f"sys.argv = [{script!r}, '--help']\n"
+            f"sys.argv = [{script!r}, *{argv!r}]\n"
             f"runpy.run_path({str(ROOT / script)!r}, run_name='__main__')\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert "Traceback" not in r.stderr and r.stderr.strip() == "interrupted", r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.strip() == ("interrupted: nothing was half-written (outputs are "
+                                                                "replaced only when complete)"), r.stderr
+    assert r.returncode == 130 and not (tmp_path / "o").exists() and not (tmp_path / "d").exists()
 
 
 def test_affectnet_nan_values_and_landmarks_are_named(tmp_path):

@@ -3,7 +3,6 @@
 Every test fails on the code before its fix and passes after. They reuse the session fixtures
 (`demo`, `trained`) and run the scripts in-process (`run_here`); none trains a model.
 """
-from fer.evaluation.report import render
 import json
 import os
 import shutil
@@ -13,13 +12,13 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
-import fer.trust
-
-from fer.evaluation import metrics as M
 from conftest import run_here
 from test_trust import one_error_line
 from test_trust_second import with_index
+
+import fer.trust
+from fer.evaluation import metrics as M
+from fer.evaluation.report import render
 
 EVAL = "eval_resnet50.py"
 

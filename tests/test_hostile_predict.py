@@ -1,18 +1,18 @@
 """Hostile pass over prediction (predict.py, bench_faces.py): each test is a case that failed before
 its fix. They reuse the session fixtures (`trained`) and run scripts in-process where stderr is Python's
 (`run_here`), as a subprocess where a C library could write to it (`run_script`)."""
-from fer.inference.track import assign_tracks
 import shutil
 
 import pandas as pd
 import pytest
+from conftest import run_here, run_script
 from PIL import Image
 from skimage import data
-
-from conftest import run_here, run_script
 from test_trust import one_error_line
 from test_trust_predict import mount_tmpfs  # noqa: F401 -- a fixture
 from test_video import face_video
+
+from fer.inference.track import assign_tracks
 
 
 @pytest.fixture(scope="module")

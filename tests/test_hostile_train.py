@@ -5,7 +5,6 @@ They reuse the session fixtures (`demo`, `trained`) and run scripts in-process (
 import shutil
 
 import torch
-
 from conftest import run_here, tiny_args
 from test_trust import one_error_line
 
@@ -65,7 +64,7 @@ def test_compare_runs_counts_a_rerun_of_the_same_seed_once(trained, tmp_path):
     "n = 2, std 0", as if two seeds had agreed exactly."""
     import json
 
-    import compare_runs as C
+    import fer.training.compare as C
 
     record = json.loads(trained.with_name("FER_resnet18_run.json").read_text())
     for name, seed, started in (("a", 1, "t1"), ("b", 1, "t2"), ("c", 2, "t3")):
@@ -93,7 +92,7 @@ def test_compare_runs_groups_a_run_recorded_before_a_flag_existed(trained, tmp_p
     run's defaults (a differing column), so two seeds of one experiment were never one row."""
     import json
 
-    import compare_runs as C
+    import fer.training.compare as C
 
     record = json.loads(trained.with_name("FER_resnet18_run.json").read_text())
     old = {k: v for k, v in record["args"].items() if k not in ("warmup_epochs", "best_on")}
@@ -136,7 +135,7 @@ def test_huge_seed_is_a_flag_error(demo, tmp_path):
 def test_huge_epochs_do_not_hang_before_the_first_epoch(monkeypatch):
     """--epochs 10**9: the schedule line looped over every epoch (minutes) before training started; it
     looks at the epochs where the stage changes only."""
-    import train_vggface2_resnet50 as T
+    import fer.training.schedule as T
 
     calls = []
     blocks = T.trainable_blocks

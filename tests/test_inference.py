@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import run_here, run_script
+
 from fer.model.checkpoint import model_from_checkpoint
 
 PROBS = [f"prob_{n}" for n in ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]]

@@ -1,16 +1,17 @@
 """The training knobs (EMA, MixUp/CutMix, warm-up, layer decay, CPU bfloat16), pretrained weights for
 every family (--weights, the offline message, ViT position embeddings) and bench.py --arch."""
-from fer.model.net import layer_ids
-from fer.model.net import param_groups
 import copy
 
 import pytest
 import torch
-
-import train_vggface2_resnet50 as T
 from conftest import run_here, tiny_args
-from fer.model.net import FERNet
+
+import fer.cli.train as TF
+import fer.training.loop as TL
+import fer.training.schedule as TS
+import fer.training.start as TI
 from fer.data.transforms import BatchMix
+from fer.model.net import FERNet, layer_ids, param_groups
 
 
 # --- knobs --------------------------------------------------------------------------------------
@@ -20,16 +21,16 @@ def test_ema_equals_a_reference_update_over_two_steps():
     twin = copy.deepcopy(model)
     batches = [{"image": torch.randn(4, 3, 32, 32), "y_cls": torch.randint(0, 8, (4,)), "y_reg": torch.rand(4, 2)}
                for _ in range(2)]
-    decay, crit, scaler = 0.9, T.make_criterion(None, "cpu"), torch.amp.GradScaler("cuda", enabled=False)
-    ema = T.make_ema(model, decay)
-    T.train_one_epoch(model, batches, torch.optim.AdamW(model.parameters(), lr=1e-2), scaler, crit,
-                      torch.device("cpu"), None, None, False, ema=ema)
+    decay, crit, scaler = 0.9, TL.make_criterion(None, "cpu"), torch.amp.GradScaler("cuda", enabled=False)
+    ema = TL.make_ema(model, decay)
+    TL.train_one_epoch(model, batches, torch.optim.AdamW(model.parameters(), lr=1e-2), scaler, crit,
+                       torch.device("cpu"), None, None, False, ema=ema)
     # The reference: the same two steps on a twin, averaged by hand from the starting weights.
     snaps = [{k: v.clone().double() for k, v in twin.state_dict().items()}]
     opt = torch.optim.AdamW(twin.parameters(), lr=1e-2)
     twin.train()
     for b in batches:
-        T.train_step(twin, b["image"], b["y_cls"], b["y_reg"], opt, scaler, crit)
+        TL.train_step(twin, b["image"], b["y_cls"], b["y_reg"], opt, scaler, crit)
         snaps.append({k: v.clone().double() for k, v in twin.state_dict().items()})
     averaged = ema.module.state_dict()
     for k, v in averaged.items():
@@ -60,7 +61,7 @@ def test_mixed_targets_sum_to_one_and_mix_valence_alike(mixup, cutmix):
 
 def test_warmup_then_cosine():
     opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1.0)
-    sched = T.make_scheduler(opt, 6, 2)
+    sched = TS.make_scheduler(opt, 6, 2)
     lrs = []
     for _ in range(6):
         lrs.append(opt.param_groups[0]["lr"])
@@ -116,7 +117,7 @@ def test_missing_pretrained_file_names_it(demo, tmp_path, monkeypatch):
     args = [a for a in tiny_args(demo, tmp_path, "--arch", "efficientnet_b0") if a != "--no_pretrained"]
     r = run_here("train_vggface2_resnet50.py", *args)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert f"put efficientnet_b0_rwightman-7f5810bc.pth (from https://" in r.stderr
+    assert "put efficientnet_b0_rwightman-7f5810bc.pth (from https://" in r.stderr
     assert f"in {tmp_path / 'torch' / 'hub' / 'checkpoints'}/" in r.stderr
 
 
@@ -124,22 +125,22 @@ def test_weights_flag_loads_any_family(tmp_path, capsys):
     import torchvision
     state = torchvision.models.get_model("efficientnet_b0").state_dict()  # with its 1000-way classifier
     torch.save(state, tmp_path / "eff.pth")
-    model = T.build_model(T.get_args(["--arch", "efficientnet_b0", "--weights", str(tmp_path / "eff.pth")]), T.Say(True))
+    model = TI.build_model(TF.get_args(["--arch", "efficientnet_b0", "--weights", str(tmp_path / "eff.pth")]), TL.Say(True))
     out = capsys.readouterr().out
     n = sum(1 for k in state if not k.startswith("classifier") and not k.endswith("num_batches_tracked"))
     assert f"loaded {n}/{n} backbone tensors (100.0%); 0 missing, 2 unexpected (ignored)" in out
     assert torch.equal(model.backbone.features[3][1].block[0][0].weight, state["features.3.1.block.0.0.weight"])
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "resnet.pth")
-    with pytest.raises(T.TrainError, match="none of its tensors fits a efficientnet_b0 backbone"):
-        T.build_model(T.get_args(["--arch", "efficientnet_b0", "--weights", str(tmp_path / "resnet.pth")]), T.Say(False))
+    with pytest.raises(TF.TrainError, match="none of its tensors fits a efficientnet_b0 backbone"):
+        TI.build_model(TF.get_args(["--arch", "efficientnet_b0", "--weights", str(tmp_path / "resnet.pth")]), TL.Say(False))
 
 
 def test_vit_position_embeddings_follow_img_size(tmp_path, capsys):
     import torchvision
     state = torchvision.models.vit_b_16().state_dict()  # 224 px: 14 x 14 patches + the class token
     torch.save(state, tmp_path / "vit.pth")
-    model = T.build_model(T.get_args(["--arch", "vit_b_16", "--img_size", "48", "--weights", str(tmp_path / "vit.pth")]),
-                          T.Say(True))
+    model = TI.build_model(TF.get_args(["--arch", "vit_b_16", "--img_size", "48", "--weights", str(tmp_path / "vit.pth")]),
+                           TL.Say(True))
     assert "(100.0%)" in capsys.readouterr().out
     assert model.backbone.encoder.pos_embedding.shape == (1, 3 * 3 + 1, 768)
     assert torch.equal(model.backbone.encoder.pos_embedding[0, 0], state["encoder.pos_embedding"][0, 0])  # class token

@@ -3,11 +3,6 @@
 The page is parsed with the standard library's html.parser; the browser is kept out of the tests
 (README: how to look at the page in headless chromium).
 """
-from fer.evaluation.report import THUMB
-from fer.evaluation.report import cell_id
-from fer.evaluation.report import interval
-from fer.evaluation.report import render
-from fer.evaluation.report import thumbnail
 import base64
 import json
 import shutil
@@ -17,13 +12,13 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_here
 from sklearn import metrics as skm
 
-from fer.evaluation import metrics as M
-from conftest import run_here
 from fer.constants import CLASS_NAMES
-from fer.data.dataset import crop_face
-from fer.data.dataset import load_image
+from fer.data.dataset import crop_face, load_image
+from fer.evaluation import metrics as M
+from fer.evaluation.report import THUMB, cell_id, interval, render, thumbnail
 
 REPORT = "report_resnet50.html"
 

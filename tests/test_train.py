@@ -1,5 +1,4 @@
 """Model, weight loading, freezing policy and the training script."""
-from fer.model.net import VGGFACE2_MEAN_BGR
 import csv
 import json
 import os
@@ -8,19 +7,21 @@ import sys
 
 import numpy as np
 import pytest
-
-import fer.model.checkpoint
 import torch
 import torchvision
-
-import train_vggface2_resnet50 as T
 from conftest import ROOT, run_here, run_script, tiny_args
-from fer.model.checkpoint import CheckpointError
-from fer.model.net import FERNet
-from fer.model.checkpoint import load_backbone_weights
-from fer.model.checkpoint import read_weights
-from fer.constants import IMAGENET_MEAN
-from fer.constants import IMAGENET_STD
+
+import fer.cli.train as TF
+import fer.model.checkpoint
+import fer.training.distributed as TD
+import fer.training.loop as TL
+import fer.training.schedule as TS
+import fer.training.start as TI
+import train_vggface2_resnet50 as T
+from fer.constants import IMAGENET_MEAN, IMAGENET_STD
+from fer.model.checkpoint import CheckpointError, load_backbone_weights, read_weights
+from fer.model.net import VGGFACE2_MEAN_BGR, FERNet
+
 
 @pytest.mark.parametrize("arch,features", [("resnet18", 512), ("resnet50", 2048)])
 def test_model_outputs(arch, features):
@@ -48,22 +49,22 @@ def test_caffe_layout_and_input_conversion():
 
 
 def test_freezing_stages():
-    assert T.trainable_blocks(0, 3, None) == ("layer4",)
-    assert T.trainable_blocks(2, 3, None) == ("layer4",)
-    assert T.trainable_blocks(3, 3, None) == ("layer3", "layer4")
-    assert T.trainable_blocks(3, 3, 5) == ("layer3", "layer4")
-    assert T.trainable_blocks(4, 3, 5) is None  # epoch index 4 is 1-based epoch 5
-    assert T.trainable_blocks(0, 3, 1) is None
+    assert TS.trainable_blocks(0, 3, None) == ("layer4",)
+    assert TS.trainable_blocks(2, 3, None) == ("layer4",)
+    assert TS.trainable_blocks(3, 3, None) == ("layer3", "layer4")
+    assert TS.trainable_blocks(3, 3, 5) == ("layer3", "layer4")
+    assert TS.trainable_blocks(4, 3, 5) is None  # epoch index 4 is 1-based epoch 5
+    assert TS.trainable_blocks(0, 3, 1) is None
 
 
 @pytest.mark.parametrize("blocks", [("layer4",), ("layer3", "layer4")])
 def test_frozen_layers_do_not_move(blocks):
     torch.manual_seed(0)
     model = FERNet("resnet18")
-    frozen = T.apply_freezing(model, blocks)
+    frozen = TS.apply_freezing(model, blocks)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    T.train_mode(model, frozen)
+    TS.train_mode(model, frozen)
     for _ in range(2):
         logits, va = model(torch.randn(4, 3, 32, 32))
         opt.zero_grad()
@@ -82,19 +83,19 @@ def test_frozen_layers_do_not_move(blocks):
 
 
 def test_class_weights():
-    w = T.class_weights(np.array([0, 0, 0, 1]))
+    w = TL.class_weights(np.array([0, 0, 0, 1]))
     assert torch.allclose(w[:2], torch.tensor([4 / (8 * 3), 4 / 8]))
     assert (w[2:] == 0).all()
 
 
 def test_sampler_shards_and_balances():
-    shards = [list(T.TrainSampler(10, rank=r, world=3, seed=1)) for r in range(3)]
+    shards = [list(TD.TrainSampler(10, rank=r, world=3, seed=1)) for r in range(3)]
     assert all(len(s) == 4 for s in shards)
     assert set(i for s in shards for i, _ in s) == set(range(10))
-    assert list(T.TrainSampler(10, seed=1)) == list(T.TrainSampler(10, seed=1))
+    assert list(TD.TrainSampler(10, seed=1)) == list(TD.TrainSampler(10, seed=1))
     labels = np.array([0] * 90 + [1] * 10)
     counts = np.bincount(labels)
-    sampler = T.TrainSampler(100, 1.0 / counts[labels], seed=0)
+    sampler = TD.TrainSampler(100, 1.0 / counts[labels], seed=0)
     drawn = []
     for epoch in range(20):
         sampler.set_epoch(epoch)
@@ -127,7 +128,7 @@ def test_vggface2_formats_load_fully(tmp_path, fmt, capsys):
                "module": {f"module.{k}": v for k, v in state.items()},
                "backbone": {f"backbone.{k}": v for k, v in state.items()}}[fmt]
         torch.save(obj, path)
-    model = T.build_model(T.get_args(["--vggface2_ckpt", str(path)]), T.Say(True))
+    model = TI.build_model(TF.get_args(["--vggface2_ckpt", str(path)]), TL.Say(True))
     out = capsys.readouterr().out
     n = n_countable()
     assert f"loaded {n}/{n} backbone tensors (100.0%)" in out
@@ -140,8 +141,8 @@ def test_partial_checkpoint_reports_coverage(tmp_path, capsys, monkeypatch):
     state["conv1.weight"] = torch.zeros(64, 3, 3, 3)  # wrong shape: skipped, not loaded
     torch.save(state, tmp_path / "w.pth")
     monkeypatch.setattr(fer.model.checkpoint, "imagenet_state_dict", lambda arch: (_ for _ in ()).throw(CheckpointError("x")))
-    monkeypatch.setattr(T, "imagenet_state_dict", fer.model.checkpoint.imagenet_state_dict)
-    T.build_model(T.get_args(["--vggface2_ckpt", str(tmp_path / "w.pth")]), T.Say(True))
+    monkeypatch.setattr(TI, "imagenet_state_dict", fer.model.checkpoint.imagenet_state_dict)
+    TI.build_model(TF.get_args(["--vggface2_ckpt", str(tmp_path / "w.pth")]), TL.Say(True))
     out = capsys.readouterr().out
     n = n_countable()
     n_layer4 = sum(1 for k in resnet50_state() if k.startswith("layer4") and not k.endswith("num_batches_tracked"))
@@ -151,15 +152,15 @@ def test_partial_checkpoint_reports_coverage(tmp_path, capsys, monkeypatch):
 
 
 def test_missing_weights_messages(tmp_path, monkeypatch):
-    with pytest.raises(T.TrainError, match="file not found"):
-        T.build_model(T.get_args(["--vggface2_ckpt", str(tmp_path / "nope.pth")]), T.Say(False))
+    with pytest.raises(TF.TrainError, match="file not found"):
+        TI.build_model(TF.get_args(["--vggface2_ckpt", str(tmp_path / "nope.pth")]), TL.Say(False))
 
     def offline(*a, **k):
         raise OSError("no network")
     monkeypatch.setattr(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
     monkeypatch.chdir(tmp_path)  # no weight/resnet50_vggface2.pth here: ImageNet fallback
     with pytest.raises(CheckpointError, match="--no_pretrained.*weight/"):
-        T.build_model(T.get_args([]), T.Say(False))
+        TI.build_model(TF.get_args([]), TL.Say(False))
 
 
 class _Evil:
@@ -215,19 +216,19 @@ def test_resume_equals_uninterrupted(demo, tmp_path, monkeypatch):
         T.main(tiny_args(demo, tmp_path / "full", *common))
     assert e.value.code == 0
 
-    real, calls = T.train_one_epoch, []
+    real, calls = TL.train_one_epoch, []
 
     def interrupted(*a, **k):  # Ctrl-C during the third epoch
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(*a, **k)
-    monkeypatch.setattr(T, "train_one_epoch", interrupted)
+    monkeypatch.setattr(TL, "train_one_epoch", interrupted)
     with pytest.raises(SystemExit) as e:
         T.main(tiny_args(demo, tmp_path / "cut", *common, "--tensorboard"))
     assert e.value.code == 130
     first = json.loads((tmp_path / "cut" / "m_run.json").read_text())
-    monkeypatch.setattr(T, "train_one_epoch", real)
+    monkeypatch.setattr(TL, "train_one_epoch", real)
     with pytest.raises(SystemExit) as e:
         T.main(tiny_args(demo, tmp_path / "cut", *common, "--tensorboard", "--resume", tmp_path / "cut" / "m_last.pth"))
     assert e.value.code == 0

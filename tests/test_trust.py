@@ -3,8 +3,6 @@
 Each case checks the exit code, the one-line message (it names the file or flag), that no traceback
 is printed, and that outputs that existed before are byte-identical afterwards.
 """
-from fer.trust import FERError
-from fer.trust import staged_outputs
 import shutil
 import subprocess
 
@@ -12,11 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import train_vggface2_resnet50 as T
 from conftest import interruptible, run_here, tiny_args
-from fer.data.dataset import FERDataset
-from fer.data.dataset import integer_labels
+
+import fer.cli.train as TF
+import fer.training.loop as TL
+import fer.training.start as TI
+import train_vggface2_resnet50 as T
+from fer.data.dataset import FERDataset, integer_labels
+from fer.trust import FERError, staged_outputs
 
 TRAIN = "train_vggface2_resnet50.py"
 
@@ -180,7 +181,7 @@ def test_string_and_complex_labels_are_not_labels(demo, tmp_path):
 
 
 def test_training_stops_at_the_first_nonfinite_loss(demo, tmp_path, monkeypatch, capsys):
-    real = T.make_criterion
+    real = TL.make_criterion
     calls = []
 
     def poisoned(weights, device):
@@ -191,7 +192,7 @@ def test_training_stops_at_the_first_nonfinite_loss(demo, tmp_path, monkeypatch,
             loss = crit(*a)
             return loss * float("nan") if len(calls) == 3 else loss
         return criterion
-    monkeypatch.setattr(T, "make_criterion", poisoned)
+    monkeypatch.setattr(TL, "make_criterion", poisoned)
     with pytest.raises(SystemExit) as e:
         T.main(tiny_args(demo, tmp_path, "--epochs", 2))
     assert e.value.code == 1
@@ -299,7 +300,7 @@ def test_inconsistent_checkpoint_metadata_is_refused(trained, demo, tmp_path, fi
 def last_state(demo, tmp_path_factory):
     """A run of 2 epochs stopped by Ctrl-C after the first, to resume."""
     out = tmp_path_factory.mktemp("resume")
-    real, calls = T.train_one_epoch, []
+    real, calls = TL.train_one_epoch, []
 
     def interrupted(*a, **k):
         calls.append(1)
@@ -307,7 +308,7 @@ def last_state(demo, tmp_path_factory):
             raise KeyboardInterrupt
         return real(*a, **k)
     with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as e:
-        mp.setattr(T, "train_one_epoch", interrupted)
+        mp.setattr(TL, "train_one_epoch", interrupted)
         T.main(tiny_args(demo, out, "--epochs", 2, "--steps_per_epoch", 1))
     assert e.value.code == 130
     return out
@@ -379,8 +380,8 @@ def test_nonfinite_pretrained_weights_are_refused(tmp_path):
     torch.save(state, tmp_path / "w.pth")
     from fer.model.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="w.pth.*non-finite.*layer2.0.conv1.weight"):
-        T.build_model(T.get_args(["--arch", "resnet18", "--vggface2_ckpt", str(tmp_path / "w.pth"),
-                                  "--vggface2_layout", "torchvision"]), T.Say(False))
+        TI.build_model(TF.get_args(["--arch", "resnet18", "--vggface2_ckpt", str(tmp_path / "w.pth"),
+                                    "--vggface2_layout", "torchvision"]), TL.Say(False))
 
 
 def test_special_inputs_are_one_line(demo, trained, tmp_path):
@@ -402,6 +403,7 @@ def test_ctrl_c_while_starting_is_one_line(demo, tmp_path):
     """SIGINT a second after start: during the imports or the first steps, either way one line."""
     import signal
     import sys
+
     from conftest import ROOT
     proc = subprocess.Popen([sys.executable, str(ROOT / TRAIN), *tiny_args(demo, tmp_path, "--epochs", 50)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)

@@ -12,11 +12,13 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 import pytest
-
-import make_demo_data
-import metadata_parallel as mp
 from conftest import ROOT, interruptible, run_script
+
+import metadata_parallel
 from fer.cli import run_main
+from fer.data import demo as make_demo_data
+from fer.data import formats
+from fer.data import index as mp
 
 
 def index(*args, quiet=True):
@@ -171,7 +173,7 @@ def test_special_files_are_skipped_never_opened(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "1 file names that are not valid UTF-8" in r.stdout
     _, problems = mp.build_index(images, ann, workers=1, progress=False)
-    named = [f"{mp.printable(name)}: {why}" for items in problems.values() for name, why in items]
+    named = [f"{formats.printable(name)}: {why}" for items in problems.values() for name, why in items]
     for name in ("0.jpg: a FIFO", "1_exp.npy: not a regular file", "2_exp.npy: not a regular file",
                  "3_exp.npy: Too many levels of symbolic links", "4.jpg: broken or looping link",
                  "\\xff5.jpg: name is not valid UTF-8", "6_exp.npy: unexpected dtype datetime64",
@@ -225,7 +227,8 @@ def test_bad_flags_and_paths(tmp_path, capsys, args, code, needles):
     (tmp_path / "afile").write_text("x")
     args = [a.format(file=tmp_path / "afile", tmp=tmp_path) for a in args]
     with pytest.raises(SystemExit) as e:
-        run_main(mp.main, ["--root", str(root), "--out_dir", str(tmp_path / "out"), *args])  # with progress bars
+        run_main(metadata_parallel.main,  # with progress bars
+                 ["--root", str(root), "--out_dir", str(tmp_path / "out"), *args])
     r = subprocess.CompletedProcess(args, e.value.code, *capsys.readouterr())
     one_line_error(r, code, *needles)
     assert not (tmp_path / "out").exists()

@@ -1,8 +1,6 @@
 """predict.py as a hostile user would run it: bad flags and paths, special files, damaged videos, a
 full disk, Ctrl-C, failing threads. Each case: the exit code, one line naming the file or flag, no
 traceback, and earlier outputs byte-identical."""
-from fer.cli import run_main
-from fer.data.faces import MTCNNDetector
 import os
 import signal
 import subprocess
@@ -12,12 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-import fer.model.forward
-
-import predict
 from conftest import ROOT, interruptible, run_script
 from test_video import face_video
+
+import fer.inference.predict
+import predict
+from fer.cli import run_main
+from fer.data.faces import MTCNNDetector
 
 OLD = b"earlier results, not to be lost\n"
 
@@ -256,7 +255,7 @@ def test_failing_model_one_line(trained, clip, old_out, monkeypatch, capsys):
 
     def oom(*a, **k):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
-    monkeypatch.setattr(fer.model.forward, "infer", oom)
+    monkeypatch.setattr(fer.inference.predict, "infer", oom)
     code, err = run_in_process(["--checkpoint", trained, clip, "--out", old_out], capsys)
     assert code == 1 and err.strip().count("\n") == 0
     assert "the model failed on a batch" in err and "out of memory" in err and "--batch_size" in err

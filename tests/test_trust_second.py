@@ -3,11 +3,6 @@
 Every test fails on the code before the issue and passes after. They reuse the session fixtures
 (`demo`, `trained`) and run scripts in-process (`run_here`); none trains a model.
 """
-from fer.evaluation.metrics import evaluate
-from fer.trust import FERError
-from fer.trust import check_not_inputs
-from fer.trust import check_output
-from fer.trust import staged_outputs
 import errno
 import os
 import shutil
@@ -18,15 +13,18 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-
-import fer.trust
 import torch
-
-import make_demo_data
-import metadata_parallel as mp
-import train_vggface2_resnet50 as T
 from conftest import run_here, tiny_args
 from test_trust import one_error_line, snapshot  # the same checks as the first trust pass
+
+import fer.cli.train as TF
+import fer.training.schedule as TS
+import fer.training.start as TI
+import fer.trust
+from fer.data import demo as make_demo_data
+from fer.data import formats as mp
+from fer.evaluation.metrics import evaluate
+from fer.trust import FERError, check_not_inputs, check_output, staged_outputs
 
 TRAIN = "train_vggface2_resnet50.py"
 
@@ -205,16 +203,16 @@ def test_a_model_that_outputs_nan_predicts_nothing(trained, demo, tmp_path):
 
 def test_no_pretrained_trains_every_layer_and_says_so(demo, tmp_path):
     def schedule(*extra):
-        args = T.get_args(tiny_args(demo, tmp_path, *extra))
-        return [T.trainable_blocks(e, args.freeze_epochs, args.unfreeze_all_at) for e in range(4)]
+        args = TF.get_args(tiny_args(demo, tmp_path, *extra))
+        return [TS.trainable_blocks(e, args.freeze_epochs, args.unfreeze_all_at) for e in range(4)]
     assert schedule() == [None] * 4  # from random weights: everything trains
     assert schedule("--freeze_epochs", 1) == [("layer4",)] + [("layer3", "layer4")] * 3  # the user's schedule
     pretrained = [a for a in tiny_args(demo, tmp_path) if a != "--no_pretrained"]
-    assert [T.trainable_blocks(e, a.freeze_epochs, a.unfreeze_all_at) for a in [T.get_args(pretrained)]
+    assert [TS.trainable_blocks(e, a.freeze_epochs, a.unfreeze_all_at) for a in [TF.get_args(pretrained)]
             for e in (0, 3)] == [("layer4",), ("layer3", "layer4")]  # pretrained: staged as before
     said = []
-    T.build_model(T.get_args(tiny_args(demo, tmp_path)), said.append, ["Happy", "Sad"])
-    T.build_model(T.get_args(tiny_args(demo, tmp_path, "--freeze_epochs", 1)), said.append, ["Happy", "Sad"])
+    TI.build_model(TF.get_args(tiny_args(demo, tmp_path)), said.append, ["Happy", "Sad"])
+    TI.build_model(TF.get_args(tiny_args(demo, tmp_path, "--freeze_epochs", 1)), said.append, ["Happy", "Sad"])
     assert "every layer trains from the first epoch" in said[0] and "warning" in said[1]
 
 

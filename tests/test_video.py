@@ -1,14 +1,13 @@
 """Every face, tracked over time: the tracker on hand-made boxes, and predict.py on videos with two
 real faces (scikit-image's astronaut) that cross paths, one of them leaving for a few frames."""
-from fer.inference.track import IouTracker
-from fer.inference.track import iou
-from fer.inference.track import smooth
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
 import predict
+from fer.inference.predict import track_color
+from fer.inference.track import IouTracker, iou, smooth
 
 CLASSES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 PROBS = [f"prob_{n}" for n in CLASSES]
@@ -173,7 +172,7 @@ def test_annotated_video_has_every_frame_and_both_tracks(runs):
         cap.release()
     video = runs["smooth"][runs["smooth"]["filename"] == runs["video"]]
     for _, face in video[video["frame"] == 0].iterrows():  # the left edge of each box, in its track's colour
-        color = np.array(predict.track_color(face["track_id"]))
+        color = np.array(track_color(face["track_id"]))
         x, y, h = (int(face[c]) for c in ("face_x", "face_y", "face_h"))
         drawn, source = (f[y + h // 4:y + 3 * h // 4, x] for f in frames)
         assert (drawn.argmax(axis=1) == color.argmax()).mean() > 0.9  # mp4 blurs a thin line: its hue stays

@@ -1,5 +1,10 @@
 """--config FILE: flag values from YAML or JSON, checked by the flags' own argparse types.
 
+A run's <stem>_config.yaml holds the flags its user gave (the --config file's and the command line's),
+not the values resolved from them: --config FILE --flag x is the original command plus --flag x, and
+defaults that depend on other flags are decided again (fer.cli.train.resolve). An older file that holds
+resolved values still loads: its values count as given.
+
 Torch-free, like every module of fer.cli.
 """
 import argparse
@@ -18,8 +23,10 @@ class ConfigError(FERError):
 
 # --- --config -----------------------------------------------------------------------------------
 def config_values(args):
-    """The flags to write as <stem>_config.yaml: every resolved flag but how this invocation runs."""
-    return {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+    """The flags to write as <stem>_config.yaml, but how this invocation runs (NOT_CONFIG): those the user
+    gave (args.given, as fer.cli.train.get_args records them), or every flag of args without that record."""
+    given = getattr(args, "given", None)
+    return {k: v for k, v in (vars(args) if given is None else given).items() if k not in NOT_CONFIG}
 
 
 def write_config(args, path):
@@ -90,24 +97,29 @@ def _checked_one(action, where, value):
 
 
 def apply_config(parser, argv=None):
-    """Read --config FILE (if given) into the parser's defaults, so the command line still overrides it.
-    Unknown keys, wrong types and refused values end in one line naming the key."""
+    """Read --config FILE (if given) into the parser's defaults, so the command line still overrides it."""
+    parser.set_defaults(**read_config(parser, argv))
+
+
+def read_config(parser, argv=None):
+    """The flag values of --config FILE, if argv gives one ({} if not), each checked as if typed on the
+    command line. Unknown keys, wrong types and refused values end in one line naming the key."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     if not known.config:
-        return
+        return {}
     try:
         data = read_config_file(known.config)
         actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config") and a.option_strings}
-        defaults = {}
+        values = {}
         for key, value in data.items():
             key = str(key)
             if key not in actions:
                 hint = difflib.get_close_matches(key, list(actions), 1)
                 raise ConfigError(f"--config {known.config}: unknown key {key!r}"
                                   + (f" (did you mean {hint[0]}?)" if hint else ""))
-            defaults[key] = _checked(actions[key], key, value, known.config)
+            values[key] = _checked(actions[key], key, value, known.config)
     except FERError as e:
         parser.error(str(e))
-    parser.set_defaults(**defaults)
+    return values

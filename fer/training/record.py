@@ -1,7 +1,8 @@
 """Where a training run came from, and its live curves.
 
 - The run record (`<stem>_run.json` beside the checkpoint, and the same dict in the checkpoint under
-  `run`): command line, resolved flags, times, code version, library versions, device, and a
+  `run`): command line, resolved flags (`args`) and the flags given (`given`, as <stem>_config.yaml
+  holds them; set by fer.training.loop.train), times, code version, library versions, device, and a
   fingerprint of the data rows used, so two runs on different data are never taken for one experiment.
 - TensorBoard scalars (rank 0 only), behind a small logger that does nothing without --tensorboard.
 """

@@ -1,41 +1,28 @@
-"""Faces in the wild, measured: recall and false detections of each detector on faces pasted into
-larger scenes at known places, and how often the model predicts on the detected, cropped face what it
-predicts on the original crop (--align template and --align box).
-
-    python bench_faces.py --checkpoint runs/demo/FER_resnet50.pth --scenes 80 --json runs/bench_faces.json
+"""bench.py --only faces: faces in the wild, measured. Recall and false detections of each detector on
+faces pasted into larger scenes at known places, and how often the model predicts on the detected,
+cropped face what it predicts on the original crop (--align template and --align box).
 
 Scenes are 640x480 pictures of scikit-image's face-free sample photographs (coffee, cat, rocket,
-...), each with two faces at random places: a demo face drawn by make_demo_data.py at 128 px (with
-its class and 68 landmarks) and scikit-image's astronaut, each 40-300 px wide and turned by up to
+...), each with two faces at random places: a demo face drawn as make_demo_data.py draws them, at 128 px
+(with its class and 68 landmarks), and scikit-image's astronaut, each 40-300 px wide and turned by up to
 +-45 degrees. A true face is found when a detection's box holds its nose tip and is 1.2-5 times as
 wide as its eyes are apart; every other detection is a false one. Agreement is over the demo faces
 found (the model was trained on such faces): the class predicted on the face as drawn vs on the crop
 predict.py makes from the scene. The numbers are in BENCHMARKS.md.
 """
-from fer.constants import DETECTORS
-from fer.data.faces import Cropper
-from fer.data.faces import check_template
-from fer.data.faces import five_from_68
-from fer.data.faces import make_detector
-import json
 import time
 
 import cv2
 import numpy as np
 import torch
 
-import make_demo_data
-from fer.cli import ArgumentParser
-from fer.trust import check_input
-from fer.trust import check_not_inputs
-from fer.trust import check_output
-from fer.cli import positive_int
-from fer.cli import run_main
-from fer.trust import write_text
-from fer.evaluation.metrics import softmax
-from fer.model.forward import infer
-from fer.model.checkpoint import model_from_checkpoint
+from fer.constants import DETECTORS
+from fer.data.demo import draw_face
+from fer.data.faces import Cropper, check_template, five_from_68, make_detector
 from fer.data.transforms import build_transforms
+from fer.evaluation.metrics import softmax
+from fer.model.checkpoint import model_from_checkpoint
+from fer.model.forward import infer
 
 BACKGROUNDS = ("coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "coins", "page",
                "horse", "logo", "motorcycle_left", "rocket", "colorwheel")
@@ -84,7 +71,7 @@ def make_scenes(n, seed=0):
     for k in range(n):
         scene = bgs[k % len(bgs)].copy()
         label = int(rng.integers(8))
-        bgr, _, _, lm = make_demo_data.draw_face(np.random.default_rng([seed, k]), label, 128)
+        bgr, _, _, lm = draw_face(np.random.default_rng([seed, k]), label, 128)
         demo = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         faces, taken = [], []
         for kind, face, pts in (("demo", demo, five_from_68(lm)), ("astronaut", head, head_points)):
@@ -114,17 +101,9 @@ def match(detections, faces):
     return found, len(detections) - len(used)
 
 
-def main(argv=None):
-    p = ArgumentParser(description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="a model trained on the demo data (make demo)")
-    p.add_argument("--scenes", type=positive_int, default=80, help="scenes of two faces each")
-    p.add_argument("--json", help="also write the table here")
-    args = p.parse_args(argv)
-    # Before the minutes of benchmarking: the table is not lost, nor written onto the checkpoint.
-    check_input(args.checkpoint, "--checkpoint")
-    if args.json:
-        check_output(args.json, "--json")
-        check_not_inputs([("--json", args.json)], [("--checkpoint", args.checkpoint)])
+def bench_faces(args, rows):
+    """One row per detector: recall of the demo faces, with the astronaut's, the false detections, the time
+    per scene and the agreement of the predictions on the crops with those on the faces as drawn."""
     model, meta = model_from_checkpoint(args.checkpoint)
     template = check_template(meta.get("crop_template"))
     transform = build_transforms(False, meta["img_size"])
@@ -155,22 +134,11 @@ def main(argv=None):
                     crop = Cropper(detector, template, align, meta["img_size"]).crop(scene, d)
                     same = predicted([drawn, crop])
                     stats[name]["agree"][align].append(bool(same[0] == same[1]))
-    rows = []
     for name, s in stats.items():
-        row = {"detector": name, "scenes": args.scenes,
-               "recall_demo": s["found"]["demo"] / totals["demo"],
-               "recall_astronaut": s["found"]["astronaut"] / totals["astronaut"],
-               "false_detections": s["false"], "ms_per_scene": 1000 * s["seconds"] / args.scenes}
-        for align, agree in s["agree"].items():
-            row[f"agreement_{align}"] = float(np.mean(agree)) if agree else None
-            row[f"agreement_{align}_n"] = len(agree)
-        rows.append(row)
-        print(json.dumps(row))
-    if args.json:
-        write_text(json.dumps({"checkpoint": args.checkpoint, "torch_threads": torch.get_num_threads(),
-                               "rows": rows}, indent=2), args.json)
-    return 0
+        agree = {align: (float(np.mean(a)) if a else float("nan"), len(a)) for align, a in s["agree"].items()}
+        rows.append(("faces", f"{name}: recall of demo faces", 100 * s["found"]["demo"] / totals["demo"], "%",
+                     f"astronaut {100 * s['found']['astronaut'] / totals['astronaut']:.0f}%, {s['false']} false "
+                     f"detections, {1000 * s['seconds'] / args.scenes:.0f} ms/scene over {args.scenes} scenes; "
+                     f"same class on the crop: template {100 * agree['template'][0]:.0f}% "
+                     f"(n {agree['template'][1]}), box {100 * agree['box'][0]:.0f}% (n {agree['box'][1]})"))
 
-
-if __name__ == "__main__":
-    run_main(main)
