@@ -1,4 +1,4 @@
-"""Hostile pass over prediction (predict.py, bench_faces.py): each test is a case that failed before
+"""Hostile pass over prediction (predict.py, bench.py --only faces): each test is a case that failed before
 its fix. They reuse the session fixtures (`trained`) and run scripts in-process where stderr is Python's
 (`run_here`), as a subprocess where a C library could write to it (`run_script`)."""
 import shutil
@@ -25,13 +25,13 @@ def astronaut_png(tmp_path_factory):
 # --- bench_faces.py -------------------------------------------------------------------------------
 def test_bench_faces_refuses_zero_scenes_in_one_line(trained):
     """--scenes 0 ran the model, then divided by zero (a traceback)."""
-    r = run_script("bench_faces.py", "--checkpoint", trained, "--scenes", "0")
+    r = run_script("bench.py", "--only", "faces", "--checkpoint", trained, "--scenes", "0")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     one_error_line(r, "--scenes", "0")
 
 
 def test_bench_faces_missing_checkpoint_one_line(tmp_path):
-    r = run_script("bench_faces.py", "--checkpoint", tmp_path / "none.pth", "--scenes", "1")
+    r = run_script("bench.py", "--only", "faces", "--checkpoint", tmp_path / "none.pth", "--scenes", "1")
     one_error_line(r, "--checkpoint", "none.pth", "file not found")
 
 
@@ -40,7 +40,7 @@ def test_bench_faces_json_onto_its_checkpoint_is_refused(trained, tmp_path):
     ckpt = tmp_path / "m.pth"
     shutil.copy(trained, ckpt)
     before = ckpt.read_bytes()
-    r = run_script("bench_faces.py", "--checkpoint", ckpt, "--scenes", "1", "--json", ckpt)
+    r = run_script("bench.py", "--only", "faces", "--checkpoint", ckpt, "--scenes", "1", "--json", ckpt)
     one_error_line(r, "--json", "--checkpoint")
     assert ckpt.read_bytes() == before
 
