@@ -43,7 +43,8 @@ demo: $(STAMP)
 	$(PY) export_onnx.py --checkpoint $(DEMO)/FER_resnet50.pth --out $(DEMO)/FER_resnet50.onnx
 
 # pytest exits 5 when it collects nothing: a suite that vanished is a failure, and is named as one.
-# `make test`: the fast tests (every module, no end-to-end run of a script in a fresh interpreter);
+# `make test`: the fast tests, under 3 minutes on 2 cores, every module of fer/ among them: all but those
+# marked slow (real training, video, ONNX export, a script's whole run in a fresh interpreter: tests/conftest.py);
 # `make test-all`: every test, the slow end-to-end ones too (what CI runs).
 PYTEST = $(PY) -m pytest -q -n auto --dist loadfile
 test: $(STAMP)

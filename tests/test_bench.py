@@ -1,21 +1,14 @@
-"""bench.py in quick mode, and the speed options: they change how fast, never what is computed."""
-import copy
+"""fer/bench (bench.py): the quick run produces every row, --arch, and the faces section's flags."""
 import json
 import math
+import shutil
 
+import numpy as np
 import pytest
-import torch
-from conftest import run_script, tiny_args
-
-from fer.model.net import FERNet
+from builders import one_error_line, run_here, run_script
 
 
-def assert_close_norm(a, b, rel, what=""):
-    """|a - b| small beside |a| (norms): float32 sums in another order differ in the last bits of each term."""
-    a, b = a.double(), b.double()
-    assert (a - b).norm() <= rel * a.norm() + 1e-8, f"{what}: {(a - b).norm():.3g} vs |a| {a.norm():.3g}"
-
-
+@pytest.mark.slow
 def test_bench_quick_produces_every_row(tmp_path):
     r = run_script("bench.py", "--quick", "--json", tmp_path / "bench.json", timeout=600)
     assert r.returncode == 0, r.stderr
@@ -40,69 +33,73 @@ def test_bench_quick_produces_every_row(tmp_path):
     assert "% of the time waiting for data" in next(row["notes"] for row in rows if row["section"] == "end_to_end")
 
 
-def test_channels_last_gives_the_same_outputs_and_gradients():
-    """channels_last is as exact as the default layout.
-
-    Which kernels oneDNN runs (and so the order of each float32 sum) depends on the CPU's instruction
-    set, so a fixed tolerance measured on one CPU is not one that follows from the arithmetic. Both
-    layouts are compared with a float64 reference instead: the channels_last error must stay within
-    a small multiple of the default layout's own float32 rounding error (with a floor of 16 float32
-    ulps of the value's norm, for tensors the default layout happens to get almost exact).
-    """
-    torch.manual_seed(0)
-    model = FERNet("resnet18")
-    model.dropout.p = 0.0  # no random masks: float64 and float32 draw them differently
-    x = torch.randn(4, 3, 48, 48)
-
-    def outputs_and_grads(m, inp):
-        logits, va = m(inp)
-        (logits.logsumexp(1).sum() + va.square().sum()).backward()
-        return [logits, va] + [p.grad for p in m.parameters()]
-
-    ref = outputs_and_grads(copy.deepcopy(model).double(), x.double())
-    plain = outputs_and_grads(copy.deepcopy(model), x)
-    fast = outputs_and_grads(copy.deepcopy(model).to(memory_format=torch.channels_last),
-                             x.contiguous(memory_format=torch.channels_last))
-    eps = torch.finfo(torch.float32).eps
-    for k, (r, a, b) in enumerate(zip(ref, plain, fast)):
-        err_plain, err_fast = (a.double() - r).norm(), (b.double() - r).norm()
-        assert err_fast <= 8 * err_plain + 16 * eps * r.norm(), (k, float(err_fast), float(err_plain))
+# --- --arch ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_bench_arch(tmp_path):
+    r = run_here("bench.py", "--quick", "--only", "train_step", "--arch", "mobilenet_v3_large",
+                 "--json", tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr
+    assert "mobilenet_v3_large 32px" in r.stdout and "peak RSS" in r.stdout
 
 
-def test_loader_workers_do_not_change_training(demo, tmp_path):
-    """Each sample's augmentation is seeded from (seed, epoch, sample): any number of workers, same run."""
-    for name, extra in (("w0", []), ("w2", ["--num_workers", 2, "--prefetch_factor", 2])):
-        r = run_script("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path / name, "--epochs", 1, *extra))
-        assert r.returncode == 0, r.stderr
-    a, b = (torch.load(tmp_path / name / "m_last.pth", weights_only=True)["model"] for name in ("w0", "w2"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+# --- bench.py --only faces (was bench_faces.py) ---------------------------------------------------
+def test_bench_faces_refuses_zero_scenes_in_one_line(trained):
+    """--scenes 0 ran the model, then divided by zero (a traceback)."""
+    r = run_script("bench.py", "--only", "faces", "--checkpoint", trained, "--scenes", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    one_error_line(r, "--scenes", "0")
 
 
-def test_compile_does_not_change_training(demo, tmp_path):
-    """torch.compile fuses kernels: the same training within float tolerance (about 40 s of compiling).
+def test_bench_faces_missing_checkpoint_one_line(tmp_path):
+    r = run_script("bench.py", "--only", "faces", "--checkpoint", tmp_path / "none.pth", "--scenes", "1")
+    one_error_line(r, "--checkpoint", "none.pth", "file not found")
 
-    Inductor draws dropout masks from its own generator; fallback_random makes it use eager's, so
-    that the two runs see the same masks and can be compared.
-    """
-    import torch._inductor.config
 
-    import train_vggface2_resnet50 as T
+def test_bench_faces_json_onto_its_checkpoint_is_refused(trained, tmp_path):
+    """--json onto --checkpoint overwrote the model with the table after the benchmark."""
+    ckpt = tmp_path / "m.pth"
+    shutil.copy(trained, ckpt)
+    before = ckpt.read_bytes()
+    r = run_script("bench.py", "--only", "faces", "--checkpoint", ckpt, "--scenes", "1", "--json", ckpt)
+    one_error_line(r, "--json", "--checkpoint")
+    assert ckpt.read_bytes() == before
 
-    # config.patch, not monkeypatch: the flag lives outside the module's __dict__, so monkeypatch records it
-    # as unset and its undo deletes it, which torch's config module takes as hiding it; a later torch.export
-    # in this process then failed ("fallback_random does not exist", test_families_large after this file).
-    with torch._inductor.config.patch(fallback_random=True):
-        for name, extra in (("eager", []), ("compiled", ["--compile"])):
-            with pytest.raises(SystemExit) as e:
-                # The staged schedule (as before --no_pretrained trained everything): fewer trained layers, whose
-                # float differences between fused and eager kernels Adam amplifies less in one epoch.
-                T.main(tiny_args(demo, tmp_path / name, "--epochs", 1, "--freeze_epochs", 3, *extra))
-            assert e.value.code == 0
-    runs = [torch.load(tmp_path / name / "m_last.pth", weights_only=True) for name in ("eager", "compiled")]
-    for key in ("train_loss", "val_loss", "val_rmse"):
-        a, b = (r["train_state"]["history"][-1][key] for r in runs)
-        assert abs(a - b) <= 1e-4 * abs(a), (key, a, b)
-    # All weights as one vector: Adam turns float noise in near-zero gradients into lr-sized steps
-    # of single weights, so tensor by tensor is the wrong scale for a tolerance.
-    a, b = (torch.cat([v.double().flatten() for v in r["model"].values() if v.is_floating_point()]) for r in runs)
-    assert_close_norm(a, b, 1e-4, "weights")
+
+# --- the sections' parts on their own (quick: no timing, no model) ---------------------------------
+def test_the_baseline_indexer_reads_what_build_index_reads(tmp_path):
+    """The index section times build_index against the straightforward indexer it replaced, on a tree in
+    the real AffectNet layout: both read the same labels and valence/arousal from it."""
+    from fer.bench.pipeline import baseline_index, write_index_tree
+    from fer.data.index import build_index
+
+    write_index_tree(tmp_path, 24)
+    df, _ = build_index(tmp_path / "images", tmp_path / "annotations", workers=1, progress=False)
+    base = {row["filename"]: row for row in baseline_index(tmp_path / "images", tmp_path / "annotations", workers=2)}
+    assert len(df) == len(base) == 24
+    for _, row in df.iterrows():
+        b = base[row["filename"]]
+        assert b["expression"] == row["expression"] == int(row["filename"][:-4]) % 8
+        assert (b["val"], b["aro"]) == pytest.approx((row["valence"], row["arousal"]), abs=1e-6)
+        assert len(b["lnd"]) == len(row["landmarks"]) == 136
+
+
+def test_scenes_hold_two_faces_and_match_counts_what_a_detector_found(tmp_path):
+    """The faces section pastes a demo face and the astronaut into each scene; a detection finds a face
+    when its box holds the nose tip and is 1.2-5 eye distances wide, every other one is a false one."""
+    from fer.bench.faces import make_scenes, match
+    from fer.data.faces import Face
+
+    (scene, faces), = make_scenes(1, seed=3)
+    assert scene.shape == (480, 640, 3) and scene.dtype == np.uint8
+    assert [kind for kind, _, _ in faces] == ["demo", "astronaut"] and faces[0][2].shape == (128, 128, 3)
+    boxes = []
+    for _, truth, _ in faces:
+        assert truth.shape == (5, 2) and (truth >= 0).all() and (truth <= (640, 480)).all()
+        eyes = np.linalg.norm(truth[1] - truth[0])
+        x, y = truth[2] - 1.25 * eyes
+        boxes.append(Face((x, y, 2.5 * eyes, 2.5 * eyes)))
+    found, false = match(boxes[::-1] + [Face((0, 0, 5, 5))], faces)
+    assert found == {0: boxes[0], 1: boxes[1]} and false == 1
+    x, y = faces[0][1][2] - 50 * np.linalg.norm(faces[0][1][1] - faces[0][1][0])  # holds the nose, far too wide
+    found, false = match([Face((x, y, 1e5, 1e5))], faces)
+    assert found == {} and false == 1

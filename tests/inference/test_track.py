@@ -1,42 +1,18 @@
-"""Every face, tracked over time: the tracker on hand-made boxes, and predict.py on videos with two
-real faces (scikit-image's astronaut) that cross paths, one of them leaving for a few frames."""
+"""fer/inference/track.py: the tracker on hand-made boxes, and predict.py on videos with two real faces
+(scikit-image's astronaut) that cross paths, one of them leaving for a few frames.
+"""
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from builders import GAP, face_video, run_here
 
 import predict
 from fer.inference.predict import track_color
-from fer.inference.track import IouTracker, iou, smooth
+from fer.inference.track import IouTracker, assign_tracks, iou, smooth
 
 CLASSES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 PROBS = [f"prob_{n}" for n in CLASSES]
-GAP = (12, 15)  # frames in which the lower face is gone
-
-
-def face_video(path, n=30, size=(320, 240), gap=GAP, faces=2, fps=10, fourcc="mp4v"):
-    """Two copies of the astronaut's face crossing the frame in opposite directions (the upper one
-    left to right); the lower one is missing in the frames of gap. A smooth grey gradient behind
-    them: the Haar cascade finds both faces in every frame."""
-    from skimage import data
-
-    width, height = size
-    side = width * 90 // 320
-    face = cv2.resize(data.astronaut()[20:230, 120:300], (side, side * 210 // 180), interpolation=cv2.INTER_AREA)
-    face = cv2.cvtColor(face, cv2.COLOR_RGB2BGR)
-    background = np.tile(np.linspace(40, 200, width).astype(np.uint8)[None, :, None], (height, 1, 3))
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
-    for i in range(n):
-        frame = background.copy()
-        x = int(i * (width - side) / max(n - 1, 1))
-        if faces >= 1:
-            frame[height // 12:height // 12 + face.shape[0], x:x + side] = face
-        if faces >= 2 and not gap[0] <= i < gap[1]:
-            y = height - face.shape[0] - height // 24
-            frame[y:y + face.shape[0], width - side - x:width - x] = face
-        writer.write(frame)
-    writer.release()
-    return path
 
 
 def run_predict(*args):
@@ -80,6 +56,7 @@ def test_smooth_is_an_ema_per_track():
 
 
 # --- predict.py on videos ------------------------------------------------------------------------
+# This file's own `runs` (predict.py on videos), not conftest's training runs.
 @pytest.fixture(scope="module")
 def runs(trained, tmp_path_factory):
     """The same inputs predicted with and without --smooth: a video with two faces, a video without a
@@ -98,6 +75,7 @@ def runs(trained, tmp_path_factory):
             "smooth": pd.read_csv(tmp / "smooth.csv"), "raw": pd.read_csv(tmp / "raw.csv")}
 
 
+@pytest.mark.slow
 def test_two_stable_tracks_kept_through_the_gap(runs):
     df = runs["raw"]
     video = df[df["filename"] == runs["video"]]
@@ -114,6 +92,7 @@ def test_two_stable_tracks_kept_through_the_gap(runs):
     assert video.loc[upper, "face_x"].iloc[-1] > lower["face_x"].iloc[-1]
 
 
+@pytest.mark.slow
 def test_group_photo_gives_every_face(runs, trained, tmp_path):
     group = runs["raw"][runs["raw"]["filename"] == runs["group"]]
     assert group["face_index"].tolist() == [0, 1] and group["track_id"].isna().all()
@@ -123,6 +102,7 @@ def test_group_photo_gives_every_face(runs, trained, tmp_path):
     assert len(largest) == 1 and largest.loc[0, "face_w"] == group["face_w"].max()
 
 
+@pytest.mark.slow
 def test_smoothing_keeps_raw_values_and_steadies_the_probabilities(runs):
     raw, smooth = runs["raw"], runs["smooth"]
     assert "smooth_prob_Happy" not in raw.columns  # default off: rows are what evaluation computes
@@ -139,6 +119,7 @@ def test_smoothing_keeps_raw_values_and_steadies_the_probabilities(runs):
     assert smooth.loc[smooth["filename"] == runs["group"], "smooth_expression"].isna().all()  # images: no track
 
 
+@pytest.mark.slow
 def test_track_summary_and_timeline(runs):
     tmp, video = runs["tmp"], runs["raw"][runs["raw"]["filename"] == runs["video"]]
     summary = pd.read_csv(tmp / "raw_two_tracks.csv")
@@ -163,6 +144,7 @@ def test_track_summary_and_timeline(runs):
     assert pd.read_csv(tmp / "raw_empty_tracks.csv").empty and cv2.imread(str(tmp / "raw_empty_timeline.png")) is not None
 
 
+@pytest.mark.slow
 def test_annotated_video_has_every_frame_and_both_tracks(runs):
     frames = []
     for path in (runs["tmp"] / "ann" / "two_annotated.mp4", runs["video"]):
@@ -178,3 +160,34 @@ def test_annotated_video_has_every_frame_and_both_tracks(runs):
         assert (drawn.argmax(axis=1) == color.argmax()).mean() > 0.9  # mp4 blurs a thin line: its hue stays
         assert np.abs(drawn - source).mean() > 30
     assert cv2.imread(str(runs["tmp"] / "ann" / "group.png")).shape == (240, 320, 3)
+
+
+# --- tracebacks and unclear errors --------------------------------------------------------------
+def test_smooth_on_a_video_without_faces(trained, tmp_path):
+    writer = cv2.VideoWriter(str(tmp_path / "wall.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
+    for _ in range(4):
+        writer.write(np.full((64, 64, 3), 128, np.uint8))
+    writer.release()
+    r = run_here("predict.py", "--checkpoint", trained, tmp_path / "wall.mp4", "--detect_faces", "--smooth", 0.3,
+                 "--out", tmp_path / "p.csv")
+    assert r.returncode == 0 and "faces in 0 of 4" in r.stdout, r.stderr
+    assert "smooth_expression" in pd.read_csv(tmp_path / "p.csv").columns
+
+
+# --- tracks ---------------------------------------------------------------------------------------
+def test_frames_without_a_face_count_towards_the_track_gap():
+    """Only frames with a face reached the tracker: a face gone for 4 analysed frames (no face at all
+    in them) kept its id with --track_gap 2, as if it had never left."""
+    pass
+
+    rows = []
+    for frame in range(10):
+        gone = 3 <= frame < 7
+        rows.append({"filename": "v.mp4", "frame": frame, "time_s": frame / 10, "face_x": None if gone else 10,
+                     "face_y": None if gone else 10, "face_w": None if gone else 50, "face_h": None if gone else 50,
+                     "expression": None if gone else "Happy"})
+    df = assign_tracks(pd.DataFrame(rows), 0.3, max_gap=2)
+    assert df["track_id"].tolist()[:3] == [0] * 3 and df["track_id"].tolist()[7:] == [1] * 3
+    assert df["track_id"].iloc[3:7].isna().all()
+    df = assign_tracks(pd.DataFrame(rows), 0.3, max_gap=4)  # up to 4 missed frames: the same track
+    assert df["track_id"].dropna().tolist() == [0] * 6
