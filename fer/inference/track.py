@@ -13,19 +13,11 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
+from fer.data.faces import iou
+
 BOX = ["face_x", "face_y", "face_w", "face_h"]
 
 VIDEO_KEYS = ["filename", "track_id"]
-
-
-def iou(a, b):
-    """IoU of every box in a (N x 4, x y w h) with every box in b (M x 4): an N x M array."""
-    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, :2] + a[:, None, 2:], b[None, :, :2] + b[None, :, 2:])
-    inter = np.clip(hi - lo, 0, None).prod(axis=2)
-    union = a[:, 2:].prod(axis=1)[:, None] + b[:, 2:].prod(axis=1)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 class IouTracker:
