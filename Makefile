@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 
-.PHONY: demo test test-all bench clean-demo
+.PHONY: demo sweep-demo test test-all bench clean-demo
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,21 +26,34 @@ demo: $(STAMP)
 	$(PY) train_vggface2_resnet50.py --train_meta $(DEMO)/metadata_train.parquet \
 		--val_meta $(DEMO)/metadata_val.parquet --arch resnet18 --no_pretrained --img_size 64 \
 		--batch_size 32 --epochs 6 --unfreeze_all_at 1 --lr 3e-3 --num_workers 1 \
-		--save_path $(DEMO)/FER_resnet50.pth --overwrite --tensorboard
-	$(PY) eval_resnet50.py --checkpoint $(DEMO)/FER_resnet50.pth --meta $(DEMO)/metadata_val.parquet \
-		--out_dir $(DEMO) --save_predictions $(DEMO)/predictions_val.csv --overwrite
+		--save_path $(DEMO)/FER_resnet18.pth --overwrite --tensorboard
+	$(PY) eval_resnet50.py --checkpoint $(DEMO)/FER_resnet18.pth --meta $(DEMO)/metadata_val.parquet \
+		--out_dir $(DEMO) --save_predictions $(DEMO)/predictions_val.csv --overwrite --calibrate --audit_labels
 	# A second, shorter run from the first one's config with a lower learning rate, and the two compared:
 	# the run table (differing flags: epochs, lr) and the paired test on the same validation images.
-	$(PY) train_vggface2_resnet50.py --config $(DEMO)/FER_resnet50_config.yaml --lr 1e-3 --epochs 2 \
-		--save_path $(DEMO)/lr1e-3/FER_resnet50.pth --overwrite
+	$(PY) train_vggface2_resnet50.py --config $(DEMO)/FER_resnet18_config.yaml --lr 1e-3 --epochs 2 \
+		--save_path $(DEMO)/lr1e-3/FER_resnet18.pth --overwrite
 	$(PY) compare_runs.py $(DEMO) --out $(DEMO)/runs_table.md
-	$(PY) eval_resnet50.py --checkpoint $(DEMO)/lr1e-3/FER_resnet50.pth $(DEMO)/FER_resnet50.pth \
+	$(PY) eval_resnet50.py --checkpoint $(DEMO)/lr1e-3/FER_resnet18.pth $(DEMO)/FER_resnet18.pth \
 		--meta $(DEMO)/metadata_val.parquet --out_dir $(DEMO)/lr1e-3 --overwrite
-	$(PY) predict.py --checkpoint $(DEMO)/FER_resnet50.pth data/demo/images/0.jpg data/demo/images/1.jpg \
+	$(PY) predict.py --checkpoint $(DEMO)/FER_resnet18.pth data/demo/images/0.jpg data/demo/images/1.jpg \
 		--out $(DEMO)/predictions_demo.csv --annotate $(DEMO)/annotated
-	$(PY) predict.py --checkpoint $(DEMO)/FER_resnet50.pth data/demo/images/0.jpg data/demo/images/3.jpg \
+	$(PY) predict.py --checkpoint $(DEMO)/FER_resnet18.pth data/demo/images/0.jpg data/demo/images/3.jpg \
 		--detect_faces --min_face 24 --out $(DEMO)/predictions_demo_faces.csv --annotate $(DEMO)/annotated_faces
-	$(PY) export_onnx.py --checkpoint $(DEMO)/FER_resnet50.pth --out $(DEMO)/FER_resnet50.onnx
+	$(PY) export_onnx.py --checkpoint $(DEMO)/FER_resnet18.pth --out $(DEMO)/FER_resnet18.onnx
+
+# A 12-trial Optuna search (sweeps/demo_space.yaml) around a 3-epoch from-scratch run (sweeps/demo_base.yaml)
+# on small demo data of its own (made once): a few CPU minutes; the median pruner stops some trials after an
+# epoch or two. Every trial is a run folder in runs/sweep_demo/trial_NNNN/; the study is runs/sweep_demo/study.db,
+# so a second `make sweep-demo` continues it (`make sweep-demo SWEEP_TRIALS=24` adds 12 trials).
+SWEEP := runs/sweep_demo
+SWEEP_TRIALS ?= 12
+$(SWEEP)/index/metadata_train.parquet: | $(STAMP)
+	$(PY) make_demo_data.py --out data/sweep_demo --n 400 --size 64
+	$(PY) metadata_parallel.py --root data/sweep_demo --out_dir $(SWEEP)/index --quiet
+
+sweep-demo: $(STAMP) $(SWEEP)/index/metadata_train.parquet
+	$(PY) sweep.py --config sweeps/demo_base.yaml --space sweeps/demo_space.yaml --out $(SWEEP) --trials $(SWEEP_TRIALS)
 
 # pytest exits 5 when it collects nothing: a suite that vanished is a failure, and is named as one.
 # `make test`: the fast tests, under 3 minutes on 2 cores, every module of fer/ among them: all but those
@@ -57,4 +70,4 @@ bench: $(STAMP)
 	$(PY) bench.py
 
 clean-demo:
-	rm -rf data/demo $(DEMO)
+	rm -rf data/demo $(DEMO) data/sweep_demo $(SWEEP)

@@ -5,7 +5,7 @@ evaluation, video, the report page, the comparison of runs; and, given a checkpo
     python bench.py                      # CPU: two to three minutes on 2 cores; CUDA figures when a GPU is present
     python bench.py --json bench.json    # also write the table as JSON
     python bench.py --quick              # tiny sizes, seconds (what the test suite runs)
-    python bench.py --only faces --checkpoint runs/demo/FER_resnet50.pth --scenes 80
+    python bench.py --only faces --checkpoint runs/demo/FER_resnet18.pth --scenes 80
 
 Each figure is the median of --reps timed repetitions after a warm-up; CUDA timings synchronise.
 faces: each detector's recall and false detections on faces pasted into larger scenes at known places,

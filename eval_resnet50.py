@@ -2,12 +2,12 @@
 
     python eval_resnet50.py --checkpoint FER_resnet50.pth --meta metadata_val.parquet --out_dir .
 
-Writes <out_dir>/metrics_resnet50.json, ConfusionMatrix_resnet50.png, ValenceArousal_resnet50.png,
-report_resnet50.html (one self-contained page: metrics, per-class table, confusion matrix linked to
+Writes <out_dir>/metrics_<arch>.json, ConfusionMatrix_<arch>.png, ValenceArousal_<arch>.png,
+report_<arch>.html (<arch>: the architecture the checkpoint records; one self-contained page: metrics, per-class table, confusion matrix linked to
 galleries of its images, confident mistakes, calibration; see FER_report.py), and with
 --save_predictions FILE.csv one row per image with every value that was scored.
 Every metric has a 95 % bootstrap interval over the images (--bootstrap). Two checkpoints compare on
-the same images: --checkpoint A.pth B.pth writes comparison_resnet50.json (each metric of both, B - A
+the same images: --checkpoint A.pth B.pth writes comparison_<arch>.json (each metric of both, B - A
 with its paired interval, McNemar's test for accuracy). Metric definitions are in the README.
 
 An out_dir holds one evaluation: if it holds an earlier one, evaluation refuses to start unless

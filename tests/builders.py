@@ -335,7 +335,7 @@ def evaluate(ckpt, meta, out_dir, *extra):
     r = run_here("eval_resnet50.py", "--checkpoint", ckpt, "--meta", meta, "--out_dir", out_dir,
                  "--num_workers", 0, "--save_predictions", out_dir / "pred.csv", *extra)
     assert r.returncode == 0, r.stderr
-    return json.loads((out_dir / "metrics_resnet50.json").read_text()), pd.read_csv(out_dir / "pred.csv"), r.stdout
+    return json.loads(next(out_dir.glob("metrics_*.json")).read_text()), pd.read_csv(out_dir / "pred.csv"), r.stdout
 
 
 # --- indexes, runs and checkpoints for the hostile cases ------------------------------------------

@@ -19,6 +19,9 @@ def test_bench_quick_produces_every_row(tmp_path):
                 ("transforms", "train augmentation"), ("transforms", "ISONoise (albumentations)"),
                 ("transforms", "FastISONoise (ours"), ("transforms", "DataLoader"), ("train_step", "float32"),
                 ("train_step", "channels_last"), ("train_step", "bf16 autocast + channels_last"),
+                ("recipes", "plain step (label smoothing 0.1"), ("recipes", "--sam 0.05"),
+                ("recipes", "--sam 0.5 --asam"), ("recipes", "--tta flip (evaluation"),
+                ("recipes", "--balanced_sampling (an epoch's draw)"),
                 ("end_to_end", "training with the loader (1 workers)"),
                 ("eval", "predict_batches over the validation loader"),
                 ("video", "predict.py on a 640x480 video with two faces"), ("video", "decode + face detection alone"),
@@ -103,3 +106,12 @@ def test_scenes_hold_two_faces_and_match_counts_what_a_detector_found(tmp_path):
     x, y = faces[0][1][2] - 50 * np.linalg.norm(faces[0][1][1] - faces[0][1][0])  # holds the nose, far too wide
     found, false = match([Face((x, y, 1e5, 1e5))], faces)
     assert found == {} and false == 1
+
+
+def test_bench_json_is_never_written_onto_a_file_of_the_kit(tmp_path):
+    """Hostile pass 2026-12-03: bench.py --json m.pth replaced a checkpoint with the results table."""
+    for name, kind in (("m.pth", "checkpoint"), ("x_run.json", "run record")):
+        target = tmp_path / name
+        target.write_bytes(b"precious")
+        one_error_line(run_here("bench.py", "--quick", "--only", "index", "--json", target), "--json", kind)
+        assert target.read_bytes() == b"precious"

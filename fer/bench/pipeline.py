@@ -33,12 +33,13 @@ from fer.evaluation.metrics import bootstrap_indices, bootstrap_metrics, evaluat
 from fer.evaluation.report import render
 from fer.inference.predict import collect_inputs, predict, video_frames
 from fer.model.backbones import check_img_size
-from fer.model.forward import predict_batches
+from fer.model.forward import infer, predict_batches
 from fer.model.net import FERNet
 from fer.training.compare import compare
-from fer.training.distributed import TrainSampler
+from fer.training.distributed import TrainSampler, balanced_weights
 from fer.training.loop import class_weights, make_criterion, train_one_epoch, train_step
 from fer.training.record import cpu_name
+from fer.training.sam import SAM
 from fer.trust import FERError, check_device, write_text
 
 
@@ -232,6 +233,59 @@ def bench_train_step(args, rows):
                      f"{args.arch} {args.img_size}px batch {args.batch_size}; {mem}"))
 
 
+def bench_recipes(args, rows):
+    """The recipe options' cost per training step relative to the plain step (fer.training.loop.train_step,
+    label smoothing 0.1), timed in turns on one model; TTA relative to a plain forward pass; the balanced
+    sampler's draw of an AffectNet-sized epoch, per step."""
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else None
+    torch.manual_seed(0)
+    model = FERNet(args.arch, img_size=args.img_size).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    y = torch.randint(0, 8, (args.batch_size,), device=device)
+    v = torch.rand(args.batch_size, 2, device=device) * 2 - 1
+    plain, no_smoothing = make_criterion(None, device), make_criterion(None, device, 0.0)
+    variants = [("plain step (label smoothing 0.1, the default)", plain, None),
+                ("--label_smoothing 0", no_smoothing, None),
+                ("--sam 0.05", plain, SAM(opt, 0.05)),
+                ("--sam 0.5 --asam", plain, SAM(opt, 0.5, adaptive=True))]
+
+    def steps(criterion, sam):
+        def run():
+            model.train()
+            for _ in range(args.steps):
+                train_step(model, x, y, v, opt, scaler, criterion, dtype, sam)
+            sync(device)
+        return run
+
+    def forward(tta):
+        def run():
+            for _ in range(args.steps):
+                infer(model, x, device, dtype, tta=tta)
+            sync(device)
+        return run
+
+    times = timed_in_turns([steps(c, sam) for _, c, sam in variants] + [forward(None), forward("flip")], args.reps)
+    base = times[0]
+    note = f"{args.arch} {args.img_size}px batch {args.batch_size}, {args.steps} steps x {args.reps} turns"
+    for (name, _, _), t in zip(variants, times):
+        rows.append(("recipes", name, args.steps * args.batch_size / t, "img/s", f"x{t / base:.2f} the plain step; {note}"))
+    rows.append(("recipes", "--tta flip (evaluation, prediction)", args.steps * args.batch_size / times[-1], "img/s",
+                 f"x{times[-1] / times[-2]:.2f} a plain forward pass; {note}"))
+    n = 3000 if args.quick else 290_000  # AffectNet's 8-class training set, about
+    labels = torch.randint(0, 8, (n,)).numpy()
+    sampler = TrainSampler(n, balanced_weights(labels, 8, "inverse"), seed=0)
+    shuffled = TrainSampler(n, seed=0)
+    t_balanced, t_shuffled = timed_in_turns([lambda: list(sampler), lambda: list(shuffled)], args.reps)
+    per_step = (t_balanced - t_shuffled) / (n / args.batch_size)
+    rows.append(("recipes", "--balanced_sampling (an epoch's draw)", n / t_balanced, "img/s",
+                 f"{1000 * t_balanced:.0f} ms per epoch of {n} against {1000 * t_shuffled:.0f} ms shuffled: "
+                 f"x{(base / args.steps + per_step) / (base / args.steps):.4f} the plain step"))
+
+
 def bench_end_to_end(args, rows, train_meta, val_meta):
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -422,6 +476,7 @@ def bench(args):
         sections = [("index", lambda: bench_index(args, rows, tmp)),
                     ("transforms", lambda: bench_transforms(args, rows, tmp / "train.parquet")),
                     ("train_step", lambda: bench_train_step(args, rows)),
+                    ("recipes", lambda: bench_recipes(args, rows)),
                     ("end_to_end", lambda: bench_end_to_end(args, rows, tmp / "train.parquet", tmp / "val.parquet")),
                     ("video", lambda: bench_video(args, rows, tmp)),
                     ("report", lambda: bench_report(args, rows, tmp)),

@@ -8,10 +8,15 @@ modules import what they need at their top.
 """
 import argparse
 import errno
+import io
+import pickle
 import sys
+import zipfile
+from pathlib import Path
 
 from fer.constants import ALIGNS, DETECTORS, FACE_MARGIN, FACE_THRESHOLD, MIN_FACE
-from fer.trust import FERError, one_line
+from fer.model.backbones import ARCHS
+from fer.trust import CompleteInterrupt, FERError, one_line, open_regular, set_quiet
 
 
 # --- flags --------------------------------------------------------------------------------------
@@ -87,11 +92,48 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, and --quiet (add_quiet_argument) applied to the whole process (fer.trust.set_quiet)."""
+        parsed = super().parse_args(args, namespace)
+        if isinstance(getattr(parsed, "quiet", None), bool):
+            set_quiet(parsed.quiet)
+        return parsed
+
+
+QUIET_HELP = "no progress reports (a bar on a terminal, lines with rate and time left in a log): results and errors only"
+
+
+def add_quiet_argument(p):
+    """--quiet, the same in every script."""
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+
+
+# Trust rule 1: reading outside the dataset root is said on the command line each time.
+OUTSIDE_ROOT_HELP = ("read images whose real path (links followed) lies outside the dataset root (absolute or ../ names "
+                     "in the index, links out of the dataset); without it such a row is an error naming it")
+
+
+def add_outside_root_argument(p, action="store_true"):
+    """--allow_outside_root, the same in every script that reads an index (training passes its on/off Switch)."""
+    p.add_argument("--allow_outside_root", action=action, help=OUTSIDE_ROOT_HELP)
+
+
+def add_tta_argument(p, what="image"):
+    """--tta in evaluation and prediction: the flip average, recorded as tta: flip."""
+    p.add_argument("--tta", action="store_const", const="flip", default=None,
+                   help=f"test-time augmentation: average the class probabilities (and valence/arousal) of each "
+                        f"{what} and its horizontal mirror (recorded as tta: flip)")
+
 
 def run_main(main, argv=None):
     """Run a script's main(argv): expected failures end in one line on stderr, never a traceback."""
     try:
         code = main(argv)
+    except CompleteInterrupt as e:
+        shown = ", ".join(str(p) for p in e.committed[:3]) + (" ..." if len(e.committed) > 3 else "")
+        print(f"\ninterrupted after the outputs were written: {shown} {'is' if len(e.committed) == 1 else 'are'} "
+              f"complete", file=sys.stderr)
+        code = 130
     except KeyboardInterrupt:
         print("\ninterrupted: nothing was half-written (outputs are replaced only when complete)", file=sys.stderr)
         code = 130
@@ -105,6 +147,73 @@ def run_main(main, argv=None):
             print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         code = 1
     sys.exit(code or 0)
+
+
+# --- checkpoints, named by what they hold -------------------------------------------------------------
+LEGACY_CHECKPOINT = "FER_resnet50.pth"  # the name every checkpoint had before names came from --arch
+
+
+class _Anything:
+    """Stands in for every class a checkpoint's pickle names, so its plain fields can be read without
+    torch and without running anything from the file."""
+
+    def __init__(self, *a, **k):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+def recorded_field(path, field="arch"):
+    """A plain (str, int, float) top-level field of a FER checkpoint, read in a fraction of a second without
+    torch: its pickle only, tensors and classes replaced by placeholders (nothing in the file runs). None
+    when the file is not a torch checkpoint or has no such field."""
+    class Peek(pickle.Unpickler):
+        def find_class(self, module, name):
+            return _Anything
+
+        def persistent_load(self, pid):
+            return None
+
+    fh = open_regular(path)  # a FIFO or device named *.pth: None, never a hang (trust rule 6)
+    if fh is None:
+        return None
+    try:
+        with fh, zipfile.ZipFile(fh) as z:
+            name = next(n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl"))
+            obj = Peek(io.BytesIO(z.read(name))).load()
+    except Exception:  # not a zip, no pickle, a pickle of something else: the library says what it is
+        return None
+    value = obj.get(field) if isinstance(obj, dict) else None
+    return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+
+
+def model_name(checkpoint):
+    """The name of the model a checkpoint holds, for default output names and titles: its recorded
+    architecture, else its file name without FER_ (FER_resnet50.pth -> resnet50). A recorded arch that is not one
+    of ARCHS (a damaged or hostile file: "../x") never becomes part of an output's name."""
+    arch = recorded_field(checkpoint, "arch")
+    return arch if arch in ARCHS else Path(checkpoint).stem.removeprefix("FER_")
+
+
+def default_checkpoint(p, folder="."):
+    """--checkpoint not given: the one FER_<arch>.pth in this folder (training's default name; not a
+    *_last.pth), else a flag error saying what is there."""
+    found = sorted(str(f) for f in Path(folder).glob("FER_*.pth") if not f.stem.endswith("_last"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        return LEGACY_CHECKPOINT  # said as a missing file, by its old default name
+    p.error(f"--checkpoint not given and {len(found)} checkpoints here ({', '.join(found)}): give one")
 
 
 def add_face_arguments(p, min_face=MIN_FACE, detector=True, align=True):

@@ -1,11 +1,11 @@
 """Flags of bench.py."""
 import re
 
-from fer.cli import ArgumentParser, int_at_least, positive_int
+from fer.cli import ArgumentParser, add_quiet_argument, int_at_least, positive_int
 from fer.model.backbones import ARCHS, check_img_size
-from fer.trust import check_input, check_not_inputs, check_output
+from fer.trust import check_input, check_output, check_outputs
 
-SECTIONS = ("index", "transforms", "train_step", "end_to_end", "eval", "video", "report", "experiments", "faces")
+SECTIONS = ("index", "transforms", "train_step", "recipes", "end_to_end", "eval", "video", "report", "experiments", "faces")
 DEVICE = re.compile(r"(cpu|cuda(:\d+)?)")
 
 
@@ -35,6 +35,7 @@ def get_args(argv=None, description=None):
     p.add_argument("--scenes", type=positive_int, default=80, help="faces section: scenes of two faces each")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks every row runs, in seconds")
     p.add_argument("--json", help="write the results here as JSON")
+    add_quiet_argument(p)
     args = p.parse_args(argv)
     if args.device is not None and not DEVICE.fullmatch(args.device):
         p.error(f"argument --device: {args.device!r} is not cpu, cuda or cuda:N")
@@ -46,12 +47,12 @@ def get_args(argv=None, description=None):
         p.error(f"argument --img_size: {check_img_size(args.arch, args.img_size)}")
     args.only = args.only or [s for s in SECTIONS if s != "faces" or args.checkpoint]
     if "faces" in args.only and not args.checkpoint:
-        p.error("--only faces needs --checkpoint (a model trained on the demo data, e.g. runs/demo/FER_resnet50.pth)")
+        p.error("--only faces needs --checkpoint (a model trained on the demo data, e.g. runs/demo/FER_resnet18.pth)")
     # Before the minutes of benchmarking: the table is not lost, nor written onto an input.
     if args.checkpoint:
         check_input(args.checkpoint, "--checkpoint")
     if args.json:
         check_output(args.json, "--json")
-        if args.checkpoint:
-            check_not_inputs([("--json", args.json)], [("--checkpoint", args.checkpoint)])
+        # trust rule 2: never onto the checkpoint, nor onto any file of the kit (a checkpoint, index, run record)
+        check_outputs([("--json", args.json)], [("--checkpoint", args.checkpoint)])
     return args

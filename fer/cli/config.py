@@ -9,12 +9,13 @@ Torch-free, like every module of fer.cli.
 """
 import argparse
 import difflib
-import json
+import sys
 from pathlib import Path
 
-from fer.trust import FERError, check_input
+from fer.trust import FERError, check_input, load_json, load_yaml, read_regular_text
 
-NOT_CONFIG = ("config", "resume", "overwrite")  # how this invocation runs, not what the run is
+NOT_CONFIG = ("config", "resume", "overwrite", "quiet")  # how this invocation runs, not what the run is
+MAX_CONFIG_BYTES = 1 << 20  # a config holds dozens of flags
 
 
 class ConfigError(FERError):
@@ -38,18 +39,16 @@ def write_config(args, path):
 def read_config_file(path):
     """A dict of flag name -> value from a YAML or JSON file (PyYAML's safe loader only)."""
     check_input(path, "--config")
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config {path}: not a readable text file ({type(e).__name__})") from None
+    # trust rule 6: a regular file of at most 1 MiB (a FIFO does not hang), no duplicate keys, no alias bomb
+    text = read_regular_text(path, "--config", limit=MAX_CONFIG_BYTES)
     kind = "JSON" if Path(path).suffix.lower() == ".json" else "YAML"
     try:
         if kind == "JSON":
-            data = json.loads(text)
+            data = load_json(text, f"--config {path}", object_pairs_hook=lambda pairs: _unique(pairs, path))
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = load_yaml(text, f"--config {path}")
+    except FERError:
+        raise
     except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: both say where
         mark = getattr(e, "problem_mark", None)
         first = f"{e.problem} at line {mark.line + 1}" if mark is not None and getattr(e, "problem", None) else \
@@ -60,6 +59,14 @@ def read_config_file(path):
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected flag name -> value pairs, found a {type(data).__name__}")
     return data
+
+
+def _unique(pairs, path):
+    keys = [k for k, _ in pairs]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"--config {path}: key {twice!r} given twice; give each key once")
+    return dict(pairs)
 
 
 def _checked(action, key, value, path):
@@ -96,6 +103,32 @@ def _checked_one(action, where, value):
     return out
 
 
+# --- --recipe -----------------------------------------------------------------------------------
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"  # recipes/NAME.yaml beside the scripts
+
+
+def recipe_names():
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def read_recipe(parser, name):
+    """The flag values of recipes/NAME.yaml, checked like a --config file's. A recipe is a layer between the
+    defaults and --config: it names no other recipe or config, and how an invocation runs is not its business."""
+    path = RECIPES / f"{name}.yaml"
+    try:
+        data = read_config_file(path)
+        actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+        values = {}
+        for key, value in data.items():
+            key = str(key)
+            if key not in actions or key in NOT_CONFIG or key == "recipe":
+                raise ConfigError(f"--recipe {name}: {path} sets {key!r}, which is not a flag a recipe can set")
+            values[key] = _checked(actions[key], key, value, path)
+    except FERError as e:
+        parser.error(str(e))
+    return values
+
+
 def apply_config(parser, argv=None):
     """Read --config FILE (if given) into the parser's defaults, so the command line still overrides it."""
     parser.set_defaults(**read_config(parser, argv))
@@ -115,11 +148,18 @@ def read_config(parser, argv=None):
         values = {}
         for key, value in data.items():
             key = str(key)
+            if key == "overwrite":  # trust rule 3: replacing a run is a choice of this invocation, never a file's
+                raise ConfigError(f"--config {known.config}: overwrite is not read from a file (a rerun would replace "
+                                  f"the finished run); remove the key, and give --overwrite on the command line")
             if key not in actions:
                 hint = difflib.get_close_matches(key, list(actions), 1)
                 raise ConfigError(f"--config {known.config}: unknown key {key!r}"
                                   + (f" (did you mean {hint[0]}?)" if hint else ""))
             values[key] = _checked(actions[key], key, value, known.config)
+            if key == "tensorboard" and values[key]:  # trust rule 3: the first run's curves are not written into
+                print(f"note: --config {known.config}: tensorboard {values[key]} is that run's folder; this run writes "
+                      f"its curves beside its own checkpoint (give --tensorboard DIR to choose)", file=sys.stderr)
+                values[key] = ""
     except FERError as e:
         parser.error(str(e))
     return values

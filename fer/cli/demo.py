@@ -1,5 +1,5 @@
 """Flags of make_demo_data.py (the synthetic datasets)."""
-from fer.cli import ArgumentParser, int_at_least
+from fer.cli import ArgumentParser, add_quiet_argument, int_at_least
 from fer.cli.index import FORMATS
 from fer.trust import FERError, check_output
 
@@ -15,6 +15,7 @@ def get_args(argv=None, description=None):
     p.add_argument("--size", type=int_at_least(16, 1024),
                    help="face side in pixels, 16-1024 (default 64; rafdb 100; fer2013 and ferplus are always 48)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed; the same seed writes the same files")
+    add_quiet_argument(p)
     args = p.parse_args(argv)
     if args.format in ("fer2013", "ferplus") and args.size not in (None, 48):  # as make_dataset says
         raise FERError(f"--size {args.size}: {args.format} images are 48x48")

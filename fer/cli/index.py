@@ -6,8 +6,17 @@ import argparse
 import os
 from pathlib import Path
 
-from fer.cli import ArgumentParser, add_face_arguments, check_face_arguments, float_in, int_at_least, nonneg_int
-from fer.constants import CLASS_NAMES
+from fer.cli import (
+    QUIET_HELP,
+    ArgumentParser,
+    add_face_arguments,
+    add_outside_root_argument,
+    check_face_arguments,
+    float_in,
+    int_at_least,
+    nonneg_int,
+)
+from fer.constants import CLASS_NAMES, NEAR_DUPLICATE_BITS
 from fer.trust import FERError, check_input, check_output, check_replaceable
 
 FORMATS = ("affectnet", "affectnet_csv", "rafdb", "fer2013", "ferplus", "folders")  # fer.data.formats reads them
@@ -96,7 +105,19 @@ def get_args(argv=None, description=None):
     p.add_argument("--verify_images", action="store_true",
                    help="decode every image completely (Pillow) and skip, and name, unreadable or truncated ones "
                         "and formats OpenCV cannot read (slower)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    add_outside_root_argument(p)
+    g = p.add_argument_group("leakage guard (always on; protocol_card.json and .md beside the parquet files)")
+    g.add_argument("--dedupe", action="store_true",
+                   help="drop the later copy of an exact or near duplicate across splits (train before val before "
+                        "test: the validation or test image goes); default: report and keep")
+    g.add_argument("--exclude", metavar="FILE.csv",
+                   help="a reviewed list of rows to leave out of the splits (eval_resnet50.py --audit_labels writes "
+                        "one): a CSV with a filename column; with an exclude column only its rows marked yes/y/1/true/x "
+                        "are excluded. Recorded in the protocol card")
+    g.add_argument("--near_duplicate_bits", type=int_at_least(0, 16), default=NEAR_DUPLICATE_BITS, metavar="BITS",
+                   help=f"near duplicates: 64-bit pHashes at most this many bits apart (default {NEAR_DUPLICATE_BITS}: "
+                        f"re-encodings, resizes and crops of about 2%% per side; see README)")
     p.add_argument("--detect_landmarks", action="store_true",
                    help="add a landmarks5 column: five landmarks (eye centres, nose tip, mouth corners) per image "
                         "by the MTCNN face detector, for datasets without landmarks; training takes its crop "
@@ -126,6 +147,10 @@ def get_args(argv=None, description=None):
     out = check_output(args.out_dir, "--out_dir", folder=True)
     for name in ("all", "train", "val", "test"):  # a folder there would fail only after the whole run
         check_replaceable(out / f"metadata_{name}.parquet", "--out_dir")
+    for name in ("protocol_card.json", "protocol_card.md"):
+        check_replaceable(out / name, "--out_dir")
+    if args.exclude:
+        check_input(args.exclude, "--exclude")
     fmt = args.format or detect_format(root)
     if not args.format and fmt != "affectnet":
         print(f"format: {fmt} (recognised from {root}; --format overrides)")

@@ -2,8 +2,18 @@
 loaded (the inputs and the plan of the outputs are fer.inference.predict's)."""
 import re
 
-from fer.cli import ArgumentParser, add_face_arguments, check_face_arguments, float_in, int_at_least, positive_int
-from fer.trust import FERError, check_output
+from fer.cli import (
+    ArgumentParser,
+    add_face_arguments,
+    add_quiet_argument,
+    add_tta_argument,
+    check_face_arguments,
+    default_checkpoint,
+    float_in,
+    int_at_least,
+    positive_int,
+)
+from fer.trust import FERError, check_output, check_outputs
 
 
 def get_args(argv=None, description=None):
@@ -17,14 +27,19 @@ def parse_args(argv=None, description=None):
     """The flags alone, checked as flags (no path is looked at)."""
     p = ArgumentParser(description=description)
     p.add_argument("paths", nargs="+", help="images, folders (searched recursively for images and videos) and videos")
-    p.add_argument("--checkpoint", default="FER_resnet50.pth", help="checkpoint written by training")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint written by training (default: the one FER_<arch>.pth in this folder)")
     p.add_argument("--out", default="predictions.csv",
                    help="CSV with one row per face (per image or frame without --detect_faces); the per-video "
                         "track summaries and timelines are written beside it as <out>_<video>_tracks.csv and "
                         "<out>_<video>_timeline.png")
     p.add_argument("--batch_size", type=int_at_least(1, 4096), default=32, metavar="N",
                    help="faces per forward pass (default 32)")
-    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped face")
+    add_tta_argument(p, "face")
+    p.add_argument("--raw", action="store_true",
+                   help="raw softmax probabilities; default: calibrated ones, softmax(logits / T) with the temperature "
+                        "the checkpoint records (eval_resnet50.py --calibrate), raw when it records none. The "
+                        "column `probabilities` says which")
     p.add_argument("--detect_faces", action="store_true",
                    help="predict every face found by --detector, cropped as --align says, instead of the whole "
                         "picture")
@@ -48,7 +63,9 @@ def parse_args(argv=None, description=None):
     p.add_argument("--prefetch", type=int_at_least(1, 4096), default=64,
                    help="images or frames decoded and detected ahead of the model (bounded queue; default 64)")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
+    add_quiet_argument(p)
     args = p.parse_args(argv)
+    args.checkpoint = args.checkpoint or default_checkpoint(p)
     args.detect_faces = args.detect_faces or args.largest_face
     check_face_arguments(p, args, args.detect_faces, "--detect_faces")
     return args
@@ -61,5 +78,10 @@ def check_paths(args):
         raise FERError("--annotate: an empty path (give the folder for the annotated copies)")
     if args.annotate:
         check_output(args.annotate, "--annotate", folder=True)
+    # trust rule 2: the CSV onto no input or other tool's file (a .pth), the annotated copies never among a
+    # dataset's images
+    inputs = [("PATH", p) for p in args.paths] + [("--checkpoint", args.checkpoint)]
+    check_outputs([("--out", args.out), ("--annotate", args.annotate)], inputs)  # never one file, nor an input
+    check_outputs([("--annotate", args.annotate)], inputs, images=True)  # pictures: never into a dataset
     if args.device and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):  # without waiting for torch
         raise FERError(f"--device {args.device}: unknown device (use cpu, cuda or cuda:N)")

@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 from fer.constants import CLASS_NAMES, FACE_MARGIN
 from fer.data.faces import Cropper, best_face, crop_rect, five_from_68, make_detector, mean_template, to_unit, warp
 from fer.data.transforms import build_transforms, seed_augmentation
-from fer.trust import FERError
+from fer.trust import FERError, recorded_root_fits, resolve_rows
+from fer.trust import progress as progress_of
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our errors name the file; no [ WARN ] lines
 
@@ -75,6 +76,15 @@ def images_dir_of(df, metadata_path, root=None):
     # An index written by another tool: assume the usual layout next to the parquet file.
     here = Path(metadata_path).resolve().parent
     return here / "images" if (here / "images").is_dir() else here
+
+
+def dataset_root(df, images_dir, root=None):
+    """The folder an index's images must lie in (trust rule 1): --root when given (the dataset moved),
+    else the dataset root the indexer recorded if the images folder is in it, else the images folder."""
+    if root is not None:
+        return Path(root)
+    recorded = df.attrs.get("dataset_root")
+    return Path(recorded) if recorded and recorded_root_fits(images_dir, recorded) else Path(images_dir)
 
 
 def integer_labels(values):
@@ -161,7 +171,6 @@ def crop_template(metadata_paths, root=None, limit=20000, seed=0, progress=False
     in the unit square; None when no row has landmarks. Over at most `limit` rows with landmarks (a
     fixed random sample beyond that: a mean of 20,000 faces is within ~0.1 % of the side of the full
     mean), reading only image headers."""
-    from tqdm import tqdm
 
     unit, rows = [], []
     for meta in ([metadata_paths] if isinstance(metadata_paths, (str, os.PathLike)) else metadata_paths):
@@ -172,7 +181,7 @@ def crop_template(metadata_paths, root=None, limit=20000, seed=0, progress=False
                  for i in np.flatnonzero(np.isfinite(points).all((1, 2)))]
     if len(rows) > limit:
         rows = [rows[i] for i in sorted(np.random.default_rng(seed).choice(len(rows), limit, replace=False))]
-    for images_dir, name, pts, box in tqdm(rows, desc="crop template", unit="img", disable=not progress, leave=False):
+    for images_dir, name, pts, box in progress_of(rows, desc="crop template", unit="img", disable=not progress):
         w, h = image_size(os.path.join(images_dir, name))
         rect = crop_rect((h, w), box) if box is not None and np.isfinite(box).all() else (0, 0, w, h)
         unit.append(to_unit(pts, rect))
@@ -240,7 +249,8 @@ class FERDataset(Dataset):
     """
 
     def __init__(self, metadata_paths, train=True, size=224, root=None, require_va=False, classes=CLASS_NAMES,
-                 verbose=True, template=None, recrop=None):
+                 verbose=True, template=None, recrop=None, allow_outside_root=False):
+        self.allow_outside_root = allow_outside_root
         paths = [metadata_paths] if isinstance(metadata_paths, (str, os.PathLike)) else list(metadata_paths)
         self.classes = list(classes)
         self.paths, self.filenames, self.labels, self.va, self.boxes, self.dropped = [], [], [], [], [], {}
@@ -290,7 +300,9 @@ class FERDataset(Dataset):
         kept = names[keep].tolist()
         self.sources.append((str(meta), len(kept)))
         self.filenames += kept
-        self.paths += [os.path.join(images_dir, f) for f in kept]
+        # trust rule 1 at loading: the real path of every image, inside the dataset root
+        self.paths += resolve_rows(images_dir, kept, dataset_root(df, images_dir, root), str(meta),
+                                   self.allow_outside_root)
         head = {CLASS_NAMES.index(c): k for k, c in enumerate(self.classes)}
         self.labels.append(np.array([head[c] for c in labels[keep]], np.int64))
         self.va.append(va[keep])

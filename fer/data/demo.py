@@ -23,10 +23,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from fer.data.formats import FER2013_LABELS, FERPLUS_LABELS, FERPLUS_VOTES, RAFDB_LABELS
 from fer.trust import FERError, check_output, process_gone, signals_held
+from fer.trust import progress as progress_of
 
 # Per class: valence/arousal centre, then mouth curvature (corners up > 0), mouth opening,
 # mouth width, eye opening, brow raise, brow slant (inner end up > 0), mouth asymmetry.
@@ -172,7 +172,7 @@ def faces(n, size, seed, classes=8, progress=True):
     """(i, canonical class, BGR image, valence, arousal, landmarks) for n faces balanced over classes,
     deterministic for a seed (per image: independent of n and of order)."""
     labels = np.random.default_rng(seed).permutation(np.arange(n) % classes)
-    for i in tqdm(range(n), desc="demo data", unit="img", disable=not progress):
+    for i in progress_of(range(n), desc="demo data", unit="img", disable=not progress):
         rng = np.random.default_rng([seed, i])
         yield (i, int(labels[i]), *draw_face(rng, int(labels[i]), size))
 
@@ -289,6 +289,7 @@ WRITERS = {"affectnet": write_affectnet, "affectnet_csv": write_affectnet_csv, "
            "fer2013": write_fer2013, "ferplus": write_ferplus, "folders": write_folders}
 DEFAULT_SIZE = {"rafdb": 100, "fer2013": 48, "ferplus": 48}  # others: 64
 MARKER = ".make_demo_data"
+TMP_MARKER = ".make_demo_data.unfinished"  # in the folder being written
 
 
 def written_by_us(out):
@@ -300,7 +301,7 @@ def written_by_us(out):
 def manifest(folder):
     """{relative path: SHA-1} of every file below folder except the marker: what this script wrote."""
     return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (MARKER, TMP_MARKER)}
 
 
 def not_ours(out):
@@ -329,15 +330,21 @@ def replaced_folder(out):
                        f"away or choose another --out")
     for stale in out.parent.glob(f".{glob.escape(out.name)}.*"):  # of a run that was killed (SIGKILL, power loss)
         m = re.fullmatch(rf"\.{re.escape(out.name)}\.(\d+)\.(tmp|old)", stale.name)
-        if m and stale.is_dir() and not stale.is_symlink() and process_gone(int(m[1])):
+        # only a folder this script made (its marker) and as it left it: a name alone proves nothing
+        ours = m and stale.is_dir() and not stale.is_symlink() and process_gone(int(m[1])) and (
+            (stale / TMP_MARKER).is_file() or (written_by_us(stale) and not not_ours(stale)))
+        if ours:
             shutil.rmtree(stale, ignore_errors=True)
             print(f"removed {stale} (left by an interrupted run)")
     tmp, old = (out.with_name(f".{out.name}.{os.getpid()}.{what}") for what in ("tmp", "old"))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    (tmp / TMP_MARKER).write_text("")
     try:
         yield tmp
+        (tmp / TMP_MARKER).unlink()
         with signals_held():  # a Ctrl-C between the two renames would leave no --out at all
+            check_still_ours(out)  # files added while this run generated (trust rule 2): nothing replaced
             if out.exists():
                 os.replace(out, old)
             os.replace(tmp, out)
@@ -346,7 +353,21 @@ def replaced_folder(out):
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             raise FERError(f"no space left on device writing {out}") from None
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.exists() and not_ours(old):  # added in the instant of the swap: kept, and said
+        print(f"note: files added to {out} while it was replaced are kept in {old}")
+    else:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_still_ours(out):
+    """Before the swap: the folder about to be replaced holds only what this script wrote."""
+    if not out.exists():
+        return
+    theirs = not_ours(out) if written_by_us(out) else [p for p in out.iterdir()]
+    if theirs:
+        raise FERError(f"--out {out}: {len(theirs)} file(s) were added or changed while the data was generated, e.g. "
+                       f"{', '.join(str(p.relative_to(out)) for p in theirs[:3])}; nothing was replaced: move them "
+                       f"away or choose another --out")
 
 
 def make_dataset(out, n, size=None, seed=0, progress=True, fmt="affectnet"):

@@ -88,7 +88,24 @@ class HaarDetector:
         gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
         faces = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
                                               minSize=(self.min_face, self.min_face))
-        return [Face(tuple(int(v) for v in f)) for f in sorted(faces, key=lambda f: -f[2] * f[3])]
+        boxes = [tuple(int(v) for v in f) for f in sorted(faces, key=lambda f: -f[2] * f[3])]
+        return [Face(box) for box in drop_nested(boxes)]
+
+
+NESTED_SHARE = 0.5  # a box with more than this share of its area inside a larger detection is part of that face
+
+
+def drop_nested(boxes, share=NESTED_SHARE):
+    """Boxes (x y w h, largest first) without those lying mostly inside a larger one kept before them: the
+    Haar cascade's second box on one face (a part of it), which would start a spurious track in a video."""
+    kept = []
+    for box in boxes:
+        x, y, w, h = box
+        inside = [max(0, min(x + w, a + c) - max(x, a)) * max(0, min(y + h, b + d) - max(y, b))
+                  for a, b, c, d in kept]
+        if not any(area > share * w * h for area in inside):
+            kept.append(box)
+    return kept
 
 
 def make_detector(name="mtcnn", min_face=MIN_FACE, threshold=FACE_THRESHOLD):

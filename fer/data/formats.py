@@ -33,11 +33,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from fer.cli.index import CLASS_OF_NAME, SPLIT_FOLDERS, shown, subfolders
 from fer.constants import CLASS_NAMES, NUM_CLASSES
-from fer.trust import FERError, check_input, remove_stale_temporaries
+from fer.trust import FERError, check_input, folder_inside, remove_stale_temporaries
+from fer.trust import progress as progress_of
 
 COLUMNS = ["filename", "expression", "valence", "arousal", "landmarks", "source_label"]
 FACE_BOX = ["face_x", "face_y", "face_w", "face_h"]
@@ -73,6 +73,7 @@ PROBLEMS = {
     "duplicate_name": "names that differ only in case or extension (kept on one side of a random split)",
     "split_leak": "names on both sides of the official split or in both --root and --val_root (left as given)",
     "no_face": "images where --detect_landmarks found no face (landmarks5 left empty; kept)",
+    "same_image": "images reachable under two names: a link, or byte-identical files (kept; check them)",
 }
 
 
@@ -234,7 +235,7 @@ def _ignore_sigint():
 def run_chunks(fn, tasks, workers, sizes, desc, progress):
     """fn over tasks, in worker processes when there are several; yields results in order."""
     workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=sum(sizes), desc=desc, unit="img", disable=not progress)
+    bar = progress_of(total=sum(sizes), desc=desc, unit="img", disable=not progress)
     pool = None
     if workers == 1 or len(tasks) <= 1:
         results = map(fn, tasks)
@@ -354,7 +355,11 @@ def read_affectnet(images_dir, annotations_dir, ext="jpg", workers=None, progres
 
 def read_affectnet_root(root, opts):
     """--format affectnet: <root>/images and <root>/annotations, or opts.images_dir / opts.annotations_dir."""
-    return read_affectnet(opts.images_dir or root / "images", opts.annotations_dir or root / "annotations",
+    allow = getattr(opts, "allow_outside_root", False)  # trust rule 1: found folders, and annotation links, inside
+    images = opts.images_dir or folder_inside(Path(root) / "images", root, f"--root {root}", allow)
+    annotations = opts.annotations_dir or folder_inside(Path(root) / "annotations", root, f"--root {root}", allow)
+    folder_inside(annotations, opts.annotations_dir or root, f"--root {root}", allow, links=True)
+    return read_affectnet(images, annotations,
                           opts.ext, opts.workers, opts.progress)
 
 
@@ -449,7 +454,7 @@ def read_affectnet_csv(root, opts):
         va = np.stack([as_numbers(table["valence"]), as_numbers(table["arousal"])], 1)
         box = np.stack([as_numbers(table[c]) for c in ("face_x", "face_y", "face_width", "face_height")], 1)
         keep, lnd_rows = [], []
-        for i in tqdm(range(len(table)), desc=fname, unit="row", disable=not opts.progress):
+        for i in progress_of(range(len(table)), desc=fname, unit="row", disable=not opts.progress):
             name = table["subDirectory_filePath"].iat[i].strip()
             if not (np.isfinite(code[i]) and code[i].is_integer() and 0 <= code[i] <= 10):
                 problems["invalid_label"].append((where[i], f"expression {table['expression'].iat[i]!r}"))
@@ -547,7 +552,7 @@ def write_fer_images(table, stems, out_dir, stage, problems, progress):
     images_dir = Path(out_dir).resolve() / "images"
     remove_stale_temporaries(images_dir)  # of a run killed before it could clean up
     kept, names = [], []
-    for i, (stem, pixels, where) in enumerate(tqdm(list(zip(stems, table["pixels"], table["where"])),
+    for i, (stem, pixels, where) in enumerate(progress_of(list(zip(stems, table["pixels"], table["where"])),
                                                    desc="pixels -> PNG", unit="img", disable=not progress)):
         try:
             values = parse_numbers(pixels, np.int64, " ")

@@ -21,9 +21,10 @@ from sklearn.model_selection import StratifiedShuffleSplit
 
 from fer.cli.index import random_split_flags
 from fer.constants import CLASS_NAMES, NUM_CLASSES
+from fer.data import leakage
 from fer.data.faces import best_face, crop_rect, make_detector
 from fer.data.formats import CHUNK, FACE_BOX, FORMATS, PROBLEMS, IndexError_, read_affectnet, run_chunks
-from fer.trust import staged_outputs
+from fer.trust import exact_duplicates, inside, resolve_rows, staged_outputs
 
 SHOW = 5  # problem files named per kind in the summary
 OPENCV_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM"}  # what training's cv2.imread can read
@@ -262,9 +263,34 @@ def index_dataset(fmt, root, args, stage, is_val_root=False):
     df, problems = FORMATS[fmt](root, opts)
     verify = args.verify_images and fmt not in ("fer2013", "ferplus")  # our own PNGs, from checked pixels
     df = finish(df, problems, verify, args.workers, args.progress)
+    rows_inside_root(df, root, getattr(args, "allow_outside_root", False), stage)
     if args.detect_landmarks:
         df, problems["no_face"] = detect_landmarks(df, args)
     return df, problems
+
+
+def rows_inside_root(df, root, allow_outside, stage=None):
+    """Trust rule 1 at indexing: every row's image, links followed, lies inside the dataset root (--root,
+    or the images folder when that lies elsewhere), recorded as df.attrs["dataset_root"] for the loaders;
+    else an error naming the row. Images the run writes itself (PNGs of CSV pixels) are still staged."""
+    images_dir = df.attrs["images_dir"]
+    base = Path(root).resolve() if inside(images_dir, root) else Path(images_dir)
+    df.attrs["dataset_root"] = str(base)
+    staged = {str(t) for t in stage.files} if stage is not None else set()
+    names = [f for f in df["filename"] if os.path.join(images_dir, f) not in staged]
+    resolve_rows(images_dir, names, base, f"--root {root}", allow_outside)
+
+
+def same_images(parts, problems, stage, digests):
+    """Trust rule 1: the same image reachable twice across the index (a link, byte-identical files in two
+    class folders or in training and validation) is named in the summary. The images are read where this
+    run has them (a PNG it converted is still staged); digests: the contents the leakage guard hashed."""
+    paths, names = [], []
+    for part in parts:
+        paths += [leakage.image_path(part.attrs["images_dir"], f, stage) for f in part["filename"]]
+        names += list(part["filename"])
+    problems["same_image"] += [(", ".join(g[:4]) + (" ..." if len(g) > 4 else ""), f"{len(g)} names of one image")
+                               for g in exact_duplicates(paths, names, digests)]
 
 
 def make_index(args):
@@ -294,6 +320,8 @@ def make_index(args):
                                                                     42 if args.seed is None else args.seed)))
         except IndexError_ as e:  # too few rows: say what was skipped (the summary is not printed)
             raise IndexError_(f"{e}{skipped(problems)}") from None
+        parts, card, digests = leakage.protocol(fmt, root, parts, args, stage, out)
+        same_images([df] + ([val_all] if args.val_root else []), problems, stage, digests)
         for name, part in {"all": df, **parts}.items():
             write_parquet(part, out / f"metadata_{name}.parquet", stage)
     stale = out / "metadata_test.parquet"
@@ -306,3 +334,4 @@ def make_index(args):
           f"{sizes}, written to {out.resolve()}")
     print(class_table(parts))
     summarize(problems)
+    print(leakage.summary_line(card, out))

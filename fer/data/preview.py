@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 
 def preview(args):
-    ds = FERDataset(args.meta, train=not args.val, size=args.size, root=args.root)
+    ds = FERDataset(args.meta, train=not args.val, size=args.size, root=args.root, allow_outside_root=args.allow_outside_root)
     if len(ds) == 0:
         raise FERDataError(f"{', '.join(args.meta)}: no usable rows")
     if os.path.exists(args.out):  # the grid must not replace one of the dataset's own images

@@ -3,7 +3,9 @@ their bootstrap intervals, two checkpoints compared on the same images, and the 
 as one set (an out_dir holds one evaluation)."""
 import argparse
 import json
+import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -11,24 +13,36 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from fer.cli.evaluate import COMPARISON, OUTPUTS
+from fer.cli.evaluate import evaluation_files
 from fer.data import faces
 from fer.data.dataset import FERDataError, FERDataset, classes_in, data_record
 from fer.data.faces import check_template
+from fer.data.leakage import card_records
+from fer.evaluation.audit import review_table
 from fer.evaluation.metrics import (
+    bootstrap_ece,
     bootstrap_indices,
     bootstrap_metrics,
     bootstrap_report,
     clip_va,
+    collapse_text,
     evaluate,
     format_comparison,
+    interval,
     paired_comparison,
     softmax,
+    temperature_scaling,
 )
 from fer.evaluation.report import pyplot, render, va_scatter
-from fer.model.checkpoint import model_from_checkpoint, weights_fingerprint
+from fer.model.checkpoint import (
+    model_from_checkpoint,
+    temperature_mismatch,
+    temperature_of,
+    weights_fingerprint,
+    write_calibration,
+)
 from fer.model.forward import predict_batches
-from fer.trust import check_device, check_input, check_not_inputs, staged_outputs, write_text
+from fer.trust import check_device, check_input, check_not_inputs, earlier_outputs, stage_output_set, staged_outputs, write_text
 
 
 def short(path):
@@ -112,6 +126,13 @@ def format_report(m, class_names):
     if "ece" in m:
         lines.append(f"calibration: ECE {fmt(m['ece'])}  NLL {fmt(m['nll'])}  Brier {fmt(m['brier'])}  "
                      f"(temperature {m['temperature']:.3f} would give ECE {fmt(m['ece_at_temperature'])})")
+    cal = m.get("calibrated")
+    if cal:
+        ci95 = lambda c: f" [{c[0]:.4f}, {c[1]:.4f}]" if c else ""  # noqa: E731
+        b, a = cal["before"], cal["after"]
+        lines.append(f"calibrated (temperature {cal['temperature']:.3f}, fitted on {', '.join(cal['fitted_on_paths'])}): "
+                     f"ECE {b['ece']:.4f}{ci95(b.get('ece_ci95'))} -> {a['ece']:.4f}{ci95(a.get('ece_ci95'))}  "
+                     f"NLL {b['nll']:.4f} -> {a['nll']:.4f}")
     for name in ("valence", "arousal"):
         if name in m:
             r = m[name]
@@ -152,13 +173,13 @@ def evaluate_checkpoint(args):
                       template=template, align=args.align)
         fallback = faces.fallback(args.detector, template, args.align)
     ds = FERDataset(args.meta, train=False, size=args.img_size or meta["img_size"], root=args.root, classes=scored,
-                    recrop=recrop)
+                    recrop=recrop, allow_outside_root=args.allow_outside_root)
     if len(ds) == 0:
         raise FERDataError(f"{', '.join(args.meta)}: no usable rows")
     loader = DataLoader(ds, args.batch_size, shuffle=False, num_workers=args.num_workers,
                         pin_memory=device.type == "cuda")
     out = predict_batches(model, loader, device, torch.bfloat16 if args.amp else None, tta=args.tta,
-                          progress=sys.stderr.isatty(), desc="evaluate")
+                          progress=True, desc="evaluate")
     out["logits"] = out["logits"][:, [meta["class_names"].index(c) for c in scored]]
     metrics = evaluate(out["logits"], out["va"], out["y_cls"], out["y_reg"].astype(np.float64), scored)
     if set_only:
@@ -188,17 +209,25 @@ def evaluate_checkpoint(args):
                                    f"{'box + margin: ' + fallback if fallback else 'aligned to ' + args.align}); "
                                    f"{len(missed)} without a face kept the dataset's crop"
                                    + (f", e.g. {', '.join(missed[:3])}" if missed else ""))
+    if metrics.get("collapse"):  # first among the notes, and said on the terminal
+        text = collapse_text(metrics["collapse"])
+        metrics["notes"] = [text] + [n for n in metrics["notes"] if n != text]
+        print(f"WARNING: {text}", file=sys.stderr)
     metrics.update(classes_scored=scored, classes_left_out={"evaluation_set": set_only, "checkpoint": ckpt_only},
                    rows_not_scored=ds.dropped, checkpoint=str(args.checkpoint), meta=list(map(str, args.meta)),
                    heads_trained=meta["heads_trained"], tta=args.tta, all_classes=args.all_classes, data=data_record(ds),
                    checkpoint_fingerprint=weights_fingerprint(model.state_dict()), run=meta.get("run"))
-    metrics.update(checkpoint_classes=list(meta["class_names"]), img_size=ds.size)
+    metrics.update(checkpoint_classes=list(meta["class_names"]), img_size=ds.size, arch=meta["arch"],
+                   protocol_card=card_records(args.meta))
+    temperature_of(meta, args.checkpoint)  # a malformed temperature is refused before any file is written
+    metrics["checkpoint_calibration"] = meta.get("calibration")
     return metrics, scored, ds, out
 
 
 def resampled(out, scored, idx):
     """Every metric on each bootstrap resample of the evaluated images."""
-    return bootstrap_metrics(idx, out["logits"], out["y_cls"], out["va"], out["y_reg"].astype(np.float64), scored)
+    return bootstrap_metrics(idx, out["logits"], out["y_cls"], out["va"], out["y_reg"].astype(np.float64), scored,
+                             progress=True)
 
 
 def compare_checkpoints(args):
@@ -225,55 +254,149 @@ def compare_checkpoints(args):
     return comp
 
 
+# --- calibration --------------------------------------------------------------------------------
+def same_split(fitted_on, evaluated):
+    """True when an index file the temperature was fitted on is one of those evaluated (the same rows by
+    fingerprint, or the same file)."""
+    def keys(records):
+        out = set()
+        for r in records or []:
+            if r.get("fingerprint"):
+                out.add(("fp", r["fingerprint"]))
+            if r.get("path"):
+                out.add(("path", str(Path(r["path"]).resolve())))
+        return out
+    return bool(keys(fitted_on) & keys(evaluated))
+
+
+def calibrate(args, metrics, out, idx):
+    """The temperature of this evaluation: fitted here (--calibrate: returned, to be written into the
+    checkpoint with the report) or recorded in the checkpoint. Adds metrics["calibrated"] (ECE with its
+    interval over the resamples idx, NLL, Brier, reliability: before and after) and a warning when the
+    temperature was fitted on the evaluated split. Returns the record to write, or None."""
+    record = None
+    fit_here = args.calibrate
+    if fit_here:
+        t = metrics["temperature"]  # metrics.calibration fitted it on these logits (fit_temperature)
+        record = {"temperature": t, "method": "temperature scaling (Guo et al. 2017): T minimising the mean NLL of "
+                                              "softmax(logits / T), bounded search on log T",
+                  "fitted_on": metrics["data"], "n": int(len(out["y_cls"])), "classes": metrics["classes_scored"],
+                  "checkpoint_fingerprint": metrics["checkpoint_fingerprint"], "tta": bool(args.tta),
+                  "written": datetime.now().astimezone().isoformat(timespec="seconds")}
+        source = record
+    else:
+        source = metrics.get("checkpoint_calibration")
+        mismatch = temperature_mismatch({"calibration": source}, args.tta) if source else None
+        if mismatch:  # applied to the other kind of output it would mis-scale them: not applied, said
+            metrics["notes"].append(f"the checkpoint's temperature is not applied: {mismatch}; evaluate as it "
+                                    f"was fitted, or fit it again with --calibrate")
+            return None
+    if not source:
+        return None
+    cal = temperature_scaling(out["logits"], out["y_cls"], source["temperature"], idx)
+    cal.update(fitted_on=source.get("fitted_on") or [], fitted_here=fit_here,
+               fitted_on_paths=[str(r.get("path")) for r in source.get("fitted_on") or []] or ["(not recorded)"],
+               same_split=same_split(source.get("fitted_on"), metrics["data"]))
+    if record:
+        record.update(nll_before=cal["before"]["nll"], nll_after=cal["after"]["nll"],
+                      ece_before=cal["before"]["ece"], ece_after=cal["after"]["ece"])
+    if cal["same_split"]:
+        cal["warning"] = (f"the temperature ({cal['temperature']:.3f}) was fitted on the evaluated split "
+                          f"({', '.join(cal['fitted_on_paths'])}): the calibrated figures are fitted and reported on "
+                          f"the same images, so they are optimistic; evaluate another split (the test split) to "
+                          f"measure calibration")
+        metrics["notes"].insert(0, cal["warning"])
+    fp = source.get("checkpoint_fingerprint")
+    if fp and fp != metrics["checkpoint_fingerprint"]:
+        metrics["notes"].insert(0, f"the checkpoint's temperature was fitted for other weights (fingerprint {fp[:12]}, "
+                                   f"these are {metrics['checkpoint_fingerprint'][:12]}): fit it again with --calibrate")
+    metrics["calibrated"] = cal
+    return record
+
+
+def audit_labels(args, metrics, class_names, ds, out):
+    """The likely label issues of the evaluated rows (fer.evaluation.audit), ranked; metrics["label_issues"]
+    holds the top ones for the page, and a warning when the model trained on these rows."""
+    rows = out["index"]
+    table = review_table([ds.filenames[i] for i in rows], softmax(out["logits"]), out["y_cls"], class_names,
+                         [str(ds.paths[i]) for i in rows])
+    trained_on = ((metrics.get("run") or {}).get("data") or {}).get("train")
+    info = {"n": int(len(table)), "of": int(len(rows)), "method": "cleanlab.filter.find_label_issues, ranked by "
+                                                                  "self_confidence", "top": json.loads(table.head(24).to_json(orient="records"))}
+    if trained_on and same_split(trained_on, metrics["data"]):
+        info["warning"] = ("the model trained on these rows: its probabilities are not out-of-sample and the audit "
+                           "misses most label issues (it has fitted them); audit a split it did not train on")
+        metrics["notes"].insert(0, info["warning"])
+    info["csv"] = args.outputs[5]
+    metrics["label_issues"] = info
+    return table
+
+
 # --- outputs ------------------------------------------------------------------------------------
-def write_report(args, metrics, class_names, ds, out):
+def write_report(args, metrics, class_names, ds, out, calibration=None, issues=None):
     """Every report file of the run, replaced together once all are written; files of an earlier
     evaluation in out_dir that this run does not write are then removed. Returns (written, removed)."""
-    out_dir = Path(args.out_dir)
-    written = list(OUTPUTS[:2])
+    out_dir, names = Path(args.out_dir), args.outputs
+    written = list(names[:2])
     va_pred = clip_va(out["va"])
     has_va = "valence" in metrics or "arousal" in metrics
     title = what_was_evaluated(metrics)
     with staged_outputs() as stage:
-        write_text(json.dumps(metrics, indent=2), out_dir / OUTPUTS[0], stage)
-        plot_confusion(metrics["confusion_matrix"], class_names, stage(out_dir / OUTPUTS[1]), title)
+        write_text(json.dumps(metrics, indent=2), out_dir / names[0], stage)
+        plot_confusion(metrics["confusion_matrix"], class_names, stage(out_dir / names[1]), title)
         if has_va:
             untrained = "" if metrics["heads_trained"]["valence_arousal"] else " (head never trained)"
-            plot_valence_arousal(out["y_reg"], va_pred, stage(out_dir / OUTPUTS[2]), metrics, title + untrained)
-            written.append(OUTPUTS[2])
+            plot_valence_arousal(out["y_reg"], va_pred, stage(out_dir / names[2]), metrics, title + untrained)
+            written.append(names[2])
         if args.save_predictions:
-            save_predictions(stage(args.save_predictions), ds, out, va_pred, class_names)
+            save_predictions(stage(args.save_predictions), ds, out, va_pred, class_names, args.tta)
             written.append(str(args.save_predictions))
         if args.report == "on":
             rows = out["index"]
             page = render(metrics, out, [ds.paths[i] for i in rows], [ds.filenames[i] for i in rows],
                           ds.boxes[rows] if ds.has_boxes else None, args.command, args.report_images,
-                          progress=sys.stderr.isatty())
-            Path(stage(out_dir / OUTPUTS[3])).write_bytes(page.encode("utf-8", "xmlcharrefreplace"))
-            written.append(OUTPUTS[3])
-        removed = remove_earlier_files(out_dir, stage)
+                          progress=True)
+            Path(stage(out_dir / names[3])).write_bytes(page.encode("utf-8", "xmlcharrefreplace"))
+            written.append(names[3])
+        if getattr(args, "audit_labels", False):
+            issues.drop(columns=["path"]).to_csv(stage(out_dir / names[5]), index=False)
+            written.append(names[5])
+        if calibration:  # the checkpoint rewritten with its temperature, together with the report
+            write_calibration(args.checkpoint, calibration, stage)
+        removed = remove_earlier_files(out_dir, stage, args)
     return written, removed
 
 
-def remove_earlier_files(out_dir, stage):
+def remove_earlier_files(out_dir, stage, args):
     """The files of an earlier evaluation in out_dir that this run does not write (asked before the
-    stage commits): removed as the new set is renamed into place, so the folder holds one evaluation only."""
-    stage.obsolete = [out_dir / n for n in OUTPUTS if out_dir / n not in stage.files and (out_dir / n).exists()]
+    stage commits): removed as the new set is renamed into place, so the folder holds one evaluation only.
+    Trust rule 2: the set is the one the earlier run's manifest lists (its --save_predictions CSV too),
+    as that run left them; a folder from before manifests, by the output names (of any model). Never an input."""
+    had_manifest = bool(earlier_outputs(out_dir, "evaluation"))
+    stage_output_set(stage, out_dir, "evaluation")
+    if not had_manifest:
+        stage.obsolete += [p for p in evaluation_files(out_dir, args.model) if p not in stage.files]
+    inputs = [getattr(args, k, None) for k in ("checkpoint", "checkpoint_b")] + list(getattr(args, "meta", None) or [])
+    inputs = {os.path.realpath(p) for p in inputs if p}
+    stage.obsolete = [p for p in dict.fromkeys(stage.obsolete) if os.path.realpath(p) not in inputs]
     return [p.name for p in stage.obsolete]
 
 
-def save_predictions(path, ds, out, va_pred, class_names):
-    """One CSV row per image: its file, true and predicted class, every probability, true and predicted V/A."""
+def save_predictions(path, ds, out, va_pred, class_names, tta=None):
+    """One CSV row per image: its file, true and predicted class, every probability, true and predicted V/A;
+    with test-time augmentation a last column tta (its kind: flip)."""
     probs = softmax(out["logits"])
     y_pred = probs.argmax(1)
     df = pd.DataFrame({"filename": [ds.filenames[i] for i in out["index"]], "y_true": out["y_cls"],
                        "y_pred": y_pred, "expression_true": np.asarray(class_names)[out["y_cls"]],
-                       "expression_pred": np.asarray(class_names)[y_pred]})
+                       "expression_pred": np.asarray(class_names)[y_pred], "probabilities": "raw"})
     for k, name in enumerate(class_names):
         df[f"prob_{name}"] = probs[:, k]
     for k, name in enumerate(("valence", "arousal")):
         df[f"{name}_true"] = out["y_reg"][:, k]
         df[f"{name}_pred"] = va_pred[:, k]
+    if tta:
+        df["tta"] = tta
     df.to_csv(path, index=False)
 
 
@@ -285,16 +408,16 @@ def report_removed(removed, out_dir):
 
 # --- the command --------------------------------------------------------------------------------
 def run_comparison(args):
-    """eval_resnet50.py with two checkpoints: comparison_resnet50.json, and the comparison on the terminal."""
+    """eval_resnet50.py with two checkpoints: comparison_<arch of A>.json, and the comparison on the terminal."""
     out_dir = Path(args.out_dir)
     comp = compare_checkpoints(args)
     with staged_outputs() as stage:
-        write_text(json.dumps(comp, indent=2), out_dir / COMPARISON, stage)
-        removed = remove_earlier_files(out_dir, stage)
+        write_text(json.dumps(comp, indent=2), out_dir / args.comparison, stage)
+        removed = remove_earlier_files(out_dir, stage, args)
     print(format_comparison(comp, args.checkpoint, args.checkpoint_b))
     for note in comp["notes"]:
         print(f"note: {note}")
-    print(f"wrote {COMPARISON} to {out_dir.resolve()}")
+    print(f"wrote {args.comparison} to {out_dir.resolve()}")
     report_removed(removed, out_dir)
 
 
@@ -309,10 +432,21 @@ def run_evaluation(args):
         name = Path(args.save_predictions).name
         check_not_inputs([("--save_predictions", args.save_predictions)],
                          [("image of --meta", path) for path in ds.paths if Path(path).name == name])
+    idx = None
     if args.bootstrap:
         idx = bootstrap_indices(len(ds), args.bootstrap, args.seed)
         metrics.update(bootstrap_report(resampled(out, class_names, idx), args.bootstrap, args.seed))
-    written, removed = write_report(args, metrics, class_names, ds, out)
+        metrics["ci95"]["ece"], metrics["bootstrap"]["used"]["ece"] = interval(bootstrap_ece(idx, softmax(out["logits"]),
+                                                                                             out["y_cls"]))
+    calibration = calibrate(args, metrics, out, idx)
+    issues = audit_labels(args, metrics, class_names, ds, out) if getattr(args, "audit_labels", False) else None
+    written, removed = write_report(args, metrics, class_names, ds, out, calibration, issues)
     print(format_report(metrics, class_names))
+    if issues is not None:
+        print(f"label audit: {len(issues)} of {len(ds)} rows are likely label issues (confident learning); review "
+              f"{Path(args.out_dir) / args.outputs[5]} and give it to metadata_parallel.py --exclude")
+    if calibration:
+        print(f"wrote temperature {calibration['temperature']:.4f} into {args.checkpoint} (fitted on "
+              f"{', '.join(metrics['calibrated']['fitted_on_paths'])}; predict.py and export_onnx.py now use it)")
     print(f"wrote {', '.join(written)} to {out_dir.resolve()}")
     report_removed(removed, out_dir)

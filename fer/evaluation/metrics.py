@@ -9,7 +9,9 @@ Neural Networks").
 import numpy as np
 from sklearn import metrics as skm
 
-from fer.constants import VA_RANGE
+from fer.cli import MIN_RESAMPLES
+from fer.constants import COLLAPSE_SHARE, VA_RANGE
+from fer.trust import progress as progress_of
 
 
 def softmax(logits):
@@ -201,6 +203,26 @@ def calibration(logits, y_true, bins=CALIBRATION_BINS):
     return out, notes
 
 
+def collapse(y_pred, class_names, share=COLLAPSE_SHARE):
+    """{"class", "share", "threshold"} when one class takes more than `share` of the predictions (a collapsed
+    model: it predicts (almost) one class whatever the image), else None."""
+    y_pred = np.asarray(y_pred)
+    if not len(y_pred):
+        return None
+    counts = np.bincount(y_pred, minlength=len(class_names))
+    top = int(counts.argmax())
+    top_share = float(counts[top] / len(y_pred))
+    if top_share <= share:
+        return None
+    return {"class": class_names[top], "share": top_share, "threshold": share}
+
+
+def collapse_text(c, what="images"):
+    """The warning line of a collapse() result."""
+    return (f"COLLAPSED: the model predicts {c['class']} for {c['share']:.0%} of the {what} (more than "
+            f"{c['threshold']:.0%}): it does not tell the expressions apart")
+
+
 def _or_none(x):
     x = float(x)
     return None if np.isnan(x) else x
@@ -240,6 +262,9 @@ def evaluate(logits, va_pred, y_true, va_true, class_names):
         out["rmse_combined"] = rmse(va_true[both], va_pred[both])["combined"]
     if not has.any():
         notes.append("no valence/arousal labels: classification-only report")
+    out["collapse"] = collapse(probs.argmax(1), list(class_names))
+    if out["collapse"]:
+        notes.insert(0, collapse_text(out["collapse"]))
     out["notes"] = notes
     return out
 
@@ -354,14 +379,18 @@ def _resampled_regression(idx, va_true, va_pred):
     return out
 
 
-def bootstrap_metrics(idx, logits, y_true, va_pred, va_true, class_names, block=4_000_000):
+def bootstrap_metrics(idx, logits, y_true, va_pred, va_true, class_names, block=4_000_000, progress=False):
     """Every metric of evaluate() on each row of idx: {"accuracy": (resamples,), "valence.ccc": ..., ...}.
-    Resamples are scored in blocks of about `block` drawn images, which bounds the memory on large sets."""
+    Resamples are scored in blocks of about `block` drawn images, which bounds the memory on large sets
+    (and, with progress, in at least 20 blocks, reported as fer.trust.progress does)."""
     probs, y_true = softmax(logits), np.asarray(y_true)
     has_va = va_true is not None and len(va_true) and not np.isnan(va_true).all()
     parts = []
     step = max(1, block // max(idx.shape[1], 1))
-    for start in range(0, max(len(idx), 1), step):
+    if progress:
+        step = min(step, max(1, -(-len(idx) // 20)))
+    starts = range(0, max(len(idx), 1), step)
+    for start in progress_of(starts, desc="bootstrap", unit="block", disable=not progress):
         part = idx[start:start + step]
         out = _resampled_classification(part, y_true, probs, class_names)
         if has_va:
@@ -371,10 +400,12 @@ def bootstrap_metrics(idx, logits, y_true, va_pred, va_true, class_names, block=
 
 
 def interval(values):
-    """([2.5th, 97.5th] percentile or None, resamples used) over the defined values."""
+    """([2.5th, 97.5th] percentile or None, resamples used) over the defined values. Trust rule 5: fewer
+    usable resamples than MIN_RESAMPLES (a metric undefined on most resamples of a tiny set) give no
+    interval: the 2.5th percentile of a handful of values is no 95 % interval."""
     ok = values[np.isfinite(values)]
-    if not len(ok):
-        return None, 0
+    if len(ok) < MIN_RESAMPLES:
+        return None, int(len(ok))
     lo, hi = np.percentile(ok, [2.5, 97.5])
     return [float(lo), float(hi)], int(len(ok))
 
@@ -407,7 +438,9 @@ def bootstrap_report(samples, resamples, seed):
     cis, used = {}, {}
     for key, values in samples.items():
         cis[key], used[key] = interval(values)
-    return {"ci95": nest(cis), "bootstrap": {"resamples": int(resamples), "seed": int(seed), "used": used}}
+    return {"ci95": nest(cis), "bootstrap": {"resamples": int(resamples), "seed": int(seed), "used": used,
+                                             "min_usable": MIN_RESAMPLES,
+                                             "no_interval": sorted(k for k, n in used.items() if n < MIN_RESAMPLES)}}
 
 
 def mcnemar(correct_a, correct_b):
@@ -451,3 +484,37 @@ def format_comparison(comp, name_a="A", name_b="B"):
     lines.append(f"McNemar's exact test (accuracy): {mc['a_only_correct']} images only A got right, "
                  f"{mc['b_only_correct']} only B; two-sided p = {mc['p_value']:.4g}")
     return "\n".join(lines)
+
+
+# --- calibrated confidence: a temperature fitted on one split, applied to another -----------------
+def bootstrap_ece(idx, probs, y_true, bins=CALIBRATION_BINS):
+    """The ECE of each resample (row of idx), as ece() computes it: one bincount per statistic over the
+    whole (resamples x n) matrix, so 1000 resamples of thousands of images take a fraction of a second."""
+    probs, y_true, idx = np.asarray(probs, np.float64), np.asarray(y_true), np.asarray(idx)
+    conf, correct = probs.max(1), (probs.argmax(1) == y_true).astype(np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    b, n = idx.shape
+    key = (np.arange(b)[:, None] * bins + which[idx]).ravel()
+    conf_sum = np.bincount(key, conf[idx].ravel(), minlength=b * bins).reshape(b, bins)
+    right_sum = np.bincount(key, correct[idx].ravel(), minlength=b * bins).reshape(b, bins)
+    return np.abs(right_sum - conf_sum).sum(1) / n  # sum_b n_b/n |acc_b - conf_b| = sum_b |right_b - conf_b| / n
+
+
+def calibration_summary(logits, y_true, idx=None, bins=CALIBRATION_BINS):
+    """ECE (with its bootstrap interval over the resamples idx, when given), NLL, Brier and the reliability
+    bins of softmax(logits)."""
+    probs = softmax(logits)
+    out = {"ece": ece(probs, y_true, bins), "nll": nll(logits, y_true), "brier": brier(probs, y_true),
+           "reliability": reliability(probs, y_true, bins)}
+    if idx is not None:
+        out["ece_ci95"] = interval(bootstrap_ece(idx, probs, y_true, bins))[0]
+    return out
+
+
+def temperature_scaling(logits, y_true, temperature, idx=None, bins=CALIBRATION_BINS):
+    """Calibration before and after dividing the logits by temperature: {"temperature", "before": {...},
+    "after": {...}} with calibration_summary's fields (the same resamples idx for both intervals)."""
+    logits = np.asarray(logits, np.float64)
+    return {"temperature": float(temperature), "before": calibration_summary(logits, y_true, idx, bins),
+            "after": calibration_summary(logits / temperature, y_true, idx, bins)}

@@ -22,7 +22,7 @@ from fer.data.faces import Cropper, check_template, make_detector
 from fer.data.transforms import build_transforms
 from fer.evaluation.metrics import clip_va, softmax
 from fer.inference.track import assign_tracks, plot_timeline, smooth, track_summary
-from fer.model.checkpoint import model_from_checkpoint
+from fer.model.checkpoint import model_from_checkpoint, temperature_mismatch, temperature_of
 from fer.model.forward import infer
 from fer.trust import FERError, check_device, check_input, check_not_inputs, check_replaceable, staged_outputs
 
@@ -36,7 +36,7 @@ BOX = ["face_x", "face_y", "face_w", "face_h"]
 DECIMALS = 4  # of probabilities and valence/arousal in the CSVs: finer digits are noise (float32, TTA, devices)
 ONE_LINE_EACH = 20  # up to this many images get a line each on the terminal; more get a summary table
 FIRST_COLUMNS = ["filename", "frame", "time_s", "face_index", "track_id", *BOX, "face_score", "rotation",
-                 *POINT_COLUMNS, "expression", "confidence"]
+                 *POINT_COLUMNS, "expression", "confidence", "probabilities"]
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -254,11 +254,24 @@ def produce(inputs, args, cropper, transform, out_q, stop, skipped, notes):
         put(WorkerFailed(inp, e))
 
 
+def probability_kind(meta, args):
+    """(temperature the logits are divided by, the `probabilities` column): the checkpoint's temperature
+    unless --raw or it was fitted on the other kind of output (with / without --tta), else 1 and "raw"."""
+    t = temperature_of(meta, args.checkpoint)
+    if t is None or args.raw:
+        return 1.0, "raw"
+    mismatch = temperature_mismatch(meta, args.tta)
+    if mismatch:
+        return 1.0, f"raw ({mismatch})"
+    return t, f"calibrated (T={t:.4f})"
+
+
 def predict(inputs, args, model, meta, device, cropper=None):
     """Rows (dicts, in input order) for every face, and (skipped, notes). Decoding and detection run
     in a thread; the model runs here on full batches."""
     class_names = meta["class_names"]
     va_trained = meta.get("heads_trained", {}).get("valence_arousal", True)  # untrained: columns left empty
+    temperature, which = probability_kind(meta, args)
     nan = float("nan")
     transform = build_transforms(False, meta["img_size"])
     out_q, stop, skipped, notes = queue.Queue(maxsize=args.prefetch), threading.Event(), [], []
@@ -273,12 +286,13 @@ def predict(inputs, args, model, meta, device, cropper=None):
             raise FERError(f"the model failed on a batch of {len(batch)} faces ({type(e).__name__}: "
                            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); try a smaller "
                            f"--batch_size") from None
-        probs, va = softmax(logits.cpu().numpy()), clip_va(va.cpu().numpy())
+        probs, va = softmax(logits.cpu().numpy() / temperature), clip_va(va.cpu().numpy())
         for (row, _), p, (v, a) in zip(batch, probs, va):
             k = int(p.argmax())
-            row.update(expression=class_names[k], confidence=float(p[k]),
+            row.update(expression=class_names[k], confidence=float(p[k]), probabilities=which,
                        **{f"prob_{n}": float(x) for n, x in zip(class_names, p)},
-                       valence=float(v) if va_trained else nan, arousal=float(a) if va_trained else nan)
+                       valence=float(v) if va_trained else nan, arousal=float(a) if va_trained else nan,
+                       **({"tta": args.tta} if args.tta else {}))  # test-time augmentation: recorded per row
 
     worker.start()
     try:
@@ -504,6 +518,10 @@ def run_prediction(args):
     n_videos = sum(inp.kind == "video" for inp in inputs)
     print(f"predicting {len(inputs)} file(s) ({len(inputs) - n_videos} image(s), {n_videos} video(s)) on {device}",
           flush=True)
+    print(f"probabilities: {probability_kind(meta, args)[1]}"
+          + (" (--raw: the checkpoint's temperature is not applied)" if args.raw and temperature_of(meta) else "")
+          + (" (the checkpoint records no temperature: eval_resnet50.py --calibrate fits one)"
+             if temperature_of(meta) is None else ""), flush=True)
     if not meta["heads_trained"]["valence_arousal"]:
         print("note: this checkpoint's valence/arousal head never trained (its training data had no valence/arousal "
               "labels): the valence and arousal columns are left empty")

@@ -5,6 +5,7 @@ dict), FER checkpoints with their metadata, and their fingerprints. Weight files
 import hashlib
 import pickle
 import re
+import resource
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch import nn
 from fer.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
 from fer.model.backbones import ARCHS, check_img_size
 from fer.model.net import INPUT_FORMATS, FERNet, unwrap
-from fer.trust import FERError, staged_outputs
+from fer.trust import FERError, one_line, staged_outputs
 
 CHECKPOINT_VERSION = 1
 
@@ -211,7 +212,14 @@ def save_checkpoint(obj, path, stage=None):
     if stage is None:
         with staged_outputs() as stage:
             return save_checkpoint(obj, path, stage)
-    torch.save(obj, stage(path))
+    try:
+        torch.save(obj, stage(path))
+    except RuntimeError as e:  # its C++ writer says only "unexpected pos ..." or "file write failed"
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit == resource.RLIM_INFINITY:
+            raise  # a full disk: staged_outputs names the file
+        raise CheckpointError(f"{path}: not written ({one_line(e)[:120]}): this process may write files of at most "
+                              f"{limit:,} bytes (ulimit -f); raise the limit") from None
 
 
 def checkpoint_payload(model, img_size, **extra):
@@ -351,6 +359,7 @@ def model_initialised_from(path, arch, class_names, say=print, img_size=None):
         head = (f"expression head re-initialised: its classes ({', '.join(meta['class_names'])}) differ from this "
                 f"run's ({', '.join(class_names)})")
     say(f"initialised from {path} (backbone, valence/arousal head; {head})")
+    model.init_fingerprint = weights_fingerprint(state)  # the run record groups runs by their starting weights
     return model
 
 
@@ -365,3 +374,41 @@ def weights_fingerprint(state_dict):
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
         h.update(t.reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+# --- calibration: the temperature in the checkpoint's metadata ----------------------------------
+def temperature_of(meta, path="checkpoint"):
+    """The temperature a checkpoint's metadata records (eval_resnet50.py --calibrate), or None when it
+    records none; a recorded value that is not a positive finite number is refused."""
+    cal = meta.get("calibration")
+    if cal is None:
+        return None
+    t = cal.get("temperature") if isinstance(cal, dict) else None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t) or t <= 0:
+        raise CheckpointError(f"{path}: field calibration.temperature = {t!r} is not a positive number")
+    return float(t)
+
+
+def temperature_mismatch(meta, tta):
+    """Why the checkpoint's temperature does not fit outputs made with (tta true) or without test-time
+    augmentation, or None: a temperature fitted on plain logits mis-scales the flip average's (less
+    confident) log-probabilities, and the reverse."""
+    cal = meta.get("calibration")
+    if not isinstance(cal, dict) or "temperature" not in cal:
+        return None
+    fitted_with = bool(cal.get("tta"))
+    if fitted_with == bool(tta):
+        return None
+    return f"the temperature was fitted {'with' if fitted_with else 'without'} --tta"
+
+
+def write_calibration(path, calibration, stage=None):
+    """Record calibration (a dict holding "temperature") in the checkpoint's metadata, keeping every
+    other field and the weights as they are. Written through a staged temporary file and renamed over
+    the checkpoint (with the stage's other files when given): an interrupted write leaves the old file."""
+    obj = read_weights(path)
+    if isinstance(obj, dict) and not isinstance(obj.get("model"), dict):  # a plain state dict of the original scripts
+        obj = {"model": obj}
+    obj = {**obj, "calibration": calibration}
+    temperature_of(obj, path)
+    save_checkpoint(obj, path, stage)

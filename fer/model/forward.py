@@ -1,12 +1,13 @@
 """Batched forward passes: autocast on CUDA, test-time mirroring, and prediction over a loader.
 """
+import math
 from contextlib import nullcontext
 
 import torch
-from tqdm import tqdm
 
 from fer.model.checkpoint import CheckpointError
 from fer.model.net import unwrap
+from fer.trust import progress as progress_of
 
 
 def check_outputs_finite(model, *outputs):
@@ -27,16 +28,20 @@ def autocast(device, amp_dtype):
 
 
 def infer(model, images, device, amp_dtype=None, tta=False):
-    """Logits and valence/arousal (float32) for a batch of normalised images; tta adds the mirror image."""
+    """Logits and valence/arousal (float32) for a batch of normalised images. tta ("flip", or True): the
+    probabilities of the image and its horizontal mirror averaged, returned as their log (logits whose
+    softmax is that average), and valence/arousal averaged; an image and its mirror then get the same."""
     device = torch.device(device)
     x = images.to(device, non_blocking=True)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast(device, amp_dtype):
         logits, va = model(x)
-        if tta:  # average with the mirrored face
+        if tta:  # average with the mirrored face: probabilities, not logits
             logits_f, va_f = model(x.flip(3))
-            logits, va = (logits + logits_f) / 2, (va + va_f) / 2
+            logits = torch.logsumexp(torch.stack([logits.float().log_softmax(1), logits_f.float().log_softmax(1)]),
+                                     0) - math.log(2)
+            va = (va + va_f) / 2
     if hasattr(unwrap(model), "source"):  # a loaded checkpoint (training checks its own validation outputs)
         check_outputs_finite(model, logits, va)
     return logits.float(), va.float()
@@ -50,7 +55,7 @@ def predict_batches(model, loader, device, amp_dtype=None, tta=False, progress=F
     """
     model.eval()
     out = {}
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+    for batch in progress_of(loader, desc=desc, unit="batch", disable=not progress):
         logits, va = infer(model, batch["image"], device, amp_dtype, tta)
         for k, v in (("logits", logits.cpu()), ("va", va.cpu()), *((k, batch[k]) for k in batch if k != "image")):
             out.setdefault(k, []).append(v)

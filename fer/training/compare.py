@@ -3,11 +3,14 @@
 The table: one row per run (best validation accuracy, macro F1, valence/arousal CCC at the best epoch,
 epochs, wall time, images/s); as columns only the flags and data fingerprints that differ between runs,
 the rest in one "same in all runs" line. Runs that differ only in --seed become one row: mean ± std over
-n. A record that cannot be read is named and skipped. The paired comparison: every metric of two
+n. A record that cannot be read is named and skipped. The plot: one figure per --metric, a line per row
+(replicate seeds: their mean with a min-max band), short labels from the differing flags, the legend
+outside the axes, integer epochs. The paired comparison: every metric of two
 prediction files of the same images, B - A with its bootstrap interval, McNemar's test for accuracy.
 """
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,14 +19,24 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fer.cli.compare import METRICS, outputs
+from fer.cli.compare import METRICS, RECORD_NAMES, outputs, plot_paths
 from fer.cli.train import with_defaults
 from fer.evaluation.metrics import bootstrap_indices, bootstrap_metrics, evaluate, format_comparison, paired_comparison
 from fer.model.checkpoint import read_weights
-from fer.trust import FERError, check_input, check_not_inputs, one_line, staged_outputs, write_text
+from fer.trust import (
+    FERError,
+    check_input,
+    check_not_inputs,
+    load_json,
+    one_line,
+    read_json,
+    read_regular_text,
+    staged_outputs,
+    write_text,
+)
 
 # Flags that name where a run's files go or how it was started: never what makes runs differ.
-NOT_COMPARED = ("save_path", "resume", "overwrite", "config", "tensorboard", "train_meta", "val_meta")
+NOT_COMPARED = ("save_path", "resume", "overwrite", "config", "tensorboard", "train_meta", "val_meta", "quiet")
 LOWER_IS_BETTER = ("wall_time_s",)
 
 
@@ -51,17 +64,14 @@ def read_record(path):
             raise FERError("no run record in this checkpoint (written by an older version?)")
         # The best checkpoint keeps the record of its own epoch; the record beside it is the whole run's.
         beside = Path(f"{path.with_suffix('')}_run.json")
-        try:
-            later = json.loads(beside.read_text()) if beside.is_file() else None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            later = None
+        later = read_json(beside, "run record", default={})
         if isinstance(later, dict) and later.get("started") == record.get("started"):
             record = later
     else:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FERError(f"not a readable run record ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        try:  # a FIFO named *_run.json: no hang; a JSON bomb: no RecursionError
+            record = load_json(read_regular_text(path, "PATH"), "run record")
+        except FERError as e:
+            raise FERError(f"not a readable run record ({str(e).split(': ', 1)[-1]})") from None
     if not isinstance(record, dict) or not isinstance(record.get("args"), dict) or not isinstance(record.get("best"), dict):
         raise FERError("not a run record (no args / best fields)")
     name = str(path.with_suffix(""))
@@ -96,12 +106,26 @@ def fingerprints(record, split):
 def settings(record):
     """What defines a run: its flags (but where files go) and the fingerprints of its data."""
     out = {k: v for k, v in record["args"].items() if k not in NOT_COMPARED}
+    start = record.get("init_from") if isinstance(record.get("init_from"), dict) else {}
+    if start.get("fingerprint"):  # --init_from by the weights it held, not by the path it was given as
+        out["init_from"] = f"weights {start['fingerprint'][:12]}"
     out["train data"], out["val data"] = fingerprints(record, "train"), fingerprints(record, "val")
     return out
 
 
+def best_on(record):
+    """The weights whose validation counts for a run ("raw" or "ema"): the record's best_on (its best epoch and
+    `best` are theirs), else its --best_on flag."""
+    return record.get("best_on") or record.get("args", {}).get("best_on") or "raw"
+
+
+def counted_raw(record):
+    """A record written before best_on was counted (--best_on ema, but `best` holds the raw weights')."""
+    return "best_on" not in record and record.get("args", {}).get("best_on") == "ema"
+
+
 def metric(record, key):
-    value = record["best"].get(METRICS[key]) if METRICS[key] else record.get(key)
+    value = record["best"].get(METRICS[key]) if METRICS[key] else record.get(RECORD_NAMES.get(key, key))
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -117,11 +141,14 @@ def shown(value):
 
 
 def group_runs(runs):
-    """Runs whose settings are equal but for --seed, in first-seen order."""
+    """Runs whose settings are equal but for --seed, and whose `best` holds the same weights' numbers (a record
+    from before best_on was counted holds the raw ones under --best_on ema: never averaged with the EMA numbers
+    of a newer replicate), in first-seen order."""
     groups = {}
     for run in runs:
-        s = settings(run["record"])
-        key = json.dumps({k: v for k, v in s.items() if k != "seed"}, sort_keys=True, default=str)
+        s = {k: v for k, v in settings(run["record"]).items() if k != "seed"}
+        s[" counted"] = "raw" if counted_raw(run["record"]) else best_on(run["record"])
+        key = json.dumps(s, sort_keys=True, default=str)
         groups.setdefault(key, []).append(run)
     return list(groups.values())
 
@@ -166,6 +193,12 @@ def build_table(runs):
             row[m] = float(np.mean(values))
             row[m + "_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
         rows.append(row)
+    old = [r["name"] for g in groups for r in g if counted_raw(r["record"])]
+    if old:
+        notes.append(f"{', '.join(old)}: recorded before --best_on ema was counted: its metrics are the raw "
+                     f"weights' at the raw weights' best epoch")
+    if any(best_on(r["record"]) == "ema" for g in groups for r in g):
+        notes.append("metrics are those of the weights each run's --best_on names (ema: the averaged weights)")
     for split in ("train", "val"):
         if f"{split} data" in differing:
             notes.append(f"the runs used different {split} data (fingerprints differ): their {split} results are "
@@ -184,7 +217,7 @@ def cell(row, m):
     value, std = row[m], row[m + "_std"]
     if value != value:
         return "n/a"
-    spec = {"epochs": ".1f" if std is not None else ".0f", "wall_time_s": ".0f", "img_per_s": ".1f"}.get(m, ".4f")
+    spec = {"epochs_run": ".1f" if std is not None else ".0f", "wall_time_s": ".0f", "img_per_s": ".1f"}.get(m, ".4f")
     return f"{value:{spec}}" + (f" ± {std:{spec}}" if std is not None else "")
 
 
@@ -215,14 +248,48 @@ def write_csv(path, rows, differing):
                         *(("" if v is None or v != v else v) for m in METRICS for v in (r[m], r[m + "_std"]))])
 
 
-def plot_curves(path, rows, differing):
-    """Validation accuracy and loss per epoch of every run, labelled by what differs. Returns notes."""
-    notes = []
-    fig = Figure(figsize=(12, 4.2))  # its own canvas: pyplot's backend and figures are left alone
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
+CURVE_TITLES = {"val_acc": "validation accuracy", "val_loss": "validation loss", "val_f1_macro": "validation macro F1",
+                "val_rmse": "validation RMSE (valence + arousal)", "val_ccc_valence": "validation CCC of valence",
+                "val_ccc_arousal": "validation CCC of arousal", "train_loss": "training loss",
+                "train_acc": "training accuracy", "lr": "learning rate"}
+LABEL_CHARS = 32  # the most characters of a legend label (before " (n=3)")
+BAND = "min\u2013max"  # what the band around a mean of replicate seeds spans
+
+
+def short_values(key, values):
+    """A differing flag's values as a legend shows them: fingerprints by 8 hex digits; otherwise without the
+    beginning they share when one is long (cut back to a / _ - . boundary: paths keep their last different part), then at
+    most 16 characters."""
+    texts = [shown(v) for v in values]
+    if key.endswith(" data"):
+        return [t[:8] for t in texts]
+    long = len(set(texts)) > 1 and max(map(len, texts)) > 16  # short values (numbers, names) stay whole
+    common = len(os.path.commonprefix(texts)) if long else 0
+    while common and texts[0][common - 1] not in "/\\_-.":
+        common -= 1
+    texts = [("\u2026" if common else "") + t[common:] for t in texts]
+    return [t if len(t) <= 16 else t[:15] + "\u2026" for t in texts]
+
+
+def short_labels(rows, differing):
+    """One legend label per row, from the flags that differ (the run's last two path parts when none
+    does), at most LABEL_CHARS characters, distinct."""
+    if differing:
+        columns = [short_values(k, [row[k] for row in rows]) for k in differing]
+        labels = [", ".join(f"{k}={col[i]}" for k, col in zip(differing, columns)) for i in range(len(rows))]
+    else:
+        labels = ["/".join(Path(row["runs"][0]["name"]).parts[-2:]) for row in rows]
+    labels = [label if len(label) <= LABEL_CHARS else label[:LABEL_CHARS - 1] + "\u2026" for label in labels]
+    for k, label in enumerate(labels):  # shortened into one another: numbered
+        if labels.count(label) > 1:
+            labels[k] = f"{label} #{k + 1}"
+    return labels
+
+
+def read_histories(rows):
+    """({run name: history DataFrame}, notes for the runs without a readable one)."""
+    found, notes = {}, []
     for row in rows:
-        label = ", ".join(f"{k}={shown(row[k])}" for k in differing) or row["name"]
         for run in row["runs"]:
             history = run["record"].get("outputs", {}).get("history")
             file = run["folder"] / history if history else None
@@ -231,24 +298,81 @@ def plot_curves(path, rows, differing):
                 continue
             try:
                 df = pd.read_csv(file)
-                curves = [(ax, df["epoch"], df[k]) for ax, k in zip(axes, ("val_acc", "val_loss"))]
+                df["epoch"] = pd.to_numeric(df["epoch"])
+                # val_*: the weights the run's --best_on counts; raw_val_*, ema_val_*: one set of weights
+                counted = best_on(run["record"])
+                for raw in [c for c in df.columns if c.startswith("val_")]:
+                    df["raw_" + raw] = df[raw]
+                    if counted == "ema" and "ema_" + raw in df:
+                        df[raw] = df["ema_" + raw]
             except Exception as e:  # a damaged CSV: named, not a traceback
                 notes.append(f"no curve for {run['name']}: {file} unreadable ({type(e).__name__})")
                 continue
-            seed = f", seed={run['record']['args'].get('seed')}" if row["n"] > 1 else ""
-            for ax, x, y in curves:
-                ax.plot(x, y, marker="o", ms=3, label=label + seed)
-    for ax, title in zip(axes, ("validation accuracy", "validation loss")):
-        ax.set(title=title, xlabel="epoch")
-        ax.grid(alpha=0.3)
-        if ax.lines:  # no curve at all: the notes say why; no empty legend (and its warning)
-            ax.legend(fontsize=7)
+            found[run["name"]] = df
+    return found, notes
+
+
+def replicate_curve(frames, metric):
+    """(epochs, mean, min, max, runs per epoch) over the replicate runs' histories that hold metric."""
+    series = [df.set_index("epoch")[metric].astype(float) for df in frames if metric in df.columns]
+    if not series:
+        return None
+    table = pd.concat(series, axis=1).sort_index()
+    return (table.index.to_numpy(), table.mean(axis=1).to_numpy(), table.min(axis=1).to_numpy(),
+            table.max(axis=1).to_numpy(),
+            table.notna().sum(axis=1).to_numpy())
+
+
+def curve_figure(rows, labels, histories, metric):
+    """One metric per epoch: a line per row (replicate seeds: their mean, with a min-max band where two or
+    more runs reached the epoch), the legend outside the axes, integer epochs. Returns (Figure, notes)."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(9, 4.5))  # its own canvas: pyplot's backend and figures are left alone
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    notes, banded = [], False
+    for k, (row, label) in enumerate(zip(rows, labels)):
+        frames = [histories[r["name"]] for r in row["runs"] if r["name"] in histories]
+        curve = replicate_curve(frames, metric)
+        if curve is None:
+            if frames:
+                notes.append(f"no {metric} in the history of {row['name']} (a run without that curve)")
+            continue
+        x, mean, lo, hi, count = curve
+        n = len([f for f in frames if metric in f.columns])
+        color = f"C{k % 10}"
+        ax.plot(x, mean, marker="o", ms=3, color=color, label=label + (f" (n={n})" if n > 1 else ""))
+        if n > 1:
+            two = count >= 2
+            ax.fill_between(x[two], lo[two], hi[two], color=color, alpha=0.2, lw=0)
+            banded = True
+    ax.set(title=CURVE_TITLES.get(metric, metric), xlabel="epoch", ylabel=metric)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.lines:  # no curve at all: the notes say why; no empty legend (and its warning)
+        title = f"mean of n seeds, band {BAND}" if banded else None
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=8, title=title,
+                  title_fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig, notes
+
+
+def plot_curves(paths, rows, differing):
+    """{metric: file}: one figure per metric (curve_figure), labelled by what differs. Returns notes."""
+    histories, notes = read_histories(rows)
+    labels = short_labels(rows, differing)
+    for metric, path in paths.items():
+        fig, more = curve_figure(rows, labels, histories, metric)
+        notes += more
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # the legend outside the axes kept in the file
     return notes
 
 
 # --- paired comparison of prediction files ------------------------------------------------------
+PROB_SUM_TOLERANCE = 0.01  # 8 probabilities rounded to 4 decimals are off by at most 0.0004
+
+
 def read_predictions(path):
     """(table indexed by filename, class names) of an eval_resnet50.py --save_predictions CSV."""
     check_input(path, "--predictions")
@@ -266,9 +390,21 @@ def read_predictions(path):
     if dup.any():
         raise FERError(f"--predictions {path}: {int(dup.sum())} file names occur twice (e.g. {df['filename'][dup].iloc[0]}); "
                        f"rows are matched by file name")
-    probs = df[[f"prob_{c}" for c in classes]].to_numpy(np.float64)
+    probs = df[[f"prob_{c}" for c in classes]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)  # 'x': NaN
     if not np.isfinite(probs).all() or not np.isin(df["y_true"], range(len(classes))).all():
         raise FERError(f"--predictions {path}: probabilities or y_true are not valid numbers")
+    bad = (probs < 0) | (probs > 1)
+    if bad.any():  # trust rule 5: no comparison computed from impossible probabilities
+        row, col = np.argwhere(bad)[0]
+        raise FERError(f"--predictions {path}: prob_{classes[col]} is {probs[row, col]:g} on row {row} "
+                       f"({df['filename'].iloc[row]}); probabilities lie in [0, 1]")
+    sums = probs.sum(1)
+    off = np.abs(sums - 1) > PROB_SUM_TOLERANCE
+    if off.any():  # trust rule 5: a row of class probabilities sums to 1 (the CSV's 4 decimals allow a little)
+        row = int(np.argmax(off))
+        raise FERError(f"--predictions {path}: the probabilities of row {row} ({df['filename'].iloc[row]}) sum to "
+                       f"{sums[row]:g}, not 1; not one model's class probabilities")
+    df[[f"prob_{c}" for c in classes]] = probs
     return df.set_index("filename"), classes
 
 
@@ -335,9 +471,10 @@ def compare(args):
             else:
                 Path(stage(args.out)).write_text(markdown_table(header, body) + "\n\nsame in all runs: "
                                                  + ", ".join(f"{k}={shown(v)}" for k, v in same.items()) + "\n")
-        if args.plot:
-            notes += plot_curves(stage(args.plot), rows, differing)
+        plots = plot_paths(args.plot, args.metric) if args.plot else {}
+        if plots:
+            notes += plot_curves({m: stage(path) for m, path in plots.items()}, rows, differing)
     for note in notes:
         print(f"note: {note}")
-    if args.out or args.plot:
-        print("wrote " + ", ".join(p for p in (args.out, args.plot) if p))
+    if args.out or plots:
+        print("wrote " + ", ".join([*([args.out] if args.out else []), *plots.values()]))

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from fer.constants import SAMPLING_POWERS
 from fer.trust import check_device
 
 
@@ -33,6 +34,19 @@ def gather_predictions(out, world):
     joined = {k: np.concatenate([p[k] for p in parts]) for k in out}
     _, first = np.unique(joined["index"], return_index=True)
     return {k: v[first] for k, v in joined.items()}
+
+
+def balanced_weights(labels, num_classes, kind="inverse"):
+    """Each sample's weight for the training sampler: n_c^-power of its class c (SAMPLING_POWERS[kind])."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return counts[labels] ** -SAMPLING_POWERS[kind]
+
+
+def class_frequencies(labels, num_classes, kind="inverse"):
+    """The share of draws each class gets under balanced_weights (0 for an absent class)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    mass = np.where(counts > 0, counts ** (1 - SAMPLING_POWERS[kind]), 0.0)
+    return mass / mass.sum()
 
 
 class TrainSampler(Sampler):

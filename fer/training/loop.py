@@ -26,26 +26,26 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from fer.cli.config import config_values
 from fer.cli.train import AMP_DTYPES, SCRIPT, TrainError, interrupted_message, output_paths, tensorboard_dir
-from fer.constants import CLASS_NAMES
+from fer.constants import CLASS_NAMES, COLLAPSE_SHARE, LABEL_SMOOTHING
 from fer.data.dataset import FERDataset, classes_in, counted_twice, data_record
 from fer.data.transforms import BatchMix
 from fer.evaluation import metrics as M
 from fer.model.backbones import FAMILIES
 from fer.model.forward import predict_batches
 from fer.model.net import param_groups, unwrap
-from fer.training.distributed import TrainSampler, gather_predictions, setup_distributed
+from fer.training.distributed import TrainSampler, balanced_weights, gather_predictions, setup_distributed
 from fer.training.outputs import save_epoch
-from fer.training.record import RunRecord, TensorBoardLog, command_line
+from fer.training.record import RunRecord, TensorBoardLog, chosen, command_line, now
+from fer.training.sam import SAM
 from fer.training.schedule import apply_freezing, make_scheduler, schedule_text, stage_label, train_mode, trainable_blocks
 from fer.training.start import build_model, check_resume, earlier_best, template_of
 from fer.trust import FERError, check_device, one_line
+from fer.trust import progress as progress_of
 
 REG_WEIGHT = 0.5
-LABEL_SMOOTHING = 0.1
 NONFINITE_CHECK_EVERY = 16  # steps between looks at the loss: one device sync each time, not every step
 
 
@@ -97,10 +97,11 @@ def class_weights(labels, num_classes=len(CLASS_NAMES)):
     return torch.tensor(w, dtype=torch.float32)
 
 
-def make_criterion(weights, device):
-    """Cross-entropy + REG_WEIGHT x MSE over the valence/arousal values that exist (NaN: the dataset has
-    none, e.g. RAF-DB), so classification-only and joint datasets train with the same loss."""
-    ce = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), label_smoothing=LABEL_SMOOTHING)
+def make_criterion(weights, device, label_smoothing=LABEL_SMOOTHING):
+    """Cross-entropy (label_smoothing: --label_smoothing) + REG_WEIGHT x MSE over the valence/arousal values
+    that exist (NaN: the dataset has none, e.g. RAF-DB), so classification-only and joint datasets train
+    with the same loss."""
+    ce = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), label_smoothing=label_smoothing)
 
     def criterion(logits, va, y_cls, y_reg):
         has = ~torch.isnan(y_reg)  # no .any() here: that would sync the device every step
@@ -119,11 +120,16 @@ def make_ema(model, decay):
 
 
 # --- one epoch ----------------------------------------------------------------------------------
-def train_step(model, x, y_cls, y_reg, optimizer, scaler, criterion, amp_dtype=None):
-    """Forward under autocast (amp_dtype None: float32), loss in float32, scaled backward, step."""
-    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits, va = model(x)
-    loss = criterion(logits.float(), va.float(), y_cls, y_reg)
+def train_step(model, x, y_cls, y_reg, optimizer, scaler, criterion, amp_dtype=None, sam=None):
+    """Forward under autocast (amp_dtype None: float32), loss in float32, scaled backward, step.
+    sam: a fer.training.sam.SAM, which makes the step two forward/backward passes (--sam)."""
+    def forward():
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits, va = model(x)
+        return criterion(logits.float(), va.float(), y_cls, y_reg), logits
+    if sam is not None:
+        return sam.step(forward, model, scaler)
+    loss, logits = forward()
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -144,15 +150,17 @@ def stop_if_nonfinite(first_bad, epoch, amp_dtype, lr):
 
 
 def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dtype, steps, show, epoch=0,
-                    step_losses=None, ema=None, mix=None):
+                    step_losses=None, ema=None, mix=None, scheduler=None, sam=None):
     """Returns mean loss, accuracy, images/s and the share of wall time spent waiting for data.
     Stops with a TrainError at the first non-finite loss. step_losses: a list that receives each step's
     loss as a device scalar (read once after the epoch, for TensorBoard); ema: updated after every step;
-    mix: a BatchMix applied to every batch (accuracy is counted on the unmixed labels)."""
+    mix: a BatchMix applied to every batch (accuracy is counted on the unmixed labels); scheduler: stepped
+    after every optimizer step (fer.training.schedule.StepSchedule); sam: see train_step."""
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n: one sync per epoch
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
     wait, start = 0.0, time.perf_counter()
-    bar = tqdm(total=steps or len(loader), desc="train", unit="batch", disable=not show, leave=False)
+    bar = progress_of(total=min(steps or len(loader), len(loader)), desc=f"epoch {epoch + 1} train", unit="batch",
+                      disable=not show)
     end = start
     for step, batch in enumerate(loader):
         if steps is not None and step >= steps:
@@ -164,7 +172,9 @@ def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dty
         y_cls = batch["y_cls"].to(device, non_blocking=True)
         y_reg = batch["y_reg"].to(device, non_blocking=True)
         x, target, y_reg = mix(x, y_cls, y_reg) if mix else (x, y_cls, y_reg)
-        loss, logits = train_step(model, x, target, y_reg, optimizer, scaler, criterion, amp_dtype)
+        loss, logits = train_step(model, x, target, y_reg, optimizer, scaler, criterion, amp_dtype, sam)
+        if scheduler is not None:
+            scheduler.step()
         if ema is not None:
             ema.update_parameters(unwrap(model))
         with torch.no_grad():
@@ -188,8 +198,9 @@ def train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_dty
             "img_per_s": n / elapsed, "data_wait": wait / elapsed}
 
 
-def validate(model, loader, criterion, device, amp_dtype, world, show):
-    """Loss, accuracy, macro F1, valence/arousal RMSE and CCC over the validation set (every rank's share)."""
+def validate(model, loader, criterion, device, amp_dtype, world, show, class_names=CLASS_NAMES):
+    """Loss, accuracy, macro F1, valence/arousal RMSE and CCC over the validation set (every rank's share), and
+    the class predicted most and its share of the predictions (above COLLAPSE_SHARE: a collapsed model)."""
     out = gather_predictions(predict_batches(model, loader, device, amp_dtype, progress=show, desc="val"), world)
     if not (np.isfinite(out["logits"]).all() and np.isfinite(out["va"]).all()):
         raise TrainError("validation predictions are not finite: the weights diverged; nothing of this epoch was saved")
@@ -202,7 +213,9 @@ def validate(model, loader, criterion, device, amp_dtype, world, show):
     ccc = [M.ccc(out["y_reg"][has_va, k].astype(np.float64),
                  M.clip_va(out["va"][has_va, k].astype(np.float64))) if has_va.any() else None
            for k in (0, 1)]
+    top = np.bincount(out["logits"].argmax(1), minlength=out["logits"].shape[1])
     return {"val_loss": loss, "val_acc": M.accuracy(out["y_cls"], out["logits"].argmax(1)),
+            "val_top_class": class_names[int(top.argmax())], "val_top_share": float(top.max() / max(1, top.sum())),
             "val_f1_macro": M.f1_macro(out["y_cls"], out["logits"].argmax(1)),
             "val_rmse": rmse["combined"], "val_rmse_valence": rmse["valence"], "val_rmse_arousal": rmse["arousal"],
             "val_ccc_valence": float("nan") if ccc[0] is None else ccc[0],
@@ -214,8 +227,8 @@ def make_loaders(args, train_ds, val_ds, rank, world, cuda):
     """(train loader, val loader, train sampler, the loss's class weights or None, loader workers)."""
     use_class_weights = not args.balanced_sampling or args.keep_class_weights
     weights = class_weights(train_ds.labels, len(train_ds.classes)) if use_class_weights else None
-    counts = np.bincount(train_ds.labels, minlength=len(train_ds.classes))
-    sample_weights = 1.0 / counts[train_ds.labels] if args.balanced_sampling else None
+    sample_weights = balanced_weights(train_ds.labels, len(train_ds.classes), args.sampling_weights) \
+        if args.balanced_sampling else None
     workers = args.num_workers
     if workers is None:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -231,9 +244,34 @@ def make_loaders(args, train_ds, val_ds, rank, world, cuda):
 
 
 # --- the run ------------------------------------------------------------------------------------
-def train(args, rank=0, world=1, device=None, command=None):
+def extend_or_stop(args, resumed, state, paths, say):
+    """A resumed run: {} to continue as planned; for a larger --epochs than the run had, what was extended
+    (the schedule is re-planned over the new epochs by fer.training.schedule.StepSchedule, and an early stop
+    is lifted); None when the run is complete and nothing is to do, with the commands that continue it."""
+    old = int(resumed["args"].get("epochs", args.epochs))
+    done, stopped = state["epoch"], state["stopped"]
+    if args.epochs > old:
+        say(f"--epochs {args.epochs}: extends the run's {old} epochs after epoch {done}"
+            + (" (its early stop is lifted)" if stopped else "")
+            + "; the cosine learning-rate schedule is re-planned to end at the new last epoch")
+        state["stopped"], state["bad_epochs"] = False, 0
+        return {"at_epoch": done, "epochs_from": old, "epochs_to": args.epochs, "early_stop_lifted": bool(stopped),
+                "started": now()}
+    if not (stopped or done >= args.epochs):
+        return {}
+    why = f"stopped early after epoch {done}" if stopped else f"all {done} epochs done"
+    say(f"that run is complete ({why}); nothing to do. To train it further: --resume {args.resume} --epochs "
+        f"{max(args.epochs, done) * 2} (more epochs; the schedule is re-planned), or start a new run from its "
+        f"best weights: --init_from {paths['best']} --save_path NEW.pth")
+    return None
+
+
+def train(args, rank=0, world=1, device=None, command=None, on_epoch=None):
     """Train as args say (fer.cli.train.get_args; its preflight() checks the paths first), writing every
-    epoch's outputs on rank 0. device: None for args.device; command: the command line to record."""
+    epoch's outputs on rank 0. device: None for args.device; command: the command line to record.
+    on_epoch: called as on_epoch(row, state) after each epoch is saved (row: the epoch's history row, state:
+    the training state), e.g. a sweep's pruning; an exception it raises ends the run there (the epochs
+    saved so far stay, as after Ctrl-C)."""
     device = check_device(args.device) if device is None else device
     say = Say(rank == 0)
     paths = output_paths(args.save_path)
@@ -254,9 +292,9 @@ def train(args, rank=0, world=1, device=None, command=None):
     template = template_of(args, say)
     align = template if args.align == "template" else None
     train_ds = FERDataset(args.train_meta, train=True, size=args.img_size, root=args.root, classes=class_names,
-                          verbose=rank == 0, template=align)
+                          verbose=rank == 0, template=align, allow_outside_root=getattr(args, "allow_outside_root", False))
     val_ds = FERDataset(args.val_meta, train=False, size=args.img_size, root=args.root, classes=class_names,
-                        verbose=rank == 0, template=align)
+                        verbose=rank == 0, template=align, allow_outside_root=getattr(args, "allow_outside_root", False))
     counted_twice(args.train_meta + args.val_meta, train_ds.faces(), val_ds.faces(),
                   "in both training (--train_meta) and validation (--val_meta)")
     if align is not None:
@@ -281,11 +319,13 @@ def train(args, rank=0, world=1, device=None, command=None):
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, args.lr, args.layer_decay), lr=args.lr,
                                   weight_decay=args.weight_decay)
-    scheduler = make_scheduler(optimizer, args.epochs, args.warmup_epochs)
+    steps_per_epoch = min(len(train_loader), args.steps_per_epoch or len(train_loader))
+    scheduler = make_scheduler(optimizer, args.epochs, args.warmup_epochs, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    criterion = make_criterion(weights, device)
+    criterion = make_criterion(weights, device, args.label_smoothing)
     ema = make_ema(model, args.ema) if args.ema else None
     mix = BatchMix(len(class_names), args.mixup, args.cutmix) if args.mixup or args.cutmix else None
+    sam = SAM(optimizer, args.sam, adaptive=args.asam) if args.sam else None
     state = {"epoch": 0, "best_acc": -1.0, "best_rmse": math.inf, "bad_epochs": 0, "stopped": False, "history": [],
              "steps": 0}
     if resumed:
@@ -297,19 +337,24 @@ def train(args, rank=0, world=1, device=None, command=None):
             ema.load_state_dict(resumed["ema"])
         state = resumed["train_state"]
         say(f"resumed from {args.resume} after epoch {state['epoch']}")
-        if state["stopped"] or state["epoch"] >= args.epochs:
-            say("that run is already complete; nothing to do")
+        extension = extend_or_stop(args, resumed, state, paths, say)
+        if extension is None:
             return
     run = RunRecord(args, command or command_line(SCRIPT), device, world, precision,
                     {"train": data_record(train_ds), "val": data_record(val_ds)},
                     {k: paths[k].name for k in ("best", "last", "history", "curves", "config")},
                     previous=resumed.get("run") if resumed else None)
     run.record["given"] = config_values(args)  # the flags given, as <stem>_config.yaml holds them
+    if args.init_from and not resumed:  # the starting weights by content: a copy elsewhere is the same start
+        run.record["init_from"] = {"path": os.path.realpath(args.init_from),
+                                   "fingerprint": getattr(model, "init_fingerprint", None)}
+    if resumed and extension:
+        run.record.setdefault("extensions", []).append(extension)
     tb_dir = tensorboard_dir(args)
     run.record["outputs"]["tensorboard"] = None if tb_dir is None else os.path.relpath(tb_dir, paths["run"].parent)
     tensorboard = TensorBoardLog(tb_dir if rank == 0 else None, purge_step=state.setdefault("steps", 0))
 
-    show = rank == 0 and sys.stderr.isatty()
+    show = rank == 0  # a bar on a terminal, plain lines in a log (fer.trust.progress); none with --quiet
     plan = schedule_text(args.epochs, args.freeze_epochs, args.unfreeze_all_at, FAMILIES[args.arch].stages)
     say(f"schedule: {plan} "
         f"(--freeze_epochs {args.freeze_epochs}, --unfreeze_all_at {args.unfreeze_all_at or 'none'})")
@@ -318,6 +363,7 @@ def train(args, rank=0, world=1, device=None, command=None):
     train_model, stage = None, "unset"
     for epoch in range(state["epoch"], args.epochs):
         t0 = time.time()
+        lr = optimizer.param_groups[0]["lr"]  # at the epoch's first step (the schedule steps every step)
         blocks = trainable_blocks(epoch, args.freeze_epochs, args.unfreeze_all_at, FAMILIES[args.arch].stages)
         if blocks != stage:  # requires_grad changed: DDP must be rebuilt to see the new set
             stage, frozen = blocks, apply_freezing(model, blocks)
@@ -330,13 +376,11 @@ def train(args, rank=0, world=1, device=None, command=None):
         train_mode(model, frozen)
         step_losses = []
         stats = train_one_epoch(train_model, train_loader, optimizer, scaler, criterion, device, amp_dtype,
-                                args.steps_per_epoch, show, epoch, step_losses, ema, mix)
-        stats.update(validate(model, val_loader, criterion, device, amp_dtype, world, show))
+                                args.steps_per_epoch, show, epoch, step_losses, ema, mix, scheduler, sam)
+        stats.update(validate(model, val_loader, criterion, device, amp_dtype, world, show, class_names))
         if ema is not None:
             stats.update({f"ema_{k}": v for k, v in validate(ema.module, val_loader, criterion, device, amp_dtype,
-                                                              world, show).items()})
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+                                                              world, show, class_names).items()})
 
         key = "ema_val" if args.best_on == "ema" else "val"  # the weights that pick the best checkpoint
         better_acc = stats[f"{key}_acc"] > state["best_acc"]
@@ -364,15 +408,24 @@ def train(args, rank=0, world=1, device=None, command=None):
             + (f"EMA acc {stats['ema_val_acc']:.4f} rmse {fmt(stats['ema_val_rmse'])} | " if ema is not None else "")
             + f"{stats['img_per_s']:.0f} img/s, data wait {100 * stats['data_wait']:.0f}% | {precision} | "
             f"{row['time_s']:.0f}s"
-            f"{' | best, saved' if better_acc else ''}")
+            f"{(' | best' + (' (EMA)' if args.best_on == 'ema' else '') + ', saved') if better_acc else ''}")
+        counted = chosen(row, args.best_on)
+        if counted["val_top_share"] > COLLAPSE_SHARE:
+            say("warning: " + M.collapse_text({"class": counted["val_top_class"], "share": counted["val_top_share"],
+                                               "threshold": COLLAPSE_SHARE}, "validation images"))
+        if on_epoch is not None:
+            on_epoch(row, state)
         if state["stopped"]:
             say(f"early stopping: neither validation accuracy nor RMSE improved for {args.patience} epochs")
             break
     tensorboard.finish(run.record)
-    say(f"best validation accuracy{' (EMA weights)' if args.best_on == 'ema' else ''} {state['best_acc']:.4f}; "
+    say(f"best validation accuracy{' (EMA weights, --best_on ema)' if args.best_on == 'ema' else ''} "
+        f"{state['best_acc']:.4f} at epoch {run.record.get('best_epoch')}; "
         f"checkpoint {paths['best']}, history {paths['history']}, "
         f"curves {paths['curves']}, run record {paths['run']}, config {paths['config']}"
         + (f", TensorBoard {tb_dir}" if tb_dir is not None else ""))
+    if run.record.get("collapse"):
+        say("warning: the best epoch's model is collapsed: " + M.collapse_text(run.record["collapse"], "validation images"))
 
 
 def run_command(args, argv=None, script=SCRIPT):

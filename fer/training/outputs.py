@@ -10,7 +10,7 @@ from matplotlib.ticker import MaxNLocator
 
 from fer.cli.config import write_config
 from fer.model.checkpoint import checkpoint_payload, save_checkpoint
-from fer.training.record import write_json
+from fer.training.record import chosen, write_json
 from fer.trust import staged_outputs
 
 
@@ -49,9 +49,12 @@ def save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler,
     fields: what every checkpoint records besides the weights (run record, heads trained, crop template).
     The best checkpoint holds the weights --best_on chose; the last one both, to resume. carried_best: an
     earlier best checkpoint (a resume into another --save_path), copied when this epoch is not better.
-    The checkpoints' args are the resolved flags; the config holds the flags given (fer.cli.config)."""
-    meta = dict(epoch=row["epoch"], metrics={k: v for k, v in row.items() if k.startswith(("val", "ema_val"))},
-                args=vars(args), **fields)
+    The checkpoints' args are the resolved flags; the config holds the flags given (fer.cli.config).
+    Their `metrics` are those of the weights --best_on names (`best_on`), which the best checkpoint holds;
+    with --ema, `metrics_raw` and `metrics_ema` hold both."""
+    meta = dict(epoch=row["epoch"], metrics=chosen(row, args.best_on), best_on=args.best_on, args=vars(args), **fields)
+    if ema is not None:
+        meta.update(metrics_raw=chosen(row, "raw"), metrics_ema=chosen(row, "ema"))
     with staged_outputs() as stage:
         write_json(fields["run"], stage(paths["run"]))
         write_config(args, stage(paths["config"]))

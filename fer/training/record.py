@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fer.constants import COLLAPSE_SHARE
+from fer.data.leakage import card_records
 from fer.model.checkpoint import weights_fingerprint
 from fer.trust import FERError
 
@@ -97,7 +99,8 @@ class RunRecord:
             self.record["sessions"] = previous.get("sessions", []) + [session]
             self.record["outputs"] = outputs  # a resume into another --save_path names its own files
             self.record.update(args=dict(vars(args)), git=git_state(), versions=versions(),
-                               device=device_record(device, world), world_size=world, precision=precision)
+                               device=device_record(device, world), world_size=world, precision=precision,
+                               protocol_card=protocol_cards(data))
             return
         self.earlier_wall = 0.0
         self.record = {
@@ -105,23 +108,45 @@ class RunRecord:
             "wall_time_s": 0.0, "epochs": 0, "best_epoch": None, "best": {}, "img_per_s": None,
             "git": git_state(), "versions": versions(), "device": device_record(device, world), "world_size": world,
             "precision": precision, "data": data, "outputs": outputs, "checkpoint_fingerprint": None,
-            "sessions": [session]}
+            "sessions": [session], "protocol_card": protocol_cards(data)}
 
     def update(self, state, best_weights=None):
-        """After an epoch: times, best epoch and its validation metrics, mean images/s."""
+        """After an epoch: times, best epoch and its validation metrics, mean images/s. The best epoch and
+        `best` are those of the weights --best_on names (`best_on`), as training picks them; with --ema
+        `best_raw` / `best_ema` hold both weights' metrics at that epoch."""
         history = state["history"]
-        best = max(history, key=lambda h: h["val_acc"])  # the first of equals, as training keeps it
+        best_on = self.record["args"].get("best_on") or "raw"
+        best = max(history, key=lambda h: chosen(h, best_on).get("val_acc", -1.0))  # the first of equals, as training
         r = self.record
         r["ended"] = r["sessions"][-1]["ended"] = now()
         r["wall_time_s"] = self.earlier_wall + time.time() - self.session_start
         r["epochs"] = state["epoch"]
         r["best_epoch"] = best["epoch"]
-        r["best"] = {k: v for k, v in best.items() if k.startswith("val")}
+        r["best_on"] = best_on
+        r["best"] = chosen(best, best_on)
+        if any(k.startswith("ema_val") for k in best):
+            r["best_raw"], r["best_ema"] = chosen(best, "raw"), chosen(best, "ema")
+        share = r["best"].get("val_top_share")  # one class takes (almost) every prediction: a collapsed model
+        r["collapse"] = {"class": r["best"].get("val_top_class"), "share": share, "threshold": COLLAPSE_SHARE,
+                         "epoch": best["epoch"]} if share is not None and share > COLLAPSE_SHARE else None
         r["img_per_s"] = float(np.mean([h["img_per_s"] for h in history]))
         r["stopped_early"] = bool(state.get("stopped"))
         if best_weights is not None:
             r["checkpoint_fingerprint"] = weights_fingerprint(best_weights)
         return r
+
+
+def chosen(row, best_on):
+    """The validation metrics of one epoch (a history row) of the weights best_on names ("raw" or "ema"), as
+    val_* keys: the numbers that count for that run (best epoch, checkpoint, console, compare_runs.py)."""
+    prefix = "ema_val" if best_on == "ema" else "val"
+    return {k[len(prefix) - 3:]: v for k, v in row.items() if k.startswith(prefix)}
+
+
+def protocol_cards(data):
+    """{split: the protocol card beside each index file (fingerprint, rows, duplicates across splits)}: the
+    index's leakage guard, copied into the run record (fer.data.leakage)."""
+    return {split: card_records([d["path"] for d in records]) for split, records in data.items()}
 
 
 def run_record_path(save_path):
@@ -174,7 +199,10 @@ class TensorBoardLog:
                          ("val_acc", "accuracy/val"), ("val_f1_macro", "f1_macro/val"), ("val_rmse", "rmse/val"),
                          ("val_rmse_valence", "rmse/val_valence"), ("val_rmse_arousal", "rmse/val_arousal"),
                          ("val_ccc_valence", "ccc/val_valence"), ("val_ccc_arousal", "ccc/val_arousal"),
-                         ("img_per_s", "speed/img_per_s"), ("data_wait", "speed/data_wait_share")):
+                         ("img_per_s", "speed/img_per_s"), ("data_wait", "speed/data_wait_share"),
+                         ("ema_val_loss", "loss/val_ema"), ("ema_val_acc", "accuracy/val_ema"),
+                         ("ema_val_f1_macro", "f1_macro/val_ema"), ("ema_val_rmse", "rmse/val_ema"),
+                         ("ema_val_ccc_valence", "ccc/val_ema_valence"), ("ema_val_ccc_arousal", "ccc/val_ema_arousal")):
             if key in row and row[key] == row[key]:  # NaN (no valence/arousal labels) is left out
                 w.add_scalar(tag, row[key], epoch)
         w.flush()

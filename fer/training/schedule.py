@@ -4,7 +4,7 @@ learning rate (linear warm-up, then cosine annealing).
 Epochs are 0-based in code and numbered from 1 where printed: epochs 1..freeze_epochs train the
 backbone's last stage, later epochs its last two, and from epoch unfreeze_all_at on everything trains.
 """
-import torch
+import math
 
 from fer.model.backbones import FAMILIES
 from fer.model.net import freeze_backbone
@@ -52,10 +52,59 @@ def train_mode(model, frozen):
         m.eval()
 
 
-def make_scheduler(optimizer, epochs, warmup_epochs):
-    """Cosine annealing over the epochs, after --warmup_epochs of linear warm-up from lr/(N+1)."""
-    if not warmup_epochs:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 1 / (warmup_epochs + 1), total_iters=warmup_epochs)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs - warmup_epochs)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_epochs])
+def lr_factor(step, total_steps, warmup_steps, start):
+    """The learning rate of a step as a share of --lr: linear warm-up from `start` over warmup_steps, then
+    cosine annealing to 0 over the remaining steps."""
+    if step < warmup_steps:
+        return start + (1 - start) * step / warmup_steps
+    rest = max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(step - warmup_steps, rest) / rest))
+
+
+class StepSchedule:
+    """The learning rate set at every optimizer step (not once per epoch): --warmup_epochs of linear warm-up
+    from lr/(N+1), then cosine annealing to 0 at the last step of --epochs. The plan is a function of the
+    step, so a resume continues it exactly, and a resume with a larger --epochs plans the rest of the run
+    again (a warm restart: the cosine goes on from where the new plan puts the step). state_dict() holds the
+    step and the base learning rates; a state of an older run, stepped once per epoch (torch's schedulers:
+    last_epoch), is taken at the first step of its next epoch."""
+
+    def __init__(self, optimizer, epochs, steps_per_epoch, warmup_epochs=0):
+        self.optimizer, self.step_count = optimizer, 0
+        self.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        self.epochs, self.steps_per_epoch, self.warmup_epochs = epochs, steps_per_epoch, warmup_epochs
+        self._apply()
+
+    def factor(self):
+        return lr_factor(self.step_count, self.epochs * self.steps_per_epoch, self.warmup_epochs * self.steps_per_epoch,
+                         1 / (self.warmup_epochs + 1))
+
+    def _apply(self):
+        f = self.factor()
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * f
+
+    def step(self):
+        self.step_count += 1
+        self._apply()
+
+    def state_dict(self):
+        return {"kind": "per_step", "step": self.step_count, "base_lrs": list(self.base_lrs), "epochs": self.epochs,
+                "steps_per_epoch": self.steps_per_epoch, "warmup_epochs": self.warmup_epochs}
+
+    def load_state_dict(self, state):
+        if state.get("kind") == "per_step":
+            # A resume starts at an epoch boundary: its position is the epochs done, counted in this run's steps
+            # (another number of processes, e.g. 2 GPUs resumed on 1, gives each epoch another number of steps).
+            saved = int(state.get("steps_per_epoch") or self.steps_per_epoch)
+            self.step_count = int(state["step"]) * self.steps_per_epoch // max(saved, 1)
+            self.base_lrs = list(state["base_lrs"])
+        else:  # torch's per-epoch scheduler of an older run: last_epoch epochs done
+            self.step_count = int(state.get("last_epoch", 0)) * self.steps_per_epoch
+            self.base_lrs = list(state.get("base_lrs", self.base_lrs))
+        self._apply()
+
+
+def make_scheduler(optimizer, epochs, warmup_epochs, steps_per_epoch=1):
+    """The learning-rate schedule (StepSchedule): step() after every optimizer step."""
+    return StepSchedule(optimizer, epochs, steps_per_epoch, warmup_epochs)

@@ -2,7 +2,6 @@
 training state it resumes, and the crop template its checkpoints record.
 """
 import os
-import sys
 from pathlib import Path
 
 from fer.cli.train import DEFAULT_VGGFACE2, RESUMABLE_CHANGES, TrainError, output_paths, with_defaults
@@ -89,7 +88,8 @@ def check_resume(ckpt_path, args, class_names):
                          f"{class_names}")
     old = with_defaults(ckpt["args"])  # a flag newer than the run counts as its default
     changed = [f"--{k} {old.get(k)} -> {v}" for k, v in vars(args).items()
-               if k not in RESUMABLE_CHANGES and old.get(k) != v]
+               if k not in RESUMABLE_CHANGES and old.get(k) != v
+               and not (k == "epochs" and isinstance(old.get(k), int) and v > old[k])]  # more epochs: an extension
     if changed:
         raise TrainError(f"{ckpt_path}: resuming would change the run ({'; '.join(changed)}); resume with the "
                          f"original flags, or start a new run with another --save_path")
@@ -121,7 +121,7 @@ def earlier_best(args, ckpt):
 def template_of(args, say):
     """The checkpoint's crop_template: where the five landmarks sit on average in the training crops
     (predict.py warps detected faces onto it), or None when the training index has no landmarks."""
-    template, n = crop_template(args.train_meta, root=args.root, progress=say.enabled and sys.stderr.isatty())
+    template, n = crop_template(args.train_meta, root=args.root, progress=say.enabled)
     if template is None:
         if args.align == "template":
             raise TrainError(f"--align template: no landmarks in {', '.join(args.train_meta)}; add five per image "

@@ -4,6 +4,7 @@ moved dataset, face boxes, the crop template, row fingerprints, rows counted twi
 The hostile cases (from the trust passes) each failed on the code before their fix: they check the exit
 code, the one line that names the file or flag (no traceback), and that earlier outputs are unchanged.
 """
+import os
 import shutil
 
 import cv2
@@ -20,6 +21,7 @@ from fer.data import index as mp
 from fer.data.dataset import FERDataError, FERDataset, crop_template, data_record, images_dir_of, integer_labels, load_image
 from fer.data.faces import five_from_68, warp
 from fer.data.transforms import build_transforms
+from fer.trust import FERError
 
 
 # --- dataset and transforms ---------------------------------------------------------------------
@@ -248,3 +250,46 @@ def test_a_missing_label_in_a_nullable_int_column_is_a_dropped_row(demo, tmp_pat
     ds = FERDataset(tmp_path / "m.parquet", train=False, size=32, verbose=False)
     assert len(ds) == len(df) - 1 and ds.dropped == {"labels that are not whole numbers": 1}
     assert df["filename"].iloc[0] not in ds.filenames
+
+
+# --- trust rule 1 (issue 25) at loading: training, evaluation, FER_transform read inside the root only ----
+def _index_with_row(demo, tmp_path, name):
+    df = pd.read_parquet(demo["val"])
+    df.loc[0, "filename"] = name
+    out = tmp_path / "metadata_val.parquet"
+    index.write_parquet(df, out)
+    return out
+
+
+@pytest.mark.parametrize("how", ["absolute", "climbs", "link"])
+def test_rule1_rows_outside_the_root_are_refused_at_loading(demo, tmp_path, how):
+    secret = tmp_path / "private.jpg"
+    shutil.copyfile(next((demo["root"] / "images").iterdir()), secret)
+    name = {"absolute": str(secret), "climbs": os.path.relpath(secret, demo["root"] / "images"),
+            "link": "link_out.jpg"}[how]
+    if how == "link":
+        (demo["root"] / "images" / "link_out.jpg").symlink_to(secret)
+    try:
+        meta = _index_with_row(demo, tmp_path, name)
+        with pytest.raises(FERError, match=r"row 0 .*outside the dataset root"):
+            FERDataset(meta, train=False, size=32, verbose=False)
+        ds = FERDataset(meta, train=False, size=32, verbose=False, allow_outside_root=True)
+        assert ds.paths[0] == str(secret)
+        r = run_here("FER_transform.py", "--meta", meta, "--out", tmp_path / "g.png", "--n", 2)
+        one_error_line(r, "outside the dataset root", "--allow_outside_root")
+        assert not (tmp_path / "g.png").exists()
+    finally:
+        (demo["root"] / "images" / "link_out.jpg").unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_rule1_training_and_evaluation_refuse_an_index_reaching_outside(demo, trained, tmp_path):
+    secret = tmp_path / "private.jpg"
+    shutil.copyfile(next((demo["root"] / "images").iterdir()), secret)
+    meta = _index_with_row(demo, tmp_path, str(secret))
+    r = run_here("eval_resnet50.py", "--checkpoint", trained, "--meta", meta, "--out_dir", tmp_path / "ev")
+    one_error_line(r, "row 0", "outside the dataset root")
+    r = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path / "t", "--val_meta", meta,
+                                                          "--save_path", tmp_path / "t" / "m.pth"))
+    one_error_line(r, "row 0", "outside the dataset root")
+    assert not (tmp_path / "t" / "m.pth").exists()

@@ -14,6 +14,7 @@ import make_demo_data as demo_script
 from fer.cli import run_main
 from fer.data import demo as make_demo_data
 from fer.data.dataset import load_image
+from fer.trust import FERError
 
 
 # --- demo generator -----------------------------------------------------------------------------
@@ -132,6 +133,7 @@ def test_make_demo_data_keeps_files_the_user_added(tmp_path):
     (out / "annotations" / "0_exp.npy").unlink()
     killed = tmp_path / f".d.{2**22 + 12345}.tmp"  # the temporary folder of a run that was killed
     (killed / "images").mkdir(parents=True)
+    (killed / make_demo_data.TMP_MARKER).write_text("")  # what a killed run's folder holds (a name proves nothing)
     r = run_here("make_demo_data.py", "--out", out, "--n", 8, "--size", 16)
     assert r.returncode == 0 and not killed.exists() and "left by an interrupted run" in r.stdout
 
@@ -176,3 +178,24 @@ def test_the_real_affectnet_layout_is_not_taken_for_a_demo_folder(tmp_path):
     one_error_line(run_here("make_demo_data.py", "--out", real, "--n", 8, "--size", 16), "--out", "not written by")
     assert (real / "images" / "0.jpg").read_bytes() == b"a real face"
     assert sorted(p.name for p in real.rglob("*")) == ["0.jpg", "0_exp.npy", "annotations", "images"]
+
+
+def test_rule2_files_added_during_generation_and_lookalike_temporaries_are_never_deleted(tmp_path, monkeypatch):
+    """Trust rule 2 (issue 25): a file the user adds to --out while the data is generated stops the
+    swap (nothing replaced, nothing deleted); a folder that merely has a temporary's name is left alone."""
+    out = tmp_path / "demo"
+    make_demo_data.make_dataset(out, n=8, size=32, progress=False)
+    lookalike = tmp_path / ".demo.999999.tmp"
+    lookalike.mkdir()
+    (lookalike / "notes.txt").write_text("mine")
+    writer = make_demo_data.WRITERS["affectnet"]
+
+    def write_and_meanwhile_add(tmp, *a):
+        writer(tmp, *a)
+        (out / "added.txt").write_text("user's, added meanwhile")
+    monkeypatch.setitem(make_demo_data.WRITERS, "affectnet", write_and_meanwhile_add)
+    with pytest.raises(FERError, match="added or changed while the data was generated"):
+        make_demo_data.make_dataset(out, n=8, size=32, seed=3, progress=False)
+    assert (out / "added.txt").read_text() == "user's, added meanwhile"
+    assert (lookalike / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".demo.") and p != lookalike]

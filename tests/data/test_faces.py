@@ -92,3 +92,16 @@ def test_broken_landmarks_never_stop_a_run():
     good = to_unit(from_unit(template, 50), (0, 0, 50, 50))
     np.testing.assert_allclose(mean_template([good, np.zeros((5, 2)), good + 5, np.full((5, 2), np.nan)]),
                                template, atol=1e-6)
+
+
+def test_haar_second_box_on_one_face_is_dropped(monkeypatch):
+    """Issue 26: Haar's double box on one face (a smaller box inside the face's) started a spurious track."""
+    from fer.data import faces
+
+    assert faces.drop_nested([(0, 0, 100, 100), (20, 20, 50, 50), (150, 0, 60, 60)]) == \
+        [(0, 0, 100, 100), (150, 0, 60, 60)]
+    assert faces.drop_nested([(0, 0, 100, 100), (90, 90, 40, 40)]) == [(0, 0, 100, 100), (90, 90, 40, 40)]
+    detector = faces.make_detector("haar")
+    monkeypatch.setattr(detector, "cascade", type("C", (), {"detectMultiScale": lambda self, *a, **k:
+                                                            [(30, 30, 40, 40), (10, 10, 90, 90)]})())
+    assert [f.box for f in detector(np.zeros((120, 120, 3), np.uint8))] == [(10, 10, 90, 90)]

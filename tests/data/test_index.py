@@ -6,6 +6,7 @@ The hostile cases (from the trust passes) each failed on the code before their f
 code, the one line that names the file or flag (no traceback), and that earlier outputs are unchanged.
 """
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,10 +249,10 @@ def test_ctrl_c_leaves_no_half_written_files(tmp_path):
                             preexec_fn=interruptible)
     seen, deadline = b"", time.time() + 60
     while b"pixels -> PNG" not in seen and time.time() < deadline and proc.poll() is None:
-        seen += os.read(proc.stderr.fileno(), 4096)
+        seen += os.read(proc.stdout.fileno(), 4096)  # progress lines: stdout when not a terminal
     proc.send_signal(signal.SIGINT)
     _, rest = proc.communicate(timeout=60)
-    stderr = (seen + rest).decode()
+    stderr = rest.decode()
     assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr
     assert snapshot(out) == before
 
@@ -301,7 +302,10 @@ def test_special_files_are_skipped_never_opened(tmp_path):
         f.truncate(1 << 32)
     (ann / "9_lnd.npy").unlink()
     os.symlink("/dev/zero", ann / "9_lnd.npy")
-    r = index_script("--root", root, "--out_dir", tmp_path / "out", "--val_fraction", "0.4", "--workers", "2")
+    # --allow_outside_root: the links to /dev/zero lie outside the dataset, which is an error by itself (trust
+    # rule 1, test_rule1_a_found_folder_or_annotation_linked_out_of_the_root_...); here they must be skipped unread
+    r = index_script("--root", root, "--out_dir", tmp_path / "out", "--val_fraction", "0.4", "--workers", "2",
+                     "--allow_outside_root")
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "1 file names that are not valid UTF-8" in r.stdout
     _, problems = mp.build_index(images, ann, workers=1, progress=False)
@@ -487,3 +491,62 @@ def test_detector_flags_without_detect_landmarks(tmp_path, flag, value):
     """--min_face / --face_threshold without --detect_landmarks were silently ignored."""
     data = make_demo_data.make_dataset(tmp_path / "d", n=24, size=32, fmt="rafdb", progress=False)
     one_error_line(index_here(data, tmp_path / "out", flag, value), flag, "--detect_landmarks")
+
+
+# --- trust rule 1 (issue 25): nothing indexed outside the root; the same image twice is named --------
+def test_rule1_a_link_out_of_the_dataset_is_an_error_naming_the_row_unless_allowed(tmp_path):
+    root, images, _ = tree(tmp_path, n=48)
+    secret = tmp_path / "private.jpg"
+    first = sorted(images.iterdir())[0]
+    shutil.copyfile(first, secret)
+    first.unlink()
+    first.symlink_to(secret)
+    r = index_here(root, tmp_path / "out")
+    one_error_line(r, first.name, "outside the dataset root", "--allow_outside_root")
+    assert not (tmp_path / "out" / "metadata_all.parquet").exists()
+    r = index_here(root, tmp_path / "out", "--allow_outside_root")
+    assert r.returncode == 0, r.stderr
+
+
+def test_rule1_the_same_image_under_two_names_is_named_in_the_summary(tmp_path):
+    root, images, ann = tree(tmp_path, n=48)
+    a, b = sorted(images.iterdir())[:2]
+    shutil.copyfile(a, b)  # byte-identical files under two names
+    r = index_here(root, tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert "images reachable under two names" in r.stdout and a.name in r.stdout and b.name in r.stdout
+
+
+@pytest.mark.parametrize("link", ["images", "annotations", "one_annotation"])
+def test_rule1_a_found_folder_or_annotation_linked_out_of_the_root_is_an_error_unless_allowed(tmp_path, link):
+    """Hostile pass 2026-12-03: an images/ or annotations/ folder that is a link out of --root, or one
+    _exp.npy linked to a file elsewhere, was read (exit 0): the label came from outside the dataset."""
+    root, images, annotations = tree(tmp_path, n=48)
+    elsewhere = tmp_path / "elsewhere"
+    if link == "one_annotation":
+        elsewhere.mkdir()
+        target = annotations / "0_exp.npy"
+        shutil.move(target, elsewhere / "label.npy")
+        target.symlink_to(elsewhere / "label.npy")
+    else:
+        shutil.move(root / link, elsewhere)
+        (root / link).symlink_to(elsewhere)
+    r = index_here(root, tmp_path / "out")
+    one_error_line(r, "outside the dataset root", "--allow_outside_root")
+    assert not (tmp_path / "out" / "metadata_all.parquet").exists()
+    r = index_here(root, tmp_path / "out", "--allow_outside_root")
+    assert r.returncode == 0, r.stderr
+
+
+def test_rule1_the_same_image_is_found_among_the_pngs_this_run_converts(tmp_path):
+    """FER2013's PNGs are still staged when the check ran: it read the folder's earlier files (or none on a
+    first run) and named no duplicate."""
+    (tmp_path / "fer").mkdir()
+    csv = tmp_path / "fer" / "fer2013.csv"
+    write_fer2013(csv, 30, seed=0)
+    df = pd.read_csv(csv)
+    df.loc[1, "pixels"] = df.loc[0, "pixels"]  # rows 0 and 1: one image
+    df.to_csv(csv, index=False)
+    r = index_here(tmp_path / "fer", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert "images reachable under two names" in r.stdout, r.stdout

@@ -31,12 +31,12 @@ def test_eval_end_to_end(trained, demo, tmp_path):
                    "--save_predictions", tmp_path / "pred.csv", "--num_workers", 0)
     assert r.returncode == 0, r.stderr
     assert "Krippendorff's alpha" in r.stdout and "CCC" in r.stdout and "clipped to [-1, 1]" in r.stdout
-    m = json.loads((tmp_path / "metrics_resnet50.json").read_text())
+    m = json.loads((tmp_path / "metrics_resnet18.json").read_text())
     for key in ("accuracy", "f1_macro", "kappa", "roc_auc", "pr_auc", "krippendorff_alpha", "n", "per_class",
                 "confusion_matrix"):
         assert key in m
     assert set(m["valence"]) == {"rmse", "mae", "corr", "sagr", "ccc"} and m["n"] == 16
-    for png in ("ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png"):
+    for png in ("ConfusionMatrix_resnet18.png", "ValenceArousal_resnet18.png"):
         img = cv2.imread(str(tmp_path / png))
         assert img is not None and min(img.shape[:2]) >= 300
     # Everything can be recomputed from the predictions file.
@@ -61,7 +61,7 @@ def test_eval_without_va_columns(trained, demo, tmp_path):
     r = run_script("eval_resnet50.py", "--checkpoint", trained, "--meta", tmp_path / "cls.parquet",
                    "--out_dir", tmp_path, "--num_workers", 0, "--root", demo["root"])
     assert r.returncode == 0, r.stderr
-    m = json.loads((tmp_path / "metrics_resnet50.json").read_text())
+    m = json.loads((tmp_path / "metrics_resnet18.json").read_text())
     assert "valence" not in m and m["n"] == 16 and "classification-only" in r.stdout
 
 
@@ -103,7 +103,7 @@ def test_eval_recrop_detect_scores_the_crops_predict_makes(trained, faces_folder
     r = run_here("eval_resnet50.py", "--checkpoint", trained, "--meta", meta, "--out_dir", tmp_path, "--recrop",
                  "detect", "--num_workers", 0, "--all_classes", "--save_predictions", tmp_path / "pred.csv")
     assert r.returncode == 0, r.stderr
-    recrop = json.loads((tmp_path / "metrics_resnet50.json").read_text())["recrop"]
+    recrop = json.loads((tmp_path / "metrics_resnet18.json").read_text())["recrop"]
     assert recrop["faces_found"] == 6 and recrop["no_face_examples"] == ["neutral/wall.png"]
     assert recrop["aligned_to_template"] and "--recrop detect: faces detected" in r.stdout
     # The probabilities are predict.py's for the same pictures (the face it finds is the only one).
@@ -123,7 +123,7 @@ def test_eval_records_intervals_and_fingerprints(trained, demo, tmp_path):
     r = run_here("eval_resnet50.py", "--checkpoint", trained, "--meta", demo["val"], "--out_dir", tmp_path,
                  "--num_workers", 0, "--bootstrap", 200, "--save_predictions", tmp_path / "a.csv")
     assert r.returncode == 0, r.stderr
-    m = json.loads((tmp_path / "metrics_resnet50.json").read_text())
+    m = json.loads((tmp_path / "metrics_resnet18.json").read_text())
     assert m["bootstrap"]["resamples"] == 200 and m["bootstrap"]["seed"] == 0
     lo, hi = m["ci95"]["accuracy"]
     assert lo <= m["accuracy"] <= hi and len(m["ci95"]["valence"]["ccc"]) == 2
@@ -134,7 +134,7 @@ def test_eval_records_intervals_and_fingerprints(trained, demo, tmp_path):
     assert m["data"][0]["fingerprint"] == record["data"]["val"][0]["fingerprint"]
     r = run_here("eval_resnet50.py", "--checkpoint", trained, "--meta", demo["val"], "--out_dir", tmp_path / "off",
                  "--num_workers", 0, "--bootstrap", 0)
-    off = json.loads((tmp_path / "off" / "metrics_resnet50.json").read_text())
+    off = json.loads((tmp_path / "off" / "metrics_resnet18.json").read_text())
     assert "ci95" not in off and "bootstrap" not in off and off["accuracy"] == m["accuracy"]
 
     # Two models on the same images, from the checkpoints and from saved predictions. A copy holds the same
@@ -143,7 +143,7 @@ def test_eval_records_intervals_and_fingerprints(trained, demo, tmp_path):
     r = run_here("eval_resnet50.py", "--checkpoint", trained, tmp_path / "copy.pth", "--meta", demo["val"],
                  "--out_dir", tmp_path / "pair", "--num_workers", 0, "--bootstrap", 100)
     assert r.returncode == 0, r.stderr
-    comp = json.loads((tmp_path / "pair" / "comparison_resnet50.json").read_text())
+    comp = json.loads((tmp_path / "pair" / "comparison_resnet18.json").read_text())
     assert comp["metrics"]["accuracy"]["diff"] == 0 and comp["mcnemar"]["p_value"] == 1.0
     assert "A and B hold the same weights" in comp["notes"][0]
     assert comp["metrics"]["accuracy"]["ci95_diff"] == [0.0, 0.0] and "McNemar" in r.stdout
@@ -209,11 +209,12 @@ def test_evaluation_refuses_a_used_folder_and_overwrite_replaces_the_whole_set(t
     name = f"{trained.parent.name}/{trained.name} on {demo['val'].parent.name}/{demo['val'].name}"
     cm, va = saved_figures[:2]  # the pictures come first, then the report page's charts
     assert name in cm["titles"][0] and name in va["suptitle"]
-    m = json.loads((out / "metrics_resnet50.json").read_text())
+    m = json.loads((out / "metrics_resnet18.json").read_text())
     assert m["checkpoint"] == str(trained) and m["meta"] == [str(demo["val"])]
     assert va["titles"] == [f"{k}: CCC {m[k]['ccc']:.3f}, RMSE {m[k]['rmse']:.3f}" for k in ("valence", "arousal")]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert set(before) == set(E.OUTPUTS) - {E.COMPARISON}
+    assert set(before) - {".evaluation.fer-outputs.json"} == \
+        set(E.outputs("resnet18")) - {E.outputs("resnet18")[4], E.outputs("resnet18")[5]}  # and the set's manifest
     # A classification-only index into the same folder: refused, nothing touched ...
     df = pd.read_parquet(demo["val"]).drop(columns=["valence", "arousal"])
     df.attrs = pd.read_parquet(demo["val"]).attrs
@@ -225,7 +226,7 @@ def test_evaluation_refuses_a_used_folder_and_overwrite_replaces_the_whole_set(t
     first = len(saved_figures)
     r = run_here("eval_resnet50.py", *base, "--meta", tmp_path / "cls.parquet", "--overwrite")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(E.OUTPUTS[:2] + E.OUTPUTS[3:4])
+    assert sorted(p.name for p in out.iterdir() if p.name != ".evaluation.fer-outputs.json") == sorted(E.outputs("resnet18")[:2] + E.outputs("resnet18")[3:4])
     assert "removed ValenceArousal" in r.stdout and "cls.parquet" in saved_figures[first]["titles"][0]
     # The rule covers --save_predictions too.
     (tmp_path / "p.csv").write_text("earlier")
@@ -237,7 +238,7 @@ def test_evaluation_refuses_a_used_folder_and_overwrite_replaces_the_whole_set(t
 # --- 1. nothing that exists is destroyed by a run that fails ------------------------------------
 def test_eval_on_a_full_disk_keeps_the_old_report(trained, demo, mount):
     def old_report(d):
-        for name in ("metrics_resnet50.json", "ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png"):
+        for name in ("metrics_resnet18.json", "ConfusionMatrix_resnet18.png", "ValenceArousal_resnet18.png"):
             (d / name).write_bytes(b"last month's " + name.encode())
         fill_disk(d, leave=16 * 1024)  # the JSON fits, the PNGs do not
     disk = mount("512k", fill=old_report)
@@ -265,11 +266,11 @@ def test_one_scored_class_is_not_a_score(trained, demo, tmp_path):
     one = with_index(demo["val"], tmp_path / "one.parquet", lambda df: df[df["expression"] == 1])
     one_error_line(run_here("eval_resnet50.py", "--checkpoint", trained, "--meta", one, "--out_dir", tmp_path,
                             "--num_workers", 0), "one.parquet", "only one class", "Happy", "--all_classes")
-    assert not (tmp_path / "metrics_resnet50.json").exists()
+    assert not (tmp_path / "metrics_resnet18.json").exists()
     r = run_here("eval_resnet50.py", "--checkpoint", trained, "--meta", one, "--out_dir", tmp_path,
                  "--num_workers", 0, "--all_classes")
     assert r.returncode == 0 and "WARNING: the evaluation set holds one class only (Happy)" in r.stderr, r.stderr
-    assert "one class only" in pd.read_json(tmp_path / "metrics_resnet50.json", typ="series")["notes"][0]
+    assert "one class only" in pd.read_json(tmp_path / "metrics_resnet18.json", typ="series")["notes"][0]
 
 
 # --- found by the hostile pass over evaluation, the report page and the export --------------------
@@ -318,20 +319,20 @@ def test_comparison_keeps_each_models_notes(trained, demo, tmp_path):
     r = run_here(EVAL, "--checkpoint", trained, tmp_path / "b.pth", "--meta", demo["val"], "--out_dir", tmp_path,
                  "--num_workers", 0, "--bootstrap", 0)
     assert r.returncode == 0, r.stderr
-    comp = json.loads((tmp_path / "comparison_resnet50.json").read_text())
+    comp = json.loads((tmp_path / "comparison_resnet18.json").read_text())
     assert any(n.startswith("A and B hold the same weights") for n in comp["notes"])
     assert any(n.startswith("B: ") and "never trained" in n for n in comp["notes"])
     assert "note: B: " in r.stdout and "A: " not in "".join(comp["notes"])
 
 
 def test_comparison_overwrite_never_removes_a_folder_named_like_an_output(trained, demo, tmp_path):
-    """A folder metrics_resnet50.json/ in --out_dir was removed with everything in it by a comparison
+    """A folder metrics_resnet18.json/ in --out_dir was removed with everything in it by a comparison
     with --overwrite (one evaluation refuses such a folder)."""
     import torch
     ckpt = torch.load(trained, weights_only=True)
     ckpt["model"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     torch.save(ckpt, tmp_path / "b.pth")
-    folder = tmp_path / "out" / "metrics_resnet50.json"
+    folder = tmp_path / "out" / "metrics_resnet18.json"
     folder.mkdir(parents=True)
     (folder / "precious.txt").write_text("mine")
     r = run_here(EVAL, "--checkpoint", trained, tmp_path / "b.pth", "--meta", demo["val"], "--out_dir", tmp_path / "out",
@@ -349,7 +350,8 @@ def test_save_predictions_never_replaces_an_evaluated_image(trained, demo, tmp_p
     before = image.read_bytes()
     r = run_here(EVAL, "--checkpoint", trained, "--meta", demo["val"], "--root", data, "--out_dir", tmp_path / "out",
                  "--save_predictions", image, "--overwrite", "--num_workers", 0, "--bootstrap", 0, "--report", "off")
-    assert "image of --meta" in one_error_line(r, image)
+    line = one_error_line(r, image)
+    assert "image of --meta" in line or "is a dataset image" in line  # trust rule 2 (fer.trust.check_outputs)
     assert image.read_bytes() == before and not (tmp_path / "out").exists()
 
 
@@ -360,7 +362,7 @@ def test_ctrl_c_during_the_commit_does_not_leave_two_evaluations_in_one_folder(t
     out = tmp_path / "out"
     flags = ["--checkpoint", trained, "--out_dir", out, "--num_workers", 0, "--bootstrap", 0, "--report", "off"]
     assert run_here(EVAL, *flags, "--meta", demo["val"]).returncode == 0
-    assert (out / "ValenceArousal_resnet50.png").exists()
+    assert (out / "ValenceArousal_resnet18.png").exists()
     no_va = with_index(demo["val"], tmp_path / "no_va.parquet", lambda df: df.drop(columns=["valence", "arousal"]))
     real = os.replace
 
@@ -371,5 +373,119 @@ def test_ctrl_c_during_the_commit_does_not_leave_two_evaluations_in_one_folder(t
     r = run_here(EVAL, *flags, "--meta", no_va, "--overwrite")
     assert r.returncode == 130, r.stderr
     monkeypatch.undo()
-    assert sorted(p.name for p in out.iterdir()) == ["ConfusionMatrix_resnet50.png", "metrics_resnet50.json"]
-    assert "valence" not in json.loads((out / "metrics_resnet50.json").read_text())
+    assert sorted(p.name for p in out.iterdir() if p.name != ".evaluation.fer-outputs.json") == \
+        ["ConfusionMatrix_resnet18.png", "metrics_resnet18.json"]
+    assert "valence" not in json.loads((out / "metrics_resnet18.json").read_text())
+
+
+def test_names_come_from_the_checkpoints_architecture(trained, demo, tmp_path, monkeypatch):
+    """Issue 26: every evaluation was metrics_resnet50.json whatever trained. The names come from the arch the
+    checkpoint records (read without torch), a checkpoint under the old name FER_resnet50.pth still loads, and
+    without --checkpoint the one FER_<arch>.pth of the folder is used."""
+    import subprocess
+    import sys
+
+    from fer.cli import model_name
+
+    old = tmp_path / "FER_resnet50.pth"
+    shutil.copy(trained, old)
+    assert model_name(old) == "resnet18" and model_name(tmp_path / "FER_convnext_tiny.pth") == "convnext_tiny"
+    code = f"import sys; from fer.cli import model_name; print(model_name({str(old)!r}), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=E.__file__.rsplit("/fer/", 1)[0])
+    assert out.stdout.split() == ["resnet18", "False"], out.stderr
+    monkeypatch.chdir(tmp_path)
+    args = E.get_args(["--meta", str(demo["val"]), "--out_dir", "out"])
+    assert args.checkpoint == "FER_resnet50.pth" and args.outputs[0] == "metrics_resnet18.json"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "metrics_resnet50.json").write_text("{}")  # an earlier evaluation of another model
+    with pytest.raises(fer.trust.FERError, match="holds an earlier evaluation"):
+        E.get_args(["--meta", str(demo["val"]), "--out_dir", "out"])
+
+
+# --- calibration: --calibrate fits a temperature on one split and records it in the checkpoint -----
+@pytest.mark.slow
+def test_calibrate_records_the_temperature_and_the_page_names_the_split(trained, demo, tmp_path):
+    from fer.evaluation.metrics import fit_temperature
+    from fer.model.checkpoint import read_checkpoint, weights_fingerprint
+
+    ckpt = tmp_path / "m.pth"
+    shutil.copy(trained, ckpt)
+    meta0, state0 = read_checkpoint(ckpt)
+    r = run_here("eval_resnet50.py", "--checkpoint", ckpt, "--meta", demo["val"], "--out_dir", tmp_path / "val",
+                 "--num_workers", 0, "--save_predictions", tmp_path / "val.csv", "--calibrate", "--bootstrap", 200)
+    assert r.returncode == 0, r.stderr
+    meta, state = read_checkpoint(ckpt)
+    cal = meta["calibration"]
+    assert weights_fingerprint(state) == weights_fingerprint(state0)  # weights and other fields as they were
+    assert set(meta) - {"calibration"} == set(meta0) and all(meta[k] == meta0[k] for k in ("arch", "img_size", "class_names",
+                                                                                          "metrics", "run"))
+    assert cal["fitted_on"][0]["path"] == str(demo["val"]) and cal["n"] == 16
+    pred = pd.read_csv(tmp_path / "val.csv")
+    logits = np.log(pred[[f"prob_{n}" for n in NAMES]].to_numpy())  # log-probabilities: logits up to a row constant
+    assert cal["temperature"] == pytest.approx(fit_temperature(logits, pred["y_true"].to_numpy()), rel=1e-4)
+    assert (pred["probabilities"] == "raw").all()
+    m = json.loads((tmp_path / "val" / "metrics_resnet18.json").read_text())
+    assert m["calibrated"]["same_split"] and m["calibrated"]["fitted_here"]
+    assert m["calibrated"]["after"]["nll"] <= m["calibrated"]["before"]["nll"] + 1e-12
+    assert len(m["calibrated"]["before"]["ece_ci95"]) == 2 and len(m["ci95"]["ece"]) == 2
+    page = (tmp_path / "val" / "report_resnet18.html").read_text()
+    assert "Calibrated confidence" in page and "WARNING: the temperature" in page and "fitted on the evaluated split" in r.stdout
+    # Another split: the checkpoint's temperature is applied, and the page says where it was fitted, without a warning.
+    r = run_here("eval_resnet50.py", "--checkpoint", ckpt, "--meta", demo["train"], "--out_dir", tmp_path / "train",
+                 "--num_workers", 0, "--bootstrap", 0)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "train" / "metrics_resnet18.json").read_text())
+    assert m["calibrated"]["temperature"] == cal["temperature"] and not m["calibrated"]["same_split"]
+    assert not m["calibrated"]["fitted_here"] and "ece_ci95" not in m["calibrated"]["before"]
+    page = (tmp_path / "train" / "report_resnet18.html").read_text()
+    assert "WARNING: the temperature" not in page and str(demo["val"]) in page.split('id="calibrated"')[1]
+    assert read_checkpoint(ckpt)[0]["calibration"] == cal  # evaluating without --calibrate writes nothing into it
+
+
+@pytest.mark.slow
+def test_a_malformed_temperature_is_one_line_and_calibrate_needs_one_checkpoint(trained, demo, tmp_path):
+    ckpt = tmp_path / "m.pth"
+    obj = torch.load(trained, weights_only=True)
+    torch.save({**obj, "calibration": {"temperature": -1.0}}, ckpt)
+    before = ckpt.read_bytes()
+    r = run_here("eval_resnet50.py", "--checkpoint", ckpt, "--meta", demo["val"], "--out_dir", tmp_path / "o",
+                 "--num_workers", 0, "--bootstrap", 0)
+    one_error_line(r, "calibration.temperature", str(ckpt))
+    assert ckpt.read_bytes() == before and not (tmp_path / "o" / "metrics_resnet18.json").exists()
+    r = run_here("eval_resnet50.py", "--checkpoint", trained, ckpt, "--meta", demo["val"], "--out_dir", tmp_path / "o",
+                 "--calibrate")
+    one_error_line(r, "--calibrate")
+
+
+def test_rule2_eval_never_writes_its_plots_into_a_dataset(tmp_path):
+    """Hostile pass 2026-12-03: --out_dir <dataset>/images put the confusion-matrix and valence/arousal PNGs
+    and the report page among the dataset's images; refused before the model is loaded."""
+    from builders import tree
+
+    from fer.trust import FERError
+
+    root, images, _ = tree(tmp_path, n=16)
+    (tmp_path / "m.parquet").write_bytes(b"")
+    for out in (images, root / "eval"):
+        with pytest.raises(FERError, match="lies in the dataset"):
+            E.get_args(["--checkpoint", str(tmp_path / "FER_resnet18.pth"), "--meta", str(tmp_path / "m.parquet"),
+                        "--out_dir", str(out), "--bootstrap", "0"])
+    assert sorted(p.name for p in images.iterdir() if not p.name.endswith(".jpg")) == []
+
+
+def test_a_recorded_arch_never_names_files_outside_the_folder_nor_a_users_file_an_evaluation(tmp_path):
+    """The arch a checkpoint records became part of the output names (metrics_../../x.json: written outside
+    --out_dir); and metrics_summary.json, a user's file, counted as an earlier evaluation, which --overwrite
+    deleted."""
+    from fer.cli import model_name
+
+    hostile = tmp_path / "FER_mine.pth"
+    torch.save({"arch": "../../x", "model": {}}, hostile)
+    assert model_name(hostile) == "mine"
+    torch.save({"arch": "resnet18", "model": {}}, hostile)
+    assert model_name(hostile) == "resnet18"
+    (tmp_path / "metrics_summary.json").write_text("{}")
+    (tmp_path / "metrics_resnet18.json").write_text("{}")
+    (tmp_path / "report_mine.html").write_text("")
+    assert [p.name for p in E.evaluation_files(tmp_path)] == ["metrics_resnet18.json"]
+    assert [p.name for p in E.evaluation_files(tmp_path, "mine")] == ["metrics_resnet18.json", "report_mine.html"]

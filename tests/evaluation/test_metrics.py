@@ -209,7 +209,7 @@ def reference_metrics(y, probs, va_pred, va_true, names, full_classes):
 @pytest.mark.parametrize("seed,n", [(0, 40), (1, 120)])
 def test_bootstrap_matches_a_plain_loop(seed, n):
     y, logits, va_pred, va_true = bootstrap_case(seed, n)
-    idx = M.bootstrap_indices(n, 60, seed)
+    idx = M.bootstrap_indices(n, 60 if n < 100 else 150, seed)  # 150: intervals given, 60: none
     fast = M.bootstrap_metrics(idx, logits, y, va_pred, va_true, NAMES)
     probs = M.softmax(logits)
     ref = [reference_metrics(y[i], probs[i], va_pred[i], va_true[i], NAMES, np.unique(y)) for i in idx]
@@ -222,8 +222,10 @@ def test_bootstrap_matches_a_plain_loop(seed, n):
         lo_hi, used = M.interval(values)
         ok = expected[np.isfinite(expected)]
         assert used == len(ok)
-        if used:
+        if used >= M.MIN_RESAMPLES:
             assert lo_hi == pytest.approx(list(np.percentile(ok, [2.5, 97.5])), abs=1e-12)
+        else:  # trust rule 5: too few usable resamples give no interval
+            assert lo_hi is None
     assert undefined > 0 or n > 100  # the small case does miss classes on some resamples
     blocks = M.bootstrap_metrics(idx, logits, y, va_pred, va_true, NAMES, block=7 * n)  # 9 blocks, the last short
     for key, values in fast.items():
@@ -329,3 +331,104 @@ def test_a_dimension_without_labels_has_no_interval_and_the_other_keeps_its_own(
     assert not any(k.startswith("valence.") for k in samples) and "rmse_combined" not in samples
     report = M.bootstrap_report(samples, 100, 0)
     assert report["bootstrap"]["used"]["arousal.rmse"] == 100 and report["ci95"]["arousal"]["ccc"] is not None
+
+
+def test_a_collapsed_model_is_named():
+    """Issue 26: a model that predicts one class for (almost) every image gets a note and a `collapse` field."""
+    from fer.constants import COLLAPSE_SHARE
+
+    y = np.arange(40) % 4
+    logits = np.zeros((40, 4))
+    logits[:, 1] = 5.0
+    logits[:2, 0] = 10.0  # 2 of 40 elsewhere: 95 % Happy
+    m = evaluate(logits, None, y, None, NAMES[:4])
+    assert m["collapse"] == {"class": NAMES[1], "share": 0.95, "threshold": COLLAPSE_SHARE}
+    assert m["notes"][0].startswith(f"COLLAPSED: the model predicts {NAMES[1]} for 95%")
+    logits[:, :] = np.eye(4)[y]  # a real classifier
+    assert evaluate(logits, None, y, None, NAMES[:4])["collapse"] is None
+    assert M.collapse([0] * 9 + [1], NAMES[:2]) is None  # exactly COLLAPSE_SHARE: not more than it
+
+
+def test_rule5_no_interval_from_too_few_usable_resamples():
+    """Trust rule 5 (issue 25): ROC-AUC [0.7321, 0.7321] came from 1 usable resample of a tiny set."""
+    from fer.cli import MIN_RESAMPLES
+    from fer.evaluation.metrics import bootstrap_report, interval
+
+    values = np.full(1000, np.nan)
+    values[:1] = 0.7321
+    assert interval(values) == (None, 1)
+    values[:MIN_RESAMPLES] = np.linspace(0.6, 0.8, MIN_RESAMPLES)
+    ci, used = interval(values)
+    assert used == MIN_RESAMPLES and ci[0] < ci[1]
+    report = bootstrap_report({"roc_auc": np.r_[0.73, np.full(999, np.nan)]}, 1000, 0)
+    assert report["ci95"]["roc_auc"] is None and report["bootstrap"]["used"]["roc_auc"] == 1
+    assert report["bootstrap"]["no_interval"] == ["roc_auc"] and report["bootstrap"]["min_usable"] == MIN_RESAMPLES
+
+
+# --- calibrated confidence: checked against independent implementations ---------------------------
+def overconfident(n, k=7, scale=3.0, seed=0):
+    """Logits of a classifier that is right about 60 % of the time, scaled up by `scale` (over-confident):
+    the labels are drawn from softmax(z), the reported logits are scale * z."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, (n, k))
+    p = M.softmax(z)
+    y = (p.cumsum(1) > rng.random((n, 1))).argmax(1)
+    return scale * z, y
+
+
+def ece_by_definition(probs, y, bins=15):
+    """ECE straight from the definition, one image at a time: the image with confidence c falls in bin m
+    when m/M < c <= (m+1)/M (c = 0 in the first); ECE = sum_m n_m/n |acc_m - conf_m|."""
+    members = {}
+    for p, t in zip(probs, y):
+        c = float(max(p))
+        m = min(max(int(np.ceil(c * bins)) - 1, 0), bins - 1)
+        members.setdefault(m, []).append((c, float(np.argmax(p) == t)))
+    return sum(len(v) / len(y) * abs(np.mean([r for _, r in v]) - np.mean([c for c, _ in v])) for v in members.values())
+
+
+def lbfgs_temperature(logits, y):
+    """The NLL-optimal temperature by a direct fit: torch's LBFGS on log T of cross_entropy(logits / T)."""
+    import torch
+
+    x, t = torch.tensor(logits, dtype=torch.float64), torch.tensor(y)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x / log_t.exp(), t)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return float(log_t.detach().exp())
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.0, 3.0])
+def test_fitted_temperature_matches_a_direct_lbfgs_fit(scale):
+    logits, y = overconfident(3000, scale=scale, seed=1)
+    t = M.fit_temperature(logits, y)
+    assert t == pytest.approx(lbfgs_temperature(logits, y), rel=1e-3)
+    assert t == pytest.approx(scale, rel=0.15)  # the labels were drawn from softmax(logits / scale)
+
+
+def test_ece_and_its_bootstrap_match_the_definition():
+    logits, y = overconfident(500, seed=2)
+    probs = M.softmax(logits)
+    assert M.ece(probs, y) == pytest.approx(ece_by_definition(probs, y), abs=1e-12)
+    idx = M.bootstrap_indices(len(y), 20, seed=3)
+    got = M.bootstrap_ece(idx, probs, y)
+    for row, value in zip(idx, got):
+        assert value == pytest.approx(ece_by_definition(probs[row], y[row]), abs=1e-12)
+
+
+def test_a_temperature_fitted_on_one_split_lowers_ece_and_nll_on_another():
+    fit_logits, fit_y = overconfident(2000, seed=4)
+    test_logits, test_y = overconfident(2000, seed=5)
+    t = M.fit_temperature(fit_logits, fit_y)
+    cal = M.temperature_scaling(test_logits, test_y, t, M.bootstrap_indices(len(test_y), 200, 0))
+    b, a = cal["before"], cal["after"]
+    assert a["ece"] < b["ece"] / 2 and a["nll"] < b["nll"]
+    assert b["ece_ci95"][0] <= b["ece"] <= b["ece_ci95"][1] and a["ece_ci95"][1] < b["ece_ci95"][0]
+    assert a["ece"] == pytest.approx(ece_by_definition(M.softmax(test_logits / t), test_y), abs=1e-12)

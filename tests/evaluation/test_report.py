@@ -1,9 +1,11 @@
 """fer/evaluation/report.py: the HTML evaluation report. The page is parsed with the standard library's
-html.parser; the browser is kept out of the tests (README: how to look at the page in headless chromium).
+html.parser; one slow test opens it in headless chromium (skipped where chromium is not installed).
 """
 import base64
 import json
+import re
 import shutil
+import subprocess
 from html.parser import HTMLParser
 
 import cv2
@@ -16,9 +18,9 @@ from sklearn import metrics as skm
 from fer.constants import CLASS_NAMES
 from fer.data.dataset import crop_face, load_image
 from fer.evaluation import metrics as M
-from fer.evaluation.report import THUMB, cell_id, interval, render, thumbnail
+from fer.evaluation.report import FULL, THUMB, cell_id, interval, render, thumbnail
 
-REPORT = "report_resnet50.html"
+REPORT = "report_resnet18.html"  # the trained fixture is a resnet18 (names come from --arch)
 
 
 class Page(HTMLParser):
@@ -90,7 +92,7 @@ def evaluated(trained, demo, tmp_path_factory):
     assert REPORT in r.stdout
     html = (out / REPORT).read_text(encoding="utf-8")
     return {"dir": out, "html": html, "page": Page(html), "pred": pd.read_csv(out / "pred.csv"),
-            "metrics": json.loads((out / "metrics_resnet50.json").read_text())}
+            "metrics": json.loads((out / "metrics_resnet18.json").read_text())}
 
 
 def test_page_links_thumbnails_and_nothing_external(evaluated):
@@ -104,7 +106,7 @@ def test_page_links_thumbnails_and_nothing_external(evaluated):
     thumbs = [a for a in page.imgs if a["src"].startswith("data:image/jpeg")]
     for a in thumbs:
         img = decode(a["src"], "jpeg")
-        assert max(img.shape[:2]) <= THUMB
+        assert max(img.shape[:2]) <= FULL
     wrong = int((df["y_true"] != df["y_pred"]).sum())
     va_rows = int(df[["valence_true", "arousal_true"]].notna().all(axis=1).sum())
     assert len(thumbs) == np.minimum(cm[cm > 0], 3).sum() + min(wrong, 3) + min(va_rows, 3)
@@ -164,8 +166,8 @@ def test_report_off_leaves_the_other_outputs_alone(evaluated, trained, demo, tmp
                  "--num_workers", 0, "--report", "off")
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / REPORT).exists() and REPORT not in r.stdout
-    assert json.loads((tmp_path / "metrics_resnet50.json").read_text()) == evaluated["metrics"]
-    for png in ("ConfusionMatrix_resnet50.png", "ValenceArousal_resnet50.png"):
+    assert json.loads((tmp_path / "metrics_resnet18.json").read_text()) == evaluated["metrics"]
+    for png in ("ConfusionMatrix_resnet18.png", "ValenceArousal_resnet18.png"):
         assert (tmp_path / png).read_bytes() == (evaluated["dir"] / png).read_bytes()
 
 
@@ -173,7 +175,7 @@ def test_report_off_leaves_the_other_outputs_alone(evaluated, trained, demo, tmp
                                             (["--report", "maybe"], "--report"),
                                             ([], "report_resnet50.html: is a folder")])
 def test_report_flags_checked(tmp_path, flags, message):
-    (tmp_path / REPORT).mkdir()  # checked before the model is loaded
+    (tmp_path / "report_resnet50.html").mkdir()  # checked before the model is loaded (the default FER_resnet50.pth)
     r = run_here("eval_resnet50.py", "--out_dir", tmp_path, *flags)
     assert r.returncode in (1, 2) and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
@@ -279,3 +281,131 @@ def test_page_shows_a_name_with_a_bidi_override_as_it_is_spelled(tmp_path):
     page = render(m, {"logits": logits, "y_cls": y, "va": np.zeros((12, 2)), "y_reg": None},
                              [str(tmp_path / n) for n in names], names)
     assert "\u202e" not in page and "a[U+202E]evil.jpg" in page
+
+
+# --- the order of the page, the galleries collapsed, thumbnails that enlarge (issue 26, item 5) -----
+def page_of(demo, n=48, seed=5, **kw):
+    y, logits, paths, names = synthetic(demo, n=n, seed=seed)
+    va_true = np.random.default_rng(seed).uniform(-1, 1, (len(y), 2))
+    m = M.evaluate(logits, va_true * 0.5, y, va_true, CLASS_NAMES)
+    m.update(classes_scored=CLASS_NAMES, checkpoint="runs/x/FER_convnext.pth")
+    predictions = {"logits": logits, "y_cls": y, "va": va_true * 0.5, "y_reg": va_true}
+    return m, render(m, predictions, paths, names, **kw)
+
+
+def test_page_leads_with_the_summary_and_collapses_the_galleries(demo):
+    m, html = page_of(demo, title="Evaluation: convnext_tiny <run 3>")
+    page = Page(html)
+    check_self_contained(page)
+    assert "<title>Evaluation: convnext_tiny &lt;run 3&gt;</title>" in html  # the title given, escaped
+    at = {i: html.index(f'id="{i}"') for i in ("summary", "metrics", "confusion", "mistakes", "calibration",
+                                                "per-class", "galleries", "correct", "run")}
+    assert at["summary"] < at["metrics"] < at["confusion"] < at["mistakes"] < at["calibration"] < at["per-class"]
+    assert at["per-class"] < at["galleries"] < at["correct"] < at["run"]
+    # Every cell of the matrix links to its gallery: mistakes under "galleries", correct cells last, all collapsed.
+    names, cm = m["classes_scored"], np.array(m["confusion_matrix"])
+    for i, j in zip(*np.nonzero(cm)):
+        where = html.index(f'id="{cell_id(names, i, j)}"')
+        assert (at["correct"] < where < at["run"]) if i == j else (at["galleries"] < where < at["correct"])
+        opened = html.rfind('<details class="cell">', 0, where)
+        assert opened > html.rfind("</details>", 0, where)  # inside a closed <details>
+    assert "<details open" not in html and " open>" not in html
+    # The diagonal is marked: exactly the cells i == j carry class "diag".
+    rows = html[at["confusion"]:at["mistakes"]].split("<tr>")[2:]  # after the header row
+    assert len(rows) == len(names)
+    for i, row in enumerate(rows):
+        cells = re.findall(r"<td( class=\"diag\")?", row)[:-1]  # the last: the row total
+        assert [bool(c) for c in cells] == [j == i for j in range(len(names))]
+    # The summary's mistakes are the most confident ones, before any gallery.
+    assert html.index("Most confident mistakes") < at["galleries"]
+
+
+def test_thumbnails_are_large_and_enlarge_to_their_stored_image(demo, tmp_path):
+    big = tmp_path / "big.png"  # a face larger than FULL: stored at FULL, shown at THUMB
+    cv2.imwrite(str(big), cv2.resize(cv2.imread(str(next((demo["root"] / "images").glob("*.jpg")))), (400, 400)))
+    y, logits, paths, names = synthetic(demo, n=16, seed=2)
+    paths[:] = [str(big)] * len(paths)
+    m = M.evaluate(logits, np.zeros((len(y), 2)), y, None, CLASS_NAMES)
+    m["classes_scored"] = CLASS_NAMES
+    html = render(m, {"logits": logits, "y_cls": y}, paths, names, max_images=4)
+    page = Page(html)
+    check_self_contained(page)
+    assert 112 <= THUMB <= FULL
+    figures = re.findall(r'<figure class="t" id="(img-\d+)"[^>]*>(.*?)</figure>', html)
+    thumbs = [a for a in page.imgs if a["src"].startswith("data:image/jpeg")]
+    assert figures and len(figures) == len(thumbs)
+    for k, body in figures:
+        assert f'<a class="pic" href="#{k}">' in body  # the thumbnail opens itself as the :target
+        close = re.search(r'<a class="close" href="#(cap-\d+)"', body)
+        assert close and f'<figcaption id="{close.group(1)}">' in body
+    for a in thumbs:
+        assert a["width"] == a["height"] == str(THUMB)
+        assert max(decode(a["src"], "jpeg").shape[:2]) == FULL
+    css = html[html.index("<style>"):html.index("</style>")]
+    assert "figure.t:target img{position:fixed" in css and "repeat(auto-fill" in css
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+# Run in a copy of the page only: it writes what the browser laid out into the DOM for --dump-dom.
+MEASURE = """<script>addEventListener("load", () => {const d = document.documentElement, o = {ids: {}};
+o.scrollWidth = d.scrollWidth; o.clientWidth = d.clientWidth; o.height = d.scrollHeight;
+for (const e of document.querySelectorAll("[id]")) o.ids[e.id] = Math.round(e.getBoundingClientRect().top + scrollY);
+o.broken = [...document.images].filter(i => !i.complete || !i.naturalWidth).length; o.images = document.images.length;
+o.open = [...document.querySelectorAll("details")].filter(x => x.open).map(x => x.innerHTML.match(/id="(cell-[^"]+)"/g));
+const p = document.createElement("pre"); p.id = "measured"; p.textContent = JSON.stringify(o); document.body.append(p);});
+</script>"""
+
+
+def chromium(*args):
+    r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+                        "--virtual-time-budget=5000", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def measured(tmp_path, html, width, fragment=""):
+    copy = tmp_path / f"measured_{width}.html"
+    copy.write_text(html.replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+    dom = chromium(f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},900", "--dump-dom",
+                   copy.as_uri() + fragment)
+    found = re.search(r'<pre id="measured">(.*?)</pre>', dom, re.S)
+    assert found, dom[-500:]
+    return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+def test_page_in_a_headless_browser(demo, tmp_path):
+    """Laid out by a real browser at 800 and 1600 px: no horizontal scroll, every image decodes, the summary
+    above the galleries, a matrix link opens its collapsed gallery; the screenshot is not blank."""
+    m, html = page_of(demo, n=64)
+    names, cm = m["classes_scored"], np.array(m["confusion_matrix"])
+    for width in (800, 1600):
+        o = measured(tmp_path, html, width)
+        assert o["scrollWidth"] <= o["clientWidth"] == width, o["scrollWidth"]
+        assert o["images"] > 0 and o["broken"] == 0
+        ids = o["ids"]
+        assert ids["metrics"] <= ids["confusion"] and max(ids[k] for k in ("metrics", "confusion", "mistakes",
+                                                                              "calibration")) < ids["galleries"]
+        assert not o["open"]  # every gallery collapsed
+        if width == 1600:
+            assert ids["metrics"] == ids["confusion"]  # side by side on a wide screen
+    i, j = next((i, j) for i, j in zip(*np.nonzero(cm)) if i != j)
+    o = measured(tmp_path, html, 800, "#" + cell_id(names, i, j))
+    assert o["open"] and any(f'id="{cell_id(names, i, j)}"' in x for x in o["open"][0])
+    shot = tmp_path / "page.png"
+    page = tmp_path / "page.html"
+    page.write_text(html, encoding="utf-8")
+    chromium(f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=800,1200", f"--screenshot={shot}", page.as_uri())
+    img = cv2.imread(str(shot))
+    assert img is not None and img.shape[1] == 800 and img.std() > 20  # drawn, not a blank page
+
+
+@pytest.mark.slow
+def test_the_title_names_the_architecture_and_the_run(evaluated, trained):
+    """Issue 26: the page was titled by the file name; it names the architecture and the run, and leads with
+    what training counted (the best_on weights' accuracy and epoch, from the run record)."""
+    title = f"resnet18: {trained.parent.name}/{trained.stem}"
+    assert f"<title>{title}</title>" in evaluated["html"] and f"<h1>{title}</h1>" in evaluated["html"]
+    assert "Training: best validation accuracy" in evaluated["html"]

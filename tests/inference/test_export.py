@@ -36,6 +36,9 @@ def test_onnx_export_dynamic_batch_and_parity(trained, tmp_path):
         assert logits.shape == (n, 8) and va.shape == (n, 2)
         np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4)
         np.testing.assert_allclose(va, ref_va.numpy(), atol=1e-4)
+        probs = session.run(["probabilities"], {"image": x.numpy()})[0]  # uncalibrated: softmax(logits)
+        np.testing.assert_allclose(probs, torch.softmax(ref_logits, 1).numpy(), atol=1e-5)
+    assert meta["probabilities"] == "raw" and meta["temperature"] == "1.0"
 
 
 # --- classes by name: a 7-class checkpoint --------------------------------------------------------
@@ -51,7 +54,7 @@ def test_predict_and_onnx_carry_the_checkpoints_classes(seven_model, demo, tmp_p
     assert r.returncode == 0, r.stderr
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert json.loads(session.get_modelmeta().custom_metadata_map["class_names"]) == SEVEN
-    logits, _ = session.run(None, {"image": np.zeros((2, 3, 32, 32), np.float32)})
+    logits = session.run(["logits"], {"image": np.zeros((2, 3, 32, 32), np.float32)})[0]
     assert logits.shape == (2, 7)
 
 
@@ -81,3 +84,36 @@ def test_export_without_onnxruntime_says_so_before_exporting(trained, tmp_path, 
     r = run_here("export_onnx.py", "--checkpoint", trained, "--out", tmp_path / "m.onnx")
     assert r.returncode == 1 and "onnxruntime not installed" in one_error_line(r)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_metadata_carries_the_crop_template(trained):
+    """Issue 26: the .onnx file lacked the crop template predict.py warps detected faces onto."""
+    from fer.constants import POINTS
+    from fer.inference.export import onnx_metadata
+
+    meta = model_from_checkpoint(trained)[1]
+    info = onnx_metadata(meta)
+    template = json.loads(info["crop_template"])
+    assert list(template) == list(POINTS)
+    assert np.allclose([template[p] for p in POINTS], meta["crop_template"], atol=1e-6)
+    assert "predict.py --detect_faces" in info["crop"]
+    info = onnx_metadata({**meta, "crop_template": None})
+    assert info["crop_template"] == "none" and "box" in info["crop"]
+
+
+# --- calibrated probabilities in the exported graph and its metadata --------------------------------
+def test_onnx_metadata_and_graph_carry_the_temperature(trained):
+    from fer.inference.export import _Named, onnx_metadata
+
+    model, meta = model_from_checkpoint(trained)
+    info = onnx_metadata(meta)
+    assert info["probabilities"] == "raw" and float(info["temperature"]) == 1.0
+    meta = {**meta, "calibration": {"temperature": 1.75, "fitted_on": [{"path": "runs/x/metadata_val.parquet"}]}}
+    info = onnx_metadata(meta)
+    assert info["probabilities"] == "calibrated" and float(info["temperature"]) == 1.75
+    assert "softmax(logits / 1.75)" in info["outputs"] and "metadata_val.parquet" in info["outputs"]
+    assert json.loads(info["calibration"])["temperature"] == 1.75
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        logits, _, probs = _Named(model, 1.75)(x)
+    np.testing.assert_allclose(probs.numpy(), torch.softmax(logits / 1.75, 1).numpy(), atol=1e-6)

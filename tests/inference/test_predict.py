@@ -298,7 +298,7 @@ def test_bad_output_locations_fail_before_the_checkpoint_is_read(tmp_path, old_o
              (["--out", read_only / "p.csv"], ["--out", "not writable"]),
              (["--annotate", tmp_path / "a_file"], ["--annotate", "is a file"]),
              (["--annotate", read_only / "ann"], ["--annotate", "not writable"]),
-             (["--out", image], ["--out", "is one of the inputs"]),
+             (["--out", image], ["--out", "is the input"]),
              (["--annotate", tmp_path], ["--annotate", "would overwrite the input", "x.jpg"]),
              (["--checkpoint", tmp_path / "a_folder"], ["--checkpoint", "not a regular file"]),
              (["--out", tmp_path / "fifo.csv"], ["--out", "fifo.csv", "exists and is a FIFO"]),
@@ -589,3 +589,44 @@ def test_a_video_named_like_mathtext(trained, tmp_path):
     r = run_here("predict.py", "--checkpoint", trained, clip, "--out", tmp_path / "p.csv")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "p_a$^$b_timeline.png").stat().st_size > 0
+
+
+# --- calibrated probabilities by default, raw on request -------------------------------------------
+@pytest.mark.slow
+def test_predict_reports_calibrated_probabilities_unless_raw(trained, demo, tmp_path):
+    from fer.model.checkpoint import write_calibration
+
+    ckpt = tmp_path / "cal.pth"
+    shutil.copy(trained, ckpt)
+    write_calibration(ckpt, {"temperature": 2.0, "fitted_on": [{"path": "metadata_val.parquet"}]})
+    images = [demo["root"] / "images" / f"{k}.jpg" for k in range(3)]
+    _, raw = predict_csv("--checkpoint", ckpt, *images, "--out", tmp_path / "raw.csv", "--raw")
+    r, cal = predict_csv("--checkpoint", ckpt, *images, "--out", tmp_path / "cal.csv")
+    _, plain = predict_csv("--checkpoint", trained, *images, "--out", tmp_path / "plain.csv")
+    assert (raw["probabilities"] == "raw").all() and (plain["probabilities"] == "raw").all()
+    assert (cal["probabilities"] == "calibrated (T=2.0000)").all() and "calibrated (T=2.0000)" in r.stdout
+    np.testing.assert_allclose(raw[PROBS].to_numpy(), plain[PROBS].to_numpy(), atol=1e-4)
+    expected = np.sqrt(raw[PROBS].to_numpy())  # softmax(z / 2) = sqrt(softmax(z)), renormalised
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(cal[PROBS].to_numpy(), expected, atol=5e-3)
+    assert (cal["expression"] == raw["expression"]).all() and (cal["confidence"] <= raw["confidence"] + 1e-4).all()
+
+
+def test_a_temperature_is_applied_only_to_the_outputs_it_was_fitted_on():
+    """A temperature fitted on plain logits mis-scales the flip average's (less confident) log-probabilities,
+    and the reverse: predict reports raw probabilities then, and says why; the ONNX graph (no TTA) likewise."""
+    from types import SimpleNamespace
+
+    from fer.inference.export import export_temperature
+    from fer.inference.predict import probability_kind
+
+    plain = {"calibration": {"temperature": 1.5, "tta": False}}
+    flipped = {"calibration": {"temperature": 1.5, "tta": True}}
+
+    def kind(meta, tta, raw=False):
+        return probability_kind(meta, SimpleNamespace(checkpoint="m.pth", raw=raw, tta=tta))
+    assert kind(plain, None) == (1.5, "calibrated (T=1.5000)") and kind(flipped, "flip") == (1.5, "calibrated (T=1.5000)")
+    assert kind(plain, "flip") == (1.0, "raw (the temperature was fitted without --tta)")
+    assert kind(flipped, None) == (1.0, "raw (the temperature was fitted with --tta)")
+    assert kind(plain, None, raw=True) == (1.0, "raw") and kind({}, "flip") == (1.0, "raw")
+    assert export_temperature(plain) == 1.5 and export_temperature(flipped) is None

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from builders import one_error_line, run_here
+from builders import ROOT, one_error_line, run_here
 
 import fer.cli.train as TF
 import fer.model.checkpoint
@@ -204,3 +204,42 @@ def test_hostile_findings_are_one_clear_line(trained, demo, tmp_path):
                                 "--out_dir", tmp_path, "--num_workers", 0), name, needle)
     r = run_here("metadata_parallel.py", "--root", tmp_path, "--out_dir", tmp_path / "o", "--class_map", "=happy")
     assert r.returncode == 2 and "'=happy' is not FOLDER=CLASS" in r.stderr
+
+
+def test_init_from_is_fingerprinted_by_its_weights(trained, tmp_path):
+    """Trust rule 5 (issue 25): --init_from was recorded as a path only; the run record now holds the starting
+    weights' fingerprint, the same for a copy elsewhere and different for other weights."""
+    import shutil
+
+    from fer.constants import CLASS_NAMES
+    from fer.model.checkpoint import model_initialised_from, read_checkpoint, weights_fingerprint
+
+    copy = tmp_path / "elsewhere" / "start.pth"
+    copy.parent.mkdir()
+    shutil.copy(trained, copy)
+    a = model_initialised_from(trained, "resnet18", CLASS_NAMES, say=lambda *_: None)
+    b = model_initialised_from(copy, "resnet18", CLASS_NAMES, say=lambda *_: None)
+    assert a.init_fingerprint == b.init_fingerprint == weights_fingerprint(read_checkpoint(trained)[1])
+    other = FERNet("resnet18", CLASS_NAMES, img_size=64)
+    assert weights_fingerprint(other.state_dict()) != a.init_fingerprint
+
+
+@pytest.mark.slow  # a fresh interpreter that imports torch
+def test_a_file_size_limit_during_torch_save_is_one_line_naming_the_file(tmp_path):
+    """Trust rule 6 (issue 25): `ulimit -f` inside torch.save was a traceback that named no file; the old file
+    is kept."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "m.pth"
+    target.write_bytes(b"the earlier checkpoint")
+    code = ("import resource, torch; resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+            "from fer.model.checkpoint import save_checkpoint\n"
+            "from fer.trust import FERError\n"
+            f"try:\n    save_checkpoint({{'model': {{'w': torch.zeros(1_000_000)}}}}, {str(target)!r})\n"
+            "except FERError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+    assert r.stdout.startswith(f"{target}: not written") and "ulimit -f" in r.stdout and len(r.stdout.splitlines()) == 1
+    assert target.read_bytes() == b"the earlier checkpoint" and [p.name for p in tmp_path.iterdir()] == ["m.pth"]

@@ -1,4 +1,4 @@
-"""fer/model/forward.py: test-time mirroring, and a model whose outputs are not finite predicts nothing."""
+"""fer/model/forward.py: test-time mirroring (probabilities averaged; an image and its mirror alike), and a model whose outputs are not finite predicts nothing."""
 import numpy as np
 import pytest
 import torch
@@ -19,12 +19,36 @@ def test_tta_changes_nothing_for_symmetric_input():
              "index": torch.arange(4)}
     plain = predict_batches(model, [batch], "cpu")
     tta = predict_batches(model, [batch], "cpu", tta=True)
-    np.testing.assert_allclose(plain["logits"], tta["logits"], atol=1e-5)
+    # TTA returns the log of the averaged probabilities: the same probabilities as the plain pass
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(plain["logits"]), 1).numpy(),
+                               np.exp(tta["logits"]), atol=1e-5)
     np.testing.assert_allclose(plain["va"], tta["va"], atol=1e-5)
     y = torch.randn(4, 3, 32, 32)  # and it does change an asymmetric one
     batch["image"] = y
     assert not np.allclose(predict_batches(model, [batch], "cpu")["logits"],
                            predict_batches(model, [batch], "cpu", tta=True)["logits"])
+
+
+def test_tta_gives_an_image_and_its_mirror_the_same_probabilities():
+    """--tta flip: the averaged probabilities of x and of mirror(x) are the same (same pair, other order), while
+    without TTA an asymmetric model tells them apart; the probabilities are the mean of the two passes'."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    model(torch.zeros(1, 3, 8, 8))
+
+    class Two(torch.nn.Module):
+        def forward(self, x):
+            logits = model(x)
+            return logits, logits[:, :2]
+
+    x = torch.randn(3, 3, 8, 8)
+    both = torch.cat([x, x.flip(3)])
+    plain = infer(Two(), both, "cpu")[0].softmax(1)
+    tta, va = infer(Two(), both, "cpu", tta="flip")
+    assert not torch.allclose(plain[:3], plain[3:], atol=1e-3)
+    torch.testing.assert_close(tta.softmax(1)[:3], tta.softmax(1)[3:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(va[:3], va[3:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(tta.softmax(1)[:3], (plain[:3] + plain[3:]) / 2)
 
 
 # --- silent wrong results -----------------------------------------------------------------------
@@ -69,7 +93,8 @@ def test_infer_mirrors_batches_and_names_a_model_whose_outputs_are_not_finite():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
     logits, va = infer(model, x, "cpu")
     mirrored, va_mirrored = infer(model, x, "cpu", tta=True)
-    torch.testing.assert_close(mirrored, logits.mean(1, keepdim=True).expand(2, 2))  # the halves swap
+    # the halves swap: the probabilities of the image and its mirror averaged
+    torch.testing.assert_close(mirrored.softmax(1), (logits.softmax(1) + logits.flip(1).softmax(1)) / 2)
     torch.testing.assert_close(va_mirrored, va)
     out = predict_batches(model, [{"image": x, "y_cls": torch.tensor([3, 5]), "index": torch.tensor([0, 1])}] * 2,
                           "cpu", tta=True)

@@ -122,3 +122,171 @@ def test_compare_predictions_refuses_too_few_resamples(tmp_path):
     """--bootstrap 5 gave a "95 % interval" of five values, exit 0; the rule is eval's (FER_io.check_bootstrap)."""
     r = run_here("compare_runs.py", "--predictions", tmp_path / "a.csv", tmp_path / "b.csv", "--bootstrap", 5)
     assert r.returncode == 2 and "--bootstrap 5: too few resamples" in one_error_line(r)
+
+
+# --- the plot (issue 26, item 4): read from the figure objects and the files -------------------------
+def fake_runs(root, specs):
+    """Run records with history CSVs, no training: specs = [(folder, args, {metric: per-epoch values})]."""
+    for k, (folder, args, curves) in enumerate(specs):
+        (root / folder).mkdir(parents=True)
+        epochs = len(next(iter(curves.values())))
+        pd.DataFrame({"epoch": range(1, epochs + 1), **curves}).to_csv(root / folder / "m_history.csv", index=False)
+        record = {"started": f"t{k}", "args": args, "best": {"val_acc": max(curves.get("val_acc", [0]))},
+                  "outputs": {"history": "m_history.csv"}}
+        (root / folder / "m_run.json").write_text(json.dumps(record))
+    return root
+
+
+LONG = "/data/experiments/affectnet/a_very_long_folder_name_for_one_run/config_variant_with_a_long_name.yaml"
+
+
+@pytest.fixture
+def seeds_and_lrs(tmp_path):
+    """Three seeds of lr 1e-3 (one stopped early), one run of lr 1e-2, all with a long differing path flag."""
+    def args(lr, seed, init):
+        return {"lr": lr, "seed": seed, "init_from": init, "epochs": 5}
+    acc = {1: [0.2, 0.4, 0.5, 0.55, 0.6], 2: [0.3, 0.5, 0.6, 0.62, 0.64], 3: [0.1, 0.3, 0.4]}
+    specs = [(f"s{s}", args(1e-3, s, LONG), {"val_acc": a, "val_loss": [1 - v for v in a]}) for s, a in acc.items()]
+    specs.append(("other", args(1e-2, 1, LONG + "2"), {"val_acc": [0.25, 0.35, 0.45, 0.5, 0.52],
+                                                        "val_loss": [0.9, 0.8, 0.7, 0.6, 0.5]}))
+    return fake_runs(tmp_path / "runs", specs)
+
+
+def test_plot_groups_seeds_as_a_mean_with_a_band_and_keeps_the_legend_outside(seeds_and_lrs):
+    rows, differing, _, _ = C.build_table(C.load_runs([seeds_and_lrs])[0])
+    assert sorted(r["n"] for r in rows) == [1, 3] and set(differing) == {"lr", "init_from"}
+    labels = C.short_labels(rows, differing)
+    assert all(len(label) <= C.LABEL_CHARS for label in labels) and len(set(labels)) == 2
+    assert all("lr=" in label for label in labels) and {"lr=0.001", "lr=0.01"} <= {lab.split(",")[0] for lab in labels}
+    assert any(label.endswith("yaml2") for label in labels)  # the part of the long path that differs
+    histories, notes = C.read_histories(rows)
+    assert not notes
+    fig, notes = C.curve_figure(rows, labels, histories, "val_acc")
+    assert not notes
+    ax = fig.axes[0]
+    # One line per row, not per run; a band only for the row of three seeds.
+    assert len(ax.lines) == 2
+    assert len(ax.collections) == 1
+    grouped = rows.index(next(r for r in rows if r["n"] == 3))
+    line = ax.lines[grouped]
+    np.testing.assert_allclose(line.get_ydata(), [0.2, 0.4, 0.5, (0.55 + 0.62) / 2, (0.6 + 0.64) / 2])
+    band = ax.collections[0].get_paths()[0].vertices
+    assert band[:, 1].min() == pytest.approx(0.1) and band[:, 1].max() == pytest.approx(0.64)
+    assert band[:, 0].max() == 5  # two runs reached epoch 5: still a band there
+    legend = ax.get_legend()
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert any(t.endswith("(n=3)") for t in texts) and "min\u2013max" in legend.get_title().get_text()
+    # The legend outside the axes, on the right.
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+    # Integer epoch ticks only.
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_plot_writes_one_figure_per_metric(seeds_and_lrs, tmp_path):
+    import matplotlib.image
+
+    r = run_here("compare_runs.py", seeds_and_lrs, "--plot", tmp_path / "curves.png", "--metric", "val_acc", "val_loss")
+    assert r.returncode == 0, r.stderr
+    files = [tmp_path / "curves_val_acc.png", tmp_path / "curves_val_loss.png"]
+    assert f"wrote {files[0]}, {files[1]}" in r.stdout and not (tmp_path / "curves.png").exists()
+    for f in files:
+        h, w = matplotlib.image.imread(f).shape[:2]
+        assert w > 9 * 110 * 0.9 and h > 200  # the saved figure holds the axes and the legend beside them
+    r = run_here("compare_runs.py", seeds_and_lrs, "--plot", tmp_path / "one.png", "--metric", "val_f1")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "one.png").is_file() and "no val_f1_macro in the history" in r.stdout
+    r = run_here("compare_runs.py", seeds_and_lrs, "--plot", tmp_path / "x.png", "--metric", "accuracy")
+    assert r.returncode == 2 and "--metric accuracy" in one_error_line(r)
+    r = run_here("compare_runs.py", seeds_and_lrs, "--metric", "val_loss")
+    assert r.returncode == 2 and "--plot" in one_error_line(r)
+
+
+def test_the_table_and_plot_count_the_best_on_weights(tmp_path):
+    """Issue 26: compare_runs.py read the raw weights' curve of a --best_on ema run; its table and plot now show
+    the weights the record counts (best_on), and an older record is named as counting the raw ones."""
+    history = pd.DataFrame({"epoch": [1, 2], "val_acc": [0.1, 0.2], "val_loss": [3.0, 2.0],
+                            "ema_val_acc": [0.5, 0.6], "ema_val_loss": [1.5, 1.0]})
+    for name, best_on in (("a", "ema"), ("b", None)):
+        history.to_csv(tmp_path / f"{name}_history.csv", index=False)
+        record = {"args": {"lr": 0.1 if name == "a" else 0.2, "best_on": "ema", "seed": 0}, "started": name,
+                  "best": {"val_acc": 0.6 if best_on else 0.2}, "outputs": {"history": f"{name}_history.csv"}}
+        if best_on:
+            record["best_on"] = best_on
+        (tmp_path / f"{name}_run.json").write_text(json.dumps(record))
+    rows, differing, _, notes = C.build_table(C.load_runs([tmp_path])[0])
+    assert any("recorded before --best_on ema was counted" in n and "b" in n for n in notes)
+    histories, _ = C.read_histories(rows)
+    labels = C.short_labels(rows, differing)
+    fig, _ = C.curve_figure(rows, labels, histories, "val_acc")  # val_acc: the weights each record counts
+    assert [list(line.get_ydata()) for line in fig.axes[0].lines] == [[0.5, 0.6], [0.5, 0.6]]
+    fig, _ = C.curve_figure(rows, labels, histories, "raw_val_acc")  # one set of weights, named
+    assert [list(line.get_ydata()) for line in fig.axes[0].lines] == [[0.1, 0.2], [0.1, 0.2]]
+
+
+# --- trust rule 5 (issue 25): each column one meaning; --init_from by its weights -----------------------
+def record(folder, args, **top):
+    folder.mkdir(parents=True)
+    (folder / "m_run.json").write_text(json.dumps({"started": folder.name, "args": args, "best": {"val_acc": 0.5},
+                                                   **top}))
+
+
+def test_the_epochs_flag_and_the_epochs_run_are_two_columns(tmp_path):
+    """The --epochs flag's column showed the epochs run when runs differed in --epochs (one row key for both)."""
+    record(tmp_path / "a", {"epochs": 10, "seed": 0}, epochs=4)  # stopped early after 4 of 10
+    record(tmp_path / "b", {"epochs": 20, "seed": 0}, epochs=20)
+    rows, differing, _, _ = C.build_table(C.load_runs([tmp_path])[0])
+    assert differing == ["epochs"]
+    assert sorted((r["epochs"], r["epochs_run"]) for r in rows) == [(10, 4.0), (20, 20.0)]
+    header, body = C.table_cells(rows, differing)
+    assert header.count("epochs") == 1 and "epochs run" in header
+
+
+def test_runs_from_the_same_starting_weights_are_replicates_whatever_the_path(tmp_path):
+    """--init_from was compared as a path: the same weights under two paths were two settings, and other
+    weights under one path (a file replaced between runs) were one."""
+    same = {"path": "/x", "fingerprint": "ab" * 32}
+    record(tmp_path / "s1", {"init_from": "a/start.pth", "seed": 1}, init_from=same)
+    record(tmp_path / "s2", {"init_from": "copy/of/start.pth", "seed": 2}, init_from=same)
+    record(tmp_path / "s3", {"init_from": "a/start.pth", "seed": 3}, init_from={"path": "/x", "fingerprint": "cd" * 32})
+    rows, differing, _, _ = C.build_table(C.load_runs([tmp_path])[0])
+    assert differing == ["init_from"] and sorted(r["n"] for r in rows) == [1, 2]
+    assert {r["init_from"] for r in rows} == {"weights " + "ab" * 6, "weights " + "cd" * 6}
+
+
+def test_a_run_record_nested_too_deeply_is_one_line(tmp_path):
+    """Hostile pass 2026-12-03: 100,000 nested brackets in a *_run.json were a RecursionError traceback."""
+    bomb = tmp_path / "x_run.json"
+    bomb.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(C.FERError, match="not a readable run record"):
+        C.read_record(bomb)
+
+
+@pytest.mark.parametrize("change,needle", [("string", "not valid numbers"), ("sum", "sum to")])
+def test_predictions_that_are_not_class_probabilities_are_one_line(tmp_path, change, needle):
+    """Hostile pass 2026-12-03: a probability 'x' was a ValueError traceback; rows summing to 3 (each value in
+    [0, 1]) were compared, exit 0."""
+    names = ["a.jpg", "b.jpg", "c.jpg"]
+    probs = np.full((3, 8), 1 / 8)
+    df = pd.DataFrame({"filename": names, "y_true": [0, 1, 2], **{f"prob_{i}": probs[:, i] for i in range(8)}})
+    if change == "string":
+        df["prob_0"] = df["prob_0"].astype(object)
+        df.loc[1, "prob_0"] = "x"
+    else:
+        df[[f"prob_{i}" for i in range(8)]] *= 3
+    df.to_csv(tmp_path / "p.csv", index=False)
+    with pytest.raises(C.FERError, match=needle):
+        C.read_predictions(tmp_path / "p.csv")
+
+
+def test_an_old_and_a_new_record_of_one_setting_are_not_averaged_across_weights(tmp_path):
+    """A record from before best_on was counted holds the raw weights' numbers under --best_on ema; a newer
+    replicate (another --seed) holds the EMA weights': one row averaged the two."""
+    args = {"best_on": "ema", "ema": 0.99, "lr": 0.1}
+    record(tmp_path / "old", {**args, "seed": 1})  # no best_on at the top: `best` is the raw weights'
+    record(tmp_path / "new", {**args, "seed": 2}, best_on="ema")
+    rows, _, _, notes = C.build_table(C.load_runs([tmp_path])[0])
+    assert sorted(r["n"] for r in rows) == [1, 1]
+    assert any("recorded before --best_on ema was counted" in n for n in notes)

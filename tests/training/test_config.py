@@ -25,10 +25,12 @@ ORIGINAL = ["--train_meta", "t.parquet", "--val_meta", "v.parquet", "--arch", "r
 DEPENDENT = [
     ([], ["--ema", "0.9"]),  # --best_on: ema with --ema (the old config kept the stored raw)
     (["--ema", "0.9"], ["--best_on", "raw"]),
+    (["--ema", "0.9"], ["--ema", "0"]),  # averaging undone: best_on back to raw (a stored --ema could not be undone)
     ([], ["--no_pretrained"]),  # --freeze_epochs 0 / --unfreeze_all_at 1 from random weights (the stored 3 stayed)
     (["--no_pretrained"], ["--pretrained"]),  # back to staged freezing (a stored true could not be undone)
     (["--no_pretrained"], ["--unfreeze_all_at", "3"]),  # a schedule given: nothing derived from --no_pretrained is left
     (["--no_pretrained"], ["--freeze_epochs", "2"]),
+    ([], ["--arch", "resnet34"]),  # --save_path FER_<arch>.pth (issue 26: names from the architecture)
 ]
 
 
@@ -56,11 +58,31 @@ def test_the_dependent_defaults(tmp_path):
     config = config_of(ORIGINAL, tmp_path / "m_config.yaml")
     assert TF.get_args(["--config", config]).best_on == "raw"
     assert TF.get_args(["--config", config, "--ema", "0.9"]).best_on == "ema"
+    config = config_of(ORIGINAL + ["--ema", "0.9"], tmp_path / "e_config.yaml")
+    off = TF.get_args(["--config", config, "--ema", "0"])
+    assert (off.ema, off.best_on) == (None, "raw")
     scratch = TF.get_args(["--config", config, "--no_pretrained"])
     assert (scratch.freeze_epochs, scratch.unfreeze_all_at) == (0, 1)
     config = config_of(ORIGINAL + ["--no_pretrained"], tmp_path / "s_config.yaml")
     again = TF.get_args(["--config", config, "--pretrained"])
     assert (again.no_pretrained, again.freeze_epochs, again.unfreeze_all_at) == (False, 3, None)
+
+
+def test_default_names_come_from_the_architecture(tmp_path):
+    """Issue 26: the default checkpoint is FER_<arch>.pth, decided after the config (not given, not stored)."""
+    assert TF.get_args([]).save_path == "FER_resnet50.pth"
+    args = TF.get_args(["--arch", "convnext_tiny"])
+    assert args.save_path == "FER_convnext_tiny.pth" and "save_path" not in args.given
+    config = config_of(["--arch", "convnext_tiny"], tmp_path / "c_config.yaml")
+    assert TF.get_args(["--config", config, "--arch", "resnet18"]).save_path == "FER_resnet18.pth"
+    assert TF.get_args(["--arch", "resnet18", "--save_path", "x.pth"]).save_path == "x.pth"
+
+
+def test_a_runs_config_without_save_path_says_to_give_one(trained, tmp_path):
+    """Issue 26: --config X_config.yaml alone names X's own files: the message asks for a new --save_path."""
+    config = trained.with_name(trained.stem + "_config.yaml")
+    r = run_here("train_vggface2_resnet50.py", "--config", config)
+    one_error_line(r, f"--config {config}", "give a new --save_path", "--resume", code=1)
 
 
 def test_the_config_holds_the_given_flags_only(tmp_path):
@@ -87,15 +109,19 @@ def test_the_command_line_wins_over_the_config(tmp_path):
 def test_every_on_off_flag_can_be_switched_off(tmp_path):
     switches = [a for a in TF.flags_of(TF.parser()) if a.nargs == 0]
     assert {a.dest for a in switches} == {"balanced_sampling", "keep_class_weights", "no_pretrained", "compile",
-                                          "deterministic", "overwrite"}
+                                          "deterministic", "overwrite", "asam", "quiet", "allow_outside_root"}
     help_text = TF.parser().format_help()
+    needs = {"asam": ["--sam", "0.5"]}  # a switch that means something only with another flag
     for action in switches:
         assert isinstance(action, argparse.BooleanOptionalAction) and action.default is False
         on, off = action.option_strings
         assert off == ("--pretrained" if on == "--no_pretrained" else f"--no_{on[2:]}") and off in help_text
-        assert getattr(TF.get_args([on]), action.dest) is True
-        assert getattr(TF.get_args([on, off]), action.dest) is False
-        assert getattr(TF.get_args([off, on]), action.dest) is True  # the last one wins
+        more = needs.get(action.dest, [])
+        assert getattr(TF.get_args([*more, on]), action.dest) is True
+        assert getattr(TF.get_args([*more, on, off]), action.dest) is False
+        assert getattr(TF.get_args([*more, off, on]), action.dest) is True  # the last one wins
+        if action.dest == "overwrite":  # never read from a file (trust rule 3; test_rule3_... below)
+            continue
         config = tmp_path / f"{action.dest}.yaml"
         config.write_text(f"{action.dest}: true\n")
         undone = TF.get_args(["--config", str(config), off])
@@ -135,6 +161,7 @@ def test_resolve_is_the_one_place_and_changes_nothing_resolved():
     (["--ema", "1"], "--ema"),
     (["--warmup_epochs", "3", "--epochs", "3"], "leaves no epoch"),
     (["--arch", "vgg16"], "--arch"),
+    (["--lr", "0"], "--lr: 0 must be > 0"),  # issue 26: a rate that trains nothing
 ])
 def test_bad_knobs_one_line(demo, tmp_path, flags, message):
     r = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, *flags))
@@ -167,7 +194,7 @@ def test_a_flag_over_a_runs_config_acts_as_if_added_to_its_command(runs, tmp_pat
     assert "best_on" not in values and "freeze_epochs" not in values  # the flags given, nothing resolved
     r = run_here("train_vggface2_resnet50.py", "--config", config, "--ema", 0.9, "--save_path", tmp_path / "ema.pth")
     assert r.returncode == 0, r.stderr
-    assert "best validation accuracy (EMA weights)" in r.stdout
+    assert "best validation accuracy (EMA weights, --best_on ema)" in r.stdout
     record = json.loads((tmp_path / "ema_run.json").read_text())
     assert record["args"]["best_on"] == "ema" and record["args"]["freeze_epochs"] == 0  # resolved, for reading
     assert record["given"] == yaml.safe_load((tmp_path / "ema_config.yaml").read_text()) == \
@@ -267,3 +294,107 @@ def test_huge_seed_is_a_flag_error(demo, tmp_path):
     """--seed 2e13: seed x 1000003 overflowed torch.manual_seed, a ValueError traceback after the data loaded."""
     r = run_here(TRAIN, *tiny_args(demo, tmp_path, "--epochs", 1, "--seed", 2 * 10**13))
     assert r.returncode == 2 and "--seed" in one_error_line(r, "4294967295")
+
+
+# --- recipe options and presets (issue 28) -------------------------------------------------------
+RECIPE_FLAGS = {"balanced_sampling": False, "sampling_weights": None, "label_smoothing": 0.1, "sam": 0.0,
+                "asam": False, "recipe": None}
+
+
+def test_the_recipe_options_are_off_by_default_and_checked_first():
+    args = TF.get_args(ORIGINAL)
+    assert {k: getattr(args, k) for k in RECIPE_FLAGS} == RECIPE_FLAGS  # label smoothing: the kit's 0.1, as always
+    sqrt = TF.get_args(ORIGINAL + ["--balanced_sampling", "--sampling_weights", "sqrt", "--sam", "0.5", "--asam",
+                                   "--label_smoothing", "0"])
+    assert (sqrt.sampling_weights, sqrt.sam, sqrt.asam, sqrt.label_smoothing) == ("sqrt", 0.5, True, 0.0)
+    assert TF.get_args(ORIGINAL + ["--balanced_sampling"]).sampling_weights == "inverse"  # resolved
+    help_text = TF.parser().format_help()
+    for flag in ("--sampling_weights", "--label_smoothing", "--sam", "--asam", "--no_asam", "--recipe"):
+        assert flag in help_text
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--asam"], "--asam needs --sam"),
+    (["--sampling_weights", "sqrt"], "--sampling_weights sqrt needs --balanced_sampling"),
+    (["--label_smoothing", "1"], "--label_smoothing: 1 must be < 1"),
+    (["--sam", "-0.1"], "--sam: -0.1 must be >= 0"),
+    (["--recipe", "nope"], "--recipe: invalid choice: 'nope'"),
+])
+def test_recipe_option_mistakes_are_one_line_before_torch(tmp_path, flags, message):
+    r = run_here("train_vggface2_resnet50.py", "--train_meta", tmp_path / "none.parquet", *flags)
+    one_error_line(r, message, code=2)
+
+
+def test_a_recipe_is_a_layer_between_the_defaults_and_the_config(tmp_path):
+    """defaults < recipe < --config < command line; the recipe's values are resolved values, not given ones."""
+    preset = yaml.safe_load((TF.Path(__file__).resolve().parents[2] / "recipes" / "affectnet8.yaml").read_text())
+    args = TF.get_args(ORIGINAL + ["--recipe", "affectnet8"])
+    assert {k: getattr(args, k) for k in preset} == preset and args.given["recipe"] == "affectnet8"
+    assert not set(preset) & set(args.given)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"recipe": "affectnet8", "sam": 0.1, "lr": 0.5}))
+    layered = TF.get_args(["--config", str(config), "--lr", "0.25", "--no_balanced_sampling"])
+    assert (layered.sam, layered.lr, layered.balanced_sampling, layered.sampling_weights) == (0.1, 0.25, False, None)
+    assert layered.given == {"recipe": "affectnet8", "sam": 0.1, "lr": 0.25, "balanced_sampling": False}
+    # a value equal to the default still counts as given when it undoes the recipe's
+    assert TF.get_args(["--recipe", "affectnet8", "--sam", "0"]).given == {"recipe": "affectnet8", "sam": 0.0}
+
+
+@pytest.mark.parametrize("added", [[], ["--sam", "0"], ["--no_balanced_sampling"], ["--label_smoothing", "0.2"],
+                                   ["--recipe", "affectnet8"]], ids=lambda x: " ".join(x) or "-")
+def test_a_recipe_runs_config_plus_a_flag_is_the_original_command_plus_the_flag(tmp_path, added):
+    first = ORIGINAL + ["--recipe", "affectnet8", "--lr", "0.001"]
+    config = config_of(first, tmp_path / "m_config.yaml")
+    composed = TF.get_args(["--config", config, *added])
+    direct = TF.get_args(first + added)
+    assert resolved(composed) == resolved(direct) and composed.given == direct.given
+
+
+def test_a_recipe_that_sets_what_a_recipe_cannot_is_refused(tmp_path, monkeypatch):
+    import fer.cli.config as C
+
+    monkeypatch.setattr(C, "RECIPES", tmp_path)
+    (tmp_path / "bad.yaml").write_text("resume: x_last.pth\n")
+    (tmp_path / "typo.yaml").write_text("sam: lots\n")
+    for name, needle in (("bad", "sets 'resume', which is not a flag a recipe can set"), ("typo", "sam")):
+        with pytest.raises(SystemExit) as e:
+            TF.get_args(["--recipe", name])
+        assert e.value.code == 2, needle
+# --- trust rules 3 and 6 (issue 25) for --config ------------------------------------------------------
+def test_rule3_overwrite_is_never_read_from_a_config_and_tensorboard_dir_is_not_inherited(tmp_path, capsys):
+    from fer.cli.train import get_args
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 2\noverwrite: true\n")
+    with pytest.raises(SystemExit):
+        get_args(["--config", str(cfg)])
+    assert "overwrite is not read from a file" in capsys.readouterr().err
+    cfg.write_text(f"epochs: 2\ntensorboard: {tmp_path / 'first_tb'}\n")
+    args = get_args(["--config", str(cfg), "--save_path", str(tmp_path / "b.pth")])
+    assert args.tensorboard == "" and "beside its own checkpoint" in capsys.readouterr().err
+    assert get_args(["--config", str(cfg), "--tensorboard", str(tmp_path / "tb")]).tensorboard == str(tmp_path / "tb")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("lr: 0.1\nlr: 0.2\n", "given twice"),
+    ('{"lr": 0.1, "lr": 0.2}', "given twice"),
+    ("a: &a [1,1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+     "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n",
+     "expands to more than"),
+    ("fifo", "not a regular file"),
+])
+def test_rule6_hostile_config_files_are_one_line_quickly(tmp_path, capsys, text, needle):
+    import time
+
+    from fer.cli.train import get_args
+
+    cfg = tmp_path / ("c.json" if text.startswith("{") else "c.yaml")
+    if text == "fifo":
+        os.mkfifo(cfg)
+    else:
+        cfg.write_text(text)
+    t0 = time.time()
+    with pytest.raises(SystemExit):
+        get_args(["--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1 and time.time() - t0 < 5

@@ -27,6 +27,25 @@ def test_class_weights():
 
 # --- the training script ------------------------------------------------------------------------
 @pytest.mark.slow
+def test_a_run_with_the_recipe_options_records_them(demo, tmp_path):
+    """--recipe affectnet8 (balanced sampling, SAM) with sqrt sampling, ASAM, EMA and no label smoothing on top:
+    the run trains, and its record holds the resolved values and, as given, what the command line said."""
+    r = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, "--epochs", 1, "--steps_per_epoch", 3,
+                                                            "--recipe", "affectnet8", "--sampling_weights", "sqrt",
+                                                            "--sam", "0.5", "--asam", "--ema", "0.9",
+                                                            "--label_smoothing", "0"))
+    assert r.returncode == 0, r.stderr
+    run = json.loads((tmp_path / "m_run.json").read_text())
+    assert {k: run["args"][k] for k in ("recipe", "balanced_sampling", "sampling_weights", "sam", "asam",
+                                         "label_smoothing")} == \
+        {"recipe": "affectnet8", "balanced_sampling": True, "sampling_weights": "sqrt", "sam": 0.5, "asam": True,
+         "label_smoothing": 0.0}
+    assert "balanced_sampling" not in run["given"] and run["given"]["recipe"] == "affectnet8"
+    assert run["given"]["sampling_weights"] == "sqrt" and run["given"]["label_smoothing"] == 0.0
+
+
+
+@pytest.mark.slow
 def test_short_run_outputs(demo, tmp_path):
     r = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, "--epochs", 2, "--freeze_epochs", 1))
     assert r.returncode == 0, r.stderr
@@ -46,7 +65,7 @@ def test_short_run_outputs(demo, tmp_path):
 @pytest.mark.slow
 def test_early_stopping(demo, tmp_path):
     r = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, "--epochs", 6, "--patience", 2,
-                                                            "--lr", 0, "--weight_decay", 0, "--freeze_epochs", 3))
+                                                            "--lr", 1e-30, "--weight_decay", 0, "--freeze_epochs", 3))
     assert r.returncode == 0, r.stderr
     assert "early stopping" in r.stdout and "epoch 3/6" in r.stdout and "epoch 4/6" not in r.stdout
 
@@ -266,8 +285,8 @@ def test_training_stops_at_the_first_nonfinite_loss(demo, tmp_path, monkeypatch,
     real = TL.make_criterion
     calls = []
 
-    def poisoned(weights, device):
-        crit = real(weights, device)
+    def poisoned(weights, device, *more):
+        crit = real(weights, device, *more)
 
         def criterion(*a):
             calls.append(1)
@@ -299,3 +318,62 @@ def test_ctrl_c_while_starting_is_one_line(demo, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode in (130, -signal.SIGINT) and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and "interrupted" in err
+
+
+# --- issue 26: EMA that counts, finished runs that continue -------------------------------------------
+@pytest.mark.slow
+def test_best_on_ema_is_the_one_number_everywhere(demo, tmp_path):
+    """With --ema --best_on ema the run record's best epoch and metrics, the checkpoint's metrics, the console
+    and compare_runs.py's table are the EMA weights'; both curves are in the history and TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    r = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, "--epochs", 3, "--freeze_epochs", 0,
+                                                            "--lr", 3e-3, "--ema", 0.5, "--tensorboard"))
+    assert r.returncode == 0, r.stderr
+    history = pd.read_csv(tmp_path / "m_history.csv")
+    assert {"val_acc", "ema_val_acc", "val_top_share", "ema_val_top_share"} <= set(history.columns)
+    best = int(history["epoch"][history["ema_val_acc"].idxmax()])  # the first of equals
+    record = json.loads((tmp_path / "m_run.json").read_text())
+    assert record["best_on"] == "ema" and record["best_epoch"] == best
+    ema_best = history[history["epoch"] == best].iloc[0]
+    assert record["best"]["val_acc"] == pytest.approx(ema_best["ema_val_acc"])
+    assert record["best_raw"]["val_acc"] == pytest.approx(ema_best["val_acc"])
+    ckpt = torch.load(tmp_path / "m.pth", weights_only=True)
+    assert ckpt["best_on"] == "ema" and ckpt["epoch"] == best
+    assert ckpt["metrics"]["val_acc"] == pytest.approx(ema_best["ema_val_acc"])
+    assert ckpt["metrics_raw"]["val_acc"] == pytest.approx(ema_best["val_acc"])
+    assert f"(EMA weights, --best_on ema) {ema_best['ema_val_acc']:.4f} at epoch {best}" in r.stdout
+    assert "epoch 3 train: " in r.stdout and "val: " in r.stdout and "batch/s" in r.stdout  # progress in a log
+    table = run_here("compare_runs.py", tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert f"{ema_best['ema_val_acc']:.4f}" in table.stdout and "--best_on names" in table.stdout
+    events = EventAccumulator(str(tmp_path / "m_tensorboard")).Reload()
+    assert {"accuracy/val", "accuracy/val_ema", "loss/val_ema"} <= set(events.Tags()["scalars"])
+
+
+@pytest.mark.slow
+def test_a_finished_run_continues_with_more_epochs(demo, tmp_path):
+    """A finished run: --resume with the same --epochs says how to continue; a larger --epochs extends it,
+    the schedule re-planned (the learning rate rises again) and the extension recorded."""
+    common = ["--epochs", 2, "--freeze_epochs", 0, "--lr", 1e-3]
+    r = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, *common))
+    assert r.returncode == 0, r.stderr
+    last = tmp_path / "m_last.pth"
+    again = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, *common, "--resume", last))
+    assert again.returncode == 0, again.stderr
+    assert "complete (all 2 epochs done)" in again.stdout and f"--resume {last} --epochs 4" in again.stdout
+    assert f"--init_from {tmp_path / 'm.pth'}" in again.stdout
+    more = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, *common[2:], "--epochs", 4,
+                                                               "--resume", last))
+    assert more.returncode == 0, more.stderr
+    assert "extends the run's 2 epochs after epoch 2" in more.stdout and "epoch 4/4" in more.stdout
+    history = pd.read_csv(tmp_path / "m_history.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4]
+    # Re-planned: epoch 3 starts on the 4-epoch cosine (half way: lr/2), not at the end of the 2-epoch one.
+    assert history["lr"][2] == pytest.approx(1e-3 * 0.5, rel=1e-6)
+    record = json.loads((tmp_path / "m_run.json").read_text())
+    assert record["args"]["epochs"] == 4 and record["epochs"] == 4
+    assert record["extensions"][0]["epochs_from"] == 2 and record["extensions"][0]["epochs_to"] == 4
+    fewer = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, *common[2:], "--epochs", 3,
+                                                                "--resume", last))
+    assert fewer.returncode == 1 and "--epochs 4 -> 3" in fewer.stderr

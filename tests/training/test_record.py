@@ -116,3 +116,25 @@ def test_a_record_is_strict_json_and_a_resume_continues_it(tmp_path):
         RunRecord(args, "x", torch.device("cpu"), 1, "float32", changed, {}, previous=json.loads(path.read_text()))
     TensorBoardLog(None).epoch(row, [1.0], 0)  # without --tensorboard: nothing is written, no folder is made
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m_run.json"]
+
+
+def test_the_best_epoch_is_the_best_on_weights_and_a_collapse_is_named():
+    """Issue 26: with --best_on ema the record's best epoch and `best` are the EMA weights' (they were the raw
+    weights' val_acc); a best epoch whose predictions are (almost) one class is recorded as a collapse."""
+    import argparse
+
+    from fer.constants import COLLAPSE_SHARE
+
+    data = {"train": [], "val": []}
+    rows = [{"epoch": 1, "val_acc": 0.9, "ema_val_acc": 0.5, "val_top_class": "Happy", "val_top_share": 0.3,
+             "ema_val_top_class": "Happy", "ema_val_top_share": 0.95, "img_per_s": 1.0},
+            {"epoch": 2, "val_acc": 0.6, "ema_val_acc": 0.7, "val_top_class": "Sad", "val_top_share": 0.4,
+             "ema_val_top_class": "Sad", "ema_val_top_share": 0.97, "img_per_s": 1.0}]
+    ema = RunRecord(argparse.Namespace(best_on="ema"), "x", torch.device("cpu"), 1, "float32", data, {})
+    record = ema.update({"epoch": 2, "history": rows})
+    assert record["best_on"] == "ema" and record["best_epoch"] == 2 and record["best"]["val_acc"] == 0.7
+    assert record["best_raw"]["val_acc"] == 0.6 and record["best_ema"]["val_acc"] == 0.7
+    assert record["collapse"] == {"class": "Sad", "share": 0.97, "threshold": COLLAPSE_SHARE, "epoch": 2}
+    raw = RunRecord(argparse.Namespace(best_on="raw"), "x", torch.device("cpu"), 1, "float32", data, {})
+    record = raw.update({"epoch": 2, "history": rows})
+    assert record["best_epoch"] == 1 and record["best"]["val_acc"] == 0.9 and record["collapse"] is None

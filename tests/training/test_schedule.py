@@ -1,6 +1,8 @@
 """fer/training/schedule.py: staged fine-tuning (which blocks train when, frozen ones do not move), the
 epoch convention of the flags, warm-up then cosine.
 """
+import math
+
 import pytest
 import torch
 from builders import run_here, tiny_args
@@ -58,6 +60,35 @@ def test_warmup_then_cosine():
     assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0]) and lrs[3] < 1.0 and lrs == sorted(lrs[:3]) + sorted(lrs[3:], reverse=True)
 
 
+def test_cosine_sets_the_rate_at_every_step_and_resumes_exactly():
+    """Issue 26: the cosine schedule steps per optimizer step, not per epoch; its state resumes it exactly,
+    an older per-epoch state at its next epoch, and a re-plan (more epochs) continues from the same step."""
+    def lrs(sched, opt, n):
+        out = []
+        for _ in range(n):
+            out.append(opt.param_groups[0]["lr"])
+            sched.step()
+        return out
+
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    sched = TS.make_scheduler(opt, 2, 0, steps_per_epoch=4)
+    first = lrs(sched, opt, 4)
+    assert first == sorted(first, reverse=True) and len(set(first)) == 4  # falls within the epoch
+    assert first == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(4)])
+    state = sched.state_dict()
+    rest = lrs(sched, opt, 4)
+    opt2 = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    again = TS.make_scheduler(opt2, 2, 0, steps_per_epoch=4)
+    again.load_state_dict(state)
+    assert lrs(again, opt2, 4) == pytest.approx(rest)
+    older = TS.make_scheduler(opt2, 2, 0, steps_per_epoch=4)
+    older.load_state_dict({"last_epoch": 1, "base_lrs": [1.0]})  # torch's CosineAnnealingLR after one epoch
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.5)
+    longer = TS.make_scheduler(opt2, 4, 0, steps_per_epoch=4)
+    longer.load_state_dict(state)  # after epoch 1 of 2, re-planned over 4 epochs
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 16)))
+
+
 # --- Ctrl-C before the first epoch; the schedule ---------------------------------------------------
 def test_one_epoch_convention():
     """Epochs are numbered from 1 (as printed): --freeze_epochs N = epochs 1..N, --unfreeze_all_at E = from E;
@@ -103,3 +134,16 @@ def test_huge_epochs_do_not_hang_before_the_first_epoch(monkeypatch):
     monkeypatch.setattr(T, "trainable_blocks", lambda *a, **k: calls.append(a) or blocks(*a, **k))
     assert T.schedule_text(10**5, 3, None) == "epochs 1-3 layer4, 4-100000 layer3+layer4" and len(calls) <= 3
     assert T.schedule_text(6, 3, 1) == "epochs 1-6 all" and T.schedule_text(10**9, 0, 5).endswith("5-1000000000 all")
+
+
+def test_a_resume_with_another_number_of_processes_keeps_its_place_in_the_schedule():
+    """Resumed on 1 process after 1 of 4 epochs on 2 (8 steps per epoch there, 16 here): the schedule used to
+    continue at step 8 of 64, a quarter of an epoch, with the rate jumping back up."""
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    two = TS.make_scheduler(opt, 4, 0, steps_per_epoch=8)
+    for _ in range(8):
+        two.step()
+    one_opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    one = TS.make_scheduler(one_opt, 4, 0, steps_per_epoch=16)
+    one.load_state_dict(two.state_dict())
+    assert one.step_count == 16 and one_opt.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
