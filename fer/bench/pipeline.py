@@ -6,7 +6,6 @@ import io
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -14,11 +13,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+try:
+    import resource  # POSIX: peak memory
+except ImportError:  # Windows
+    resource = None
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
 from fer.bench import faces
 from fer.cli.compare import get_args as compare_args
@@ -89,6 +93,8 @@ def sync(device):
 
 
 def peak_rss_mib():
+    if resource is None:
+        return float("nan")
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return kb / 1024 / (1024 if platform.system() == "Darwin" else 1)
 

@@ -140,13 +140,19 @@ CALIBRATION_BINS = 15
 TEMPERATURE_RANGE = (0.01, 100.0)  # the search range of the temperature
 
 
+def confidence_bins(probs, y_true, bins=CALIBRATION_BINS):
+    """(confidence, correct as 0/1, the bin of each image, the bin edges): equal-width bins (lo, hi] of the
+    top probability, shared by the reliability diagram, the ECE and its bootstrap."""
+    probs, y_true = np.asarray(probs, np.float64), np.asarray(y_true)
+    conf, correct = probs.max(1), (probs.argmax(1) == y_true).astype(np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    return conf, correct, np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1), edges
+
+
 def reliability(probs, y_true, bins=CALIBRATION_BINS):
     """Confidence (top probability) against accuracy in equal-width bins (lo, hi]: one dict per bin
     with count, accuracy and mean confidence (None when empty)."""
-    probs, y_true = np.asarray(probs, np.float64), np.asarray(y_true)
-    conf, correct = probs.max(1), probs.argmax(1) == y_true
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    conf, correct, which, edges = confidence_bins(probs, y_true, bins)
     out = []
     for b in range(bins):
         sel = which == b
@@ -159,9 +165,7 @@ def reliability(probs, y_true, bins=CALIBRATION_BINS):
 
 def ece(probs, y_true, bins=CALIBRATION_BINS):
     """Expected calibration error: sum over bins of |accuracy - confidence| x share of samples."""
-    n = len(y_true)
-    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"])
-                     for b in reliability(probs, y_true, bins) if b["count"]))
+    return float(bootstrap_ece(np.arange(len(y_true))[None], probs, y_true, bins)[0])
 
 
 def nll(logits, y_true):
@@ -488,12 +492,11 @@ def format_comparison(comp, name_a="A", name_b="B"):
 
 # --- calibrated confidence: a temperature fitted on one split, applied to another -----------------
 def bootstrap_ece(idx, probs, y_true, bins=CALIBRATION_BINS):
-    """The ECE of each resample (row of idx), as ece() computes it: one bincount per statistic over the
-    whole (resamples x n) matrix, so 1000 resamples of thousands of images take a fraction of a second."""
-    probs, y_true, idx = np.asarray(probs, np.float64), np.asarray(y_true), np.asarray(idx)
-    conf, correct = probs.max(1), (probs.argmax(1) == y_true).astype(np.float64)
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    """The ECE of each resample (row of idx; ece() is the one 'resample' of every image): one bincount per
+    statistic over the whole (resamples x n) matrix, so 1000 resamples of thousands of images take a fraction
+    of a second."""
+    idx = np.asarray(idx)
+    conf, correct, which, _ = confidence_bins(probs, y_true, bins)
     b, n = idx.shape
     key = (np.arange(b)[:, None] * bins + which[idx]).ravel()
     conf_sum = np.bincount(key, conf[idx].ravel(), minlength=b * bins).reshape(b, bins)

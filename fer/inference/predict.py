@@ -24,7 +24,15 @@ from fer.evaluation.metrics import clip_va, softmax
 from fer.inference.track import assign_tracks, plot_timeline, smooth, track_summary
 from fer.model.checkpoint import model_from_checkpoint, temperature_mismatch, temperature_of
 from fer.model.forward import infer
-from fer.trust import FERError, check_device, check_input, check_not_inputs, check_replaceable, staged_outputs
+from fer.trust import (
+    FERError,
+    check_device,
+    check_input,
+    check_not_inputs,
+    check_replaceable,
+    progress,
+    staged_outputs,
+)
 
 # Read by OpenCV when it first logs and by FFmpeg when it first opens a file, so in time here.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our messages name the file; not OpenCV's warnings
@@ -198,6 +206,26 @@ def video_frames(path, step, notes=None):
                      f"the rows of those {i} frames are kept")
 
 
+def expected_units(inputs, step):
+    """How many images and analysed frames the inputs hold (the progress bar's total), from each video's
+    own frame count; None when a video does not state one (the bar then counts without an ETA)."""
+    total = 0
+    for inp in inputs:
+        if inp.kind == "image":
+            total += 1
+            continue
+        try:
+            cap, _ = open_video(inp.path)
+        except FERDataError:
+            continue  # skipped later, with its reason
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        cap.release()
+        if n <= 0:
+            return None
+        total += -(-n // step)
+    return total
+
+
 def units(inp, args, cropper, transform, notes):
     """(rows, crops) for each image or analysed frame: one row per face, or one row without a
     prediction when no face was found."""
@@ -294,6 +322,8 @@ def predict(inputs, args, model, meta, device, cropper=None):
                        valence=float(v) if va_trained else nan, arousal=float(a) if va_trained else nan,
                        **({"tta": args.tta} if args.tta else {}))  # test-time augmentation: recorded per row
 
+    bar = progress(total=expected_units(inputs, args.frame_step), desc="predict",
+                   unit="frame" if any(inp.kind == "video" for inp in inputs) else "image")
     worker.start()
     try:
         while True:
@@ -310,6 +340,7 @@ def predict(inputs, args, model, meta, device, cropper=None):
                 raise FERError(f"the decode/detect thread failed{where}: {type(item.error).__name__}: "
                                f"{str(item.error).strip().splitlines()[-1] if str(item.error).strip() else ''}")
             unit_rows, crops = item
+            bar.update()
             rows.extend(unit_rows)
             pending.extend(zip(unit_rows, crops))
             while len(pending) >= args.batch_size:
@@ -318,6 +349,7 @@ def predict(inputs, args, model, meta, device, cropper=None):
         if pending:
             run_batch(pending)
     finally:
+        bar.close()
         stop.set()
         worker.join(timeout=10)
     return rows, skipped, notes

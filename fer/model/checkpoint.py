@@ -5,8 +5,12 @@ dict), FER checkpoints with their metadata, and their fingerprints. Weight files
 import hashlib
 import pickle
 import re
-import resource
 from pathlib import Path
+
+try:
+    import resource  # POSIX: the file-size limit (ulimit -f) a failed save names
+except ImportError:  # Windows
+    resource = None
 
 import numpy as np
 import torch
@@ -215,8 +219,8 @@ def save_checkpoint(obj, path, stage=None):
     try:
         torch.save(obj, stage(path))
     except RuntimeError as e:  # its C++ writer says only "unexpected pos ..." or "file write failed"
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        if limit == resource.RLIM_INFINITY:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource else None
+        if limit is None or limit == resource.RLIM_INFINITY:
             raise  # a full disk: staged_outputs names the file
         raise CheckpointError(f"{path}: not written ({one_line(e)[:120]}): this process may write files of at most "
                               f"{limit:,} bytes (ulimit -f); raise the limit") from None

@@ -466,8 +466,6 @@ def test_failing_detection_thread_one_line(trained, clip, old_out, monkeypatch, 
 
 
 def test_failing_model_one_line(trained, clip, old_out, monkeypatch, capsys):
-    pass
-
     def oom(*a, **k):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
     monkeypatch.setattr(fer.inference.predict, "infer", oom)
@@ -475,6 +473,23 @@ def test_failing_model_one_line(trained, clip, old_out, monkeypatch, capsys):
     assert code == 1 and err.strip().count("\n") == 0
     assert "the model failed on a batch" in err and "out of memory" in err and "--batch_size" in err
     assert old_out.read_bytes() == OLD
+
+
+def test_progress_lines_outside_a_terminal(trained, clip, tmp_path, capsys):
+    """Issue 26.3: a video's prediction was silent under nohup or a scheduler. Outside a terminal the
+    progress is plain lines (frames done of the video's frame count, rate, ETA) that a log can hold;
+    --quiet keeps only the results."""
+    def run(*flags):
+        with pytest.raises(SystemExit) as e:
+            run_main(predict.main, [f"--checkpoint={trained}", str(clip), f"--out={tmp_path / 'p.csv'}", *flags])
+        assert e.value.code == 0
+        return capsys.readouterr().out
+
+    lines = [ln for ln in run("--frame_step=2").splitlines() if ln.startswith("predict: ")]
+    assert lines and lines[-1].startswith("predict: 6/6 frame (100%)") and "left" in lines[-1]
+    assert all("\r" not in ln for ln in lines)
+    out = run("--quiet")
+    assert "predict: " not in out and "wrote 12 rows" in out
 
 
 # --- found by the hostile pass over prediction ----------------------------------------------------
