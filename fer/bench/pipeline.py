@@ -32,6 +32,7 @@ from fer.data.dataset import FERDataset, load_image
 from fer.data.demo import make_dataset
 from fer.data.faces import Cropper, make_detector
 from fer.data.index import build_index, stratified_split, write_parquet
+from fer.data.leakage import hash_images
 from fer.data.transforms import FastISONoise, build_transforms, seed_augmentation
 from fer.evaluation.metrics import bootstrap_indices, bootstrap_metrics, evaluate
 from fer.evaluation.report import render
@@ -153,6 +154,30 @@ def bench_index(args, rows, tmp):
     rows.append(("index", "baseline: threads + exists + np.load(mmap)", n_base / base, "img/s",
                  f"first {n_base} of the same images"))
     rows.append(("index", "speed-up over baseline", (n / ours) / (n_base / base), "x", ""))
+    # The leakage guard decodes every image (the index itself reads annotations only): timed on photos at
+    # AffectNet's 224 px, not on the tree's 8 x 8 placeholders, in the same worker pool the index uses.
+    photos = write_guard_photos(tmp / "guard_photos", min(n, 2000 if not args.quick else 100))
+    workers = os.cpu_count() or 1
+    guard = timed(lambda: hash_images(photos, workers), args.reps, "cpu")
+    per_image = guard / len(photos)
+    rows.append(("index", "leakage guard hashing (SHA-1, 64- and 256-bit pHash)", len(photos) / guard, "img/s",
+                 f"224px JPEG photos, {workers} worker processes"))
+    rows.append(("index", f"leakage guard share of indexing {n} images", 100 * n * per_image / (ours + n * per_image),
+                 "%", "hashing time scaled to the tree"))
+
+
+def write_guard_photos(folder, n):
+    """n different 224 px JPEG crops of scikit-image's astronaut photo (quality 90), as the guard meets faces."""
+    from skimage import data
+
+    folder.mkdir()
+    photo, paths = data.astronaut(), []
+    for k in range(n):
+        y, x = (7 * k) % 200, (11 * k) % 200
+        crop = cv2.resize(photo[y:y + 300, x:x + 300, ::-1], (224, 224), interpolation=cv2.INTER_AREA)
+        paths.append(str(folder / f"{k}.jpg"))
+        cv2.imwrite(paths[-1], crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return paths
 
 
 # --- data ---------------------------------------------------------------------------------------

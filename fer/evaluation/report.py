@@ -616,14 +616,22 @@ def leakage_section(m):
                 figs.append(f'<figure class="t" title="{esc(p[side]["path"])}">{pic}<figcaption>{esc(p[side]["split"])}: '
                             f'{esc(p[side]["label"])}<br>{esc(p["kind"])} {int(p["bits"])}<span class="name">'
                             f'{esc(p[side]["filename"])}</span></figcaption></figure>')
-        if figs:
-            out.append(f'<div class="gallery">{"".join(figs)}</div>')
+        if figs:  # collapsed, as every gallery below the summary: the count above is the finding
+            n_pairs, total = len(figs) // 2, c.get("pairs_with_train_total") or len(figs) // 2
+            which = f"the {n_pairs:,} pair{'s' if n_pairs != 1 else ''}" if total <= n_pairs else \
+                f"the first {n_pairs:,} of {total:,} pairs"
+            out.append(f'<details class="cell"><summary>{which} with train <span class="muted">(thumbnails; every '
+                       f'pair is in the card)</span></summary><div class="gallery">{"".join(figs)}</div></details>')
     out.append("</section>")
     return "".join(out)
 
 
+LABEL_ISSUES_OPEN = 5  # the most likely label issues shown open (one row at 800 px); the others collapsed
+
+
 def label_issues_section(m):
-    """The likely label issues (eval --audit_labels): thumbnail, given and suggested label, the probabilities."""
+    """The likely label issues (eval --audit_labels): thumbnail, given and suggested label, the probabilities;
+    the first LABEL_ISSUES_OPEN open, the others in a collapsed gallery."""
     li = m.get("label_issues")
     if not li:
         return ""
@@ -637,11 +645,15 @@ def label_issues_section(m):
                     f'<b>{esc(r["suggested_label"])}</b> {r["suggested_label_probability"]:.2f}'
                     f'<span class="name">{esc(r["filename"])}</span></figcaption></figure>')
     warn = f'<p class="note">WARNING: {esc(li["warning"])}</p>' if li.get("warning") else ""
+    more = figs[LABEL_ISSUES_OPEN:]
+    rest = (f'<details class="cell"><summary>the next {len(more):,} <span class="muted">(ranks '
+            f'{LABEL_ISSUES_OPEN + 1}-{len(figs)})</span></summary><div class="gallery">{"".join(more)}</div></details>'
+            if more else "")
     return (f'<section id="label-issues"><h2>Likely label issues</h2>{warn}<p class="muted">{li["n"]:,} of '
             f'{li["of"]:,} rows flagged by confident learning ({esc(li["method"])}); the {len(figs)} most likely '
             f'first. Review <code>{esc(li.get("csv", "label_issues_<arch>.csv"))}</code> (mark the column '
             f'<code>exclude</code>) and index again with <code>metadata_parallel.py --exclude FILE</code>.</p>'
-            f'<div class="gallery">{"".join(figs)}</div></section>')
+            f'<div class="gallery">{"".join(figs[:LABEL_ISSUES_OPEN])}</div>{rest}</section>')
 
 
 # The page: the summary first (two columns on a wide screen), then the details. (id, nav label, section):

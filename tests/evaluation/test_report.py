@@ -320,6 +320,35 @@ def test_page_leads_with_the_summary_and_collapses_the_galleries(demo):
     assert html.index("Most confident mistakes") < at["galleries"]
 
 
+def test_leakage_pairs_and_lower_label_issues_are_collapsed(demo):
+    """On `make demo` the page was 9,900 px tall at 800 px, 4,000 of them the leakage pairs' and the label
+    issues' thumbnails, open. The finding (the count, the five most likely label issues) stays open; the
+    thumbnails below it are collapsed like every gallery after the summary."""
+    from fer.evaluation.report import LABEL_ISSUES_OPEN, label_issues_section, leakage_section
+
+    faces = sorted(str(p) for p in (demo["root"] / "images").glob("*.jpg"))[:24]
+
+    def side(k, split):
+        return {"path": faces[k], "split": split, "label": "Happy", "filename": f"{k}.jpg"}
+    card = {"split": "val", "across_splits": {"train-val": 9}, "bits": 8, "matches": True, "card": "c.json",
+            "fingerprint": "f" * 16, "pairs_with_train": [{"a": side(k, "train"), "b": side(k + 12, "val"),
+                                                           "kind": "near", "bits": 2} for k in range(9)]}
+    html = leakage_section({"protocol_card": [card]})
+    shown, collapsed = html.split('<details class="cell">')
+    assert "9 near-duplicates between train and val" in shown and "<img" not in shown
+    assert collapsed.count("<img") == 18 and "the 9 pairs with train" in collapsed
+    card["pairs_with_train_total"] = 30  # more pairs than the run records for the page: said so
+    assert "the first 9 of 30 pairs with train" in leakage_section({"protocol_card": [card]})
+    top = [{"rank": k + 1, "given_label": "Sad", "given_label_probability": 0.1, "suggested_label": "Happy",
+            "suggested_label_probability": 0.8, "filename": f"{k}.jpg", "path": faces[k]} for k in range(8)]
+    html = label_issues_section({"label_issues": {"n": 8, "of": 24, "method": "cleanlab", "top": top}})
+    shown, collapsed = html.split('<details class="cell">')
+    assert shown.count("<img") == LABEL_ISSUES_OPEN == 5 and collapsed.count("<img") == 3
+    assert "#1 given" in shown and "#6 given" in collapsed and "ranks 6-8" in collapsed
+    html = label_issues_section({"label_issues": {"n": 3, "of": 24, "method": "cleanlab", "top": top[:3]}})
+    assert "<details" not in html and html.count("<img") == 3
+
+
 def test_thumbnails_are_large_and_enlarge_to_their_stored_image(demo, tmp_path):
     big = tmp_path / "big.png"  # a face larger than FULL: stored at FULL, shown at THUMB
     cv2.imwrite(str(big), cv2.resize(cv2.imread(str(next((demo["root"] / "images").glob("*.jpg")))), (400, 400)))
