@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
 from fer.cli.compare import get_args as compare_args
-from fer.cli.sweep import OBJECTIVES, SweepError, redacted
+from fer.cli.sweep import OBJECTIVES, STUDY_DB, SweepError, redacted
 from fer.cli.train import get_args as train_args
 from fer.cli.train import output_paths, preflight
 from fer.training.compare import compare
@@ -261,6 +261,30 @@ def space_record(args):
             "base": json_safe({k: v for k, v in args.base.given.items() if k != "save_path"})}
 
 
+def study_home(url):
+    """Where a study lives, as its trials' run records name it: the default SQLite file is "SWEEP_DIR/study.db"
+    wherever the folder now lies (a moved sweep folder continues), any other storage its redacted URL."""
+    url = redacted(url)
+    return f"SWEEP_DIR/{STUDY_DB}" if url.startswith("sqlite:///") and url.endswith("/" + STUDY_DB) else url
+
+
+def check_one_study(args, look_at=20):
+    """A sweep folder holds one study: trial_NNNN is that study's trial number, so a second study's trials
+    would meet the first one's folders (each refused by training: three failures, then a stop) and its page
+    and table would replace the first one's. The trials' run records name their study; checked before the
+    study is opened, so a refusal writes nothing."""
+    for path in sorted(Path(args.out).glob("trial_*/*_run.json"))[:look_at]:
+        record = read_json(path, "run record", default=[])
+        info = record.get("sweep") if isinstance(record, dict) else None
+        if not isinstance(info, dict) or not isinstance(info.get("study"), str):
+            continue
+        theirs = (info["study"], study_home(str(info.get("storage"))))
+        if theirs != (args.study, study_home(args.storage_url)):
+            raise SweepError(f"--out {args.out}: holds the trials of study {theirs[0]!r} in {theirs[1]} (e.g. "
+                             f"{path.parent.name}); a sweep folder holds one study: continue that one (--study "
+                             f"{theirs[0]} with its --storage) or give this one another --out")
+
+
 def open_study(args):
     direction = OBJECTIVES[args.metric]
     storage = open_storage(args.storage_url)
@@ -325,6 +349,7 @@ def sweep(args):
     """sweep.py once its flags, space and base config are checked (fer.cli.sweep.get_args). Returns the exit code."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # this module says what happened, in its own lines
     direction = OBJECTIVES[args.metric]
+    check_one_study(args)
     study = open_study(args)
     n, _ = counts(study)
     say(f"sweep: study {args.study!r} in {redacted(args.storage_url)}: {len(study.trials)} trials so far, "

@@ -221,6 +221,29 @@ def test_sweep_runs_trials_as_runs_prunes_and_continues(demo, tmp_path, monkeypa
     assert {p: p.stat().st_mtime_ns for p in before} == before
     # another objective on the same study is refused in one line
     one_error_line(run_here("sweep.py", *argv, "--metric", "val_rmse"), "--metric val_rmse is to minimize", code=1)
+    # another study into the same folder: refused before any trial, the first study's page kept
+    page = (out / "sweep.html").read_bytes()
+    one_error_line(run_here("sweep.py", *argv, "--study", "other"), "holds the trials of study 'sw'", code=1)
+    assert (out / "sweep.html").read_bytes() == page and not (out / "trial_0004").exists()
+
+
+def test_a_sweep_folder_holds_one_study(tmp_path):
+    """A second study into a sweep folder failed three trials on the first one's trial_NNNN folders (training
+    refused them, advising --resume/--overwrite, flags sweep.py lacks), then replaced its page and table."""
+    from argparse import Namespace
+
+    out = tmp_path / "sw"
+    (out / "trial_0000").mkdir(parents=True)
+    default = storage_url(None, out)
+    record = {"sweep": {"study": "sw", "storage": default, "trial": 0}}
+    (out / "trial_0000" / "FER_resnet18_run.json").write_text(json.dumps(record))
+    S.check_one_study(Namespace(out=str(out), study="sw", storage_url=default))  # the same study continues
+    moved = Namespace(out=str(out), study="sw", storage_url=storage_url(None, tmp_path / "elsewhere" / "sw"))
+    S.check_one_study(moved)  # the folder moved: its own study.db, the same study
+    for study, url in [("other", default), ("sw", "postgresql+psycopg://fer@db/sweeps")]:
+        with pytest.raises(SweepError, match=r"holds the trials of study 'sw' in SWEEP_DIR/study.db \(e.g. "
+                                             r"trial_0000\); a sweep folder holds one study.*--study sw"):
+            S.check_one_study(Namespace(out=str(out), study=study, storage_url=url))
 
 
 @pytest.mark.slow
