@@ -351,6 +351,10 @@ def sweep(args):
     direction = OBJECTIVES[args.metric]
     check_one_study(args)
     study = open_study(args)
+    if not study.trials and any(Path(args.out).glob("trial_*/*_run.json")):
+        raise SweepError(f"--out {args.out}: holds trial folders, but study {args.study!r} in "
+                         f"{redacted(args.storage_url)} has no trials (its database was deleted or replaced?): "
+                         f"its trial numbers would meet those folders; give another --out")
     n, _ = counts(study)
     say(f"sweep: study {args.study!r} in {redacted(args.storage_url)}: {len(study.trials)} trials so far, "
         f"target {args.trials}; {args.metric} to {direction}, TPE (seed {args.seed}), pruner {args.pruner}; "

@@ -225,6 +225,10 @@ def test_sweep_runs_trials_as_runs_prunes_and_continues(demo, tmp_path, monkeypa
     page = (out / "sweep.html").read_bytes()
     one_error_line(run_here("sweep.py", *argv, "--study", "other"), "holds the trials of study 'sw'", code=1)
     assert (out / "sweep.html").read_bytes() == page and not (out / "trial_0004").exists()
+    # the study's database deleted: a new, empty study would start at trial 0 among the old folders
+    (out / "study.db").unlink()
+    one_error_line(run_here("sweep.py", *argv), "holds trial folders, but study 'sw'", "has no trials", code=1)
+    assert (out / "sweep.html").read_bytes() == page
 
 
 def test_a_sweep_folder_holds_one_study(tmp_path):
