@@ -361,64 +361,67 @@ def train(args, rank=0, world=1, device=None, command=None, on_epoch=None):
     say(f"training on {device}{f' x{world}' if world > 1 else ''}, {precision}, {len(train_ds)} train / "
         f"{len(val_ds)} val images, batch {args.batch_size}{f' x{world}' if world > 1 else ''}, {workers} loader workers")
     train_model, stage = None, "unset"
-    for epoch in range(state["epoch"], args.epochs):
-        t0 = time.time()
-        lr = optimizer.param_groups[0]["lr"]  # at the epoch's first step (the schedule steps every step)
-        blocks = trainable_blocks(epoch, args.freeze_epochs, args.unfreeze_all_at, FAMILIES[args.arch].stages)
-        if blocks != stage:  # requires_grad changed: DDP must be rebuilt to see the new set
-            stage, frozen = blocks, apply_freezing(model, blocks)
-            train_model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) \
-                if world > 1 else model
-            if args.compile:
-                train_model = torch.compile(train_model)
-        seed_epoch(args.seed, epoch)
-        sampler.set_epoch(epoch)
-        train_mode(model, frozen)
-        step_losses = []
-        stats = train_one_epoch(train_model, train_loader, optimizer, scaler, criterion, device, amp_dtype,
-                                args.steps_per_epoch, show, epoch, step_losses, ema, mix, scheduler, sam)
-        stats.update(validate(model, val_loader, criterion, device, amp_dtype, world, show, class_names))
-        if ema is not None:
-            stats.update({f"ema_{k}": v for k, v in validate(ema.module, val_loader, criterion, device, amp_dtype,
-                                                              world, show, class_names).items()})
+    try:  # the writer closed however training ends (a sweep's pruned or failed trial goes on in this process)
+        for epoch in range(state["epoch"], args.epochs):
+            t0 = time.time()
+            lr = optimizer.param_groups[0]["lr"]  # at the epoch's first step (the schedule steps every step)
+            blocks = trainable_blocks(epoch, args.freeze_epochs, args.unfreeze_all_at, FAMILIES[args.arch].stages)
+            if blocks != stage:  # requires_grad changed: DDP must be rebuilt to see the new set
+                stage, frozen = blocks, apply_freezing(model, blocks)
+                train_model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) \
+                    if world > 1 else model
+                if args.compile:
+                    train_model = torch.compile(train_model)
+            seed_epoch(args.seed, epoch)
+            sampler.set_epoch(epoch)
+            train_mode(model, frozen)
+            step_losses = []
+            stats = train_one_epoch(train_model, train_loader, optimizer, scaler, criterion, device, amp_dtype,
+                                    args.steps_per_epoch, show, epoch, step_losses, ema, mix, scheduler, sam)
+            stats.update(validate(model, val_loader, criterion, device, amp_dtype, world, show, class_names))
+            if ema is not None:
+                stats.update({f"ema_{k}": v for k, v in validate(ema.module, val_loader, criterion, device, amp_dtype,
+                                                                  world, show, class_names).items()})
 
-        key = "ema_val" if args.best_on == "ema" else "val"  # the weights that pick the best checkpoint
-        better_acc = stats[f"{key}_acc"] > state["best_acc"]
-        better_rmse = stats[f"{key}_rmse"] < state["best_rmse"]
-        state["best_acc"] = max(state["best_acc"], stats[f"{key}_acc"])
-        state["best_rmse"] = min(state["best_rmse"], stats[f"{key}_rmse"])
-        state["bad_epochs"] = 0 if better_acc or better_rmse else state["bad_epochs"] + 1
-        state["epoch"] = epoch + 1
-        state["stopped"] = state["bad_epochs"] >= args.patience
-        stage_name = stage_label(blocks)
-        row = {"epoch": epoch + 1, "lr": lr, "trainable": stage_name, **stats, "time_s": time.time() - t0}
-        state["history"].append(row)
-        tensorboard.epoch(row, torch.stack(step_losses).tolist() if step_losses else [], state["steps"])
-        state["steps"] += len(step_losses)
-        if rank == 0:
-            best = ema.module if args.best_on == "ema" else model
-            run.update(state, best.state_dict() if better_acc else None)
-            save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler,
-                       dict(run=run.record, heads_trained=heads_trained, crop_template=template), ema, carried_best)
-            carried_best = None  # copied, or replaced by a better epoch
-        say(f"epoch {epoch + 1}/{args.epochs} [{stage_name}] lr {lr:.2e} | train loss {stats['train_loss']:.4f} "
-            f"acc {stats['train_acc']:.4f} | val loss {stats['val_loss']:.4f} acc {stats['val_acc']:.4f} "
-            f"rmse {fmt(stats['val_rmse'])} (V {fmt(stats['val_rmse_valence'], '.3f')} "
-            f"A {fmt(stats['val_rmse_arousal'], '.3f')}) | "
-            + (f"EMA acc {stats['ema_val_acc']:.4f} rmse {fmt(stats['ema_val_rmse'])} | " if ema is not None else "")
-            + f"{stats['img_per_s']:.0f} img/s, data wait {100 * stats['data_wait']:.0f}% | {precision} | "
-            f"{row['time_s']:.0f}s"
-            f"{(' | best' + (' (EMA)' if args.best_on == 'ema' else '') + ', saved') if better_acc else ''}")
-        counted = chosen(row, args.best_on)
-        if counted["val_top_share"] > COLLAPSE_SHARE:
-            say("warning: " + M.collapse_text({"class": counted["val_top_class"], "share": counted["val_top_share"],
-                                               "threshold": COLLAPSE_SHARE}, "validation images"))
-        if on_epoch is not None:
-            on_epoch(row, state)
-        if state["stopped"]:
-            say(f"early stopping: neither validation accuracy nor RMSE improved for {args.patience} epochs")
-            break
-    tensorboard.finish(run.record)
+            key = "ema_val" if args.best_on == "ema" else "val"  # the weights that pick the best checkpoint
+            better_acc = stats[f"{key}_acc"] > state["best_acc"]
+            better_rmse = stats[f"{key}_rmse"] < state["best_rmse"]
+            state["best_acc"] = max(state["best_acc"], stats[f"{key}_acc"])
+            state["best_rmse"] = min(state["best_rmse"], stats[f"{key}_rmse"])
+            state["bad_epochs"] = 0 if better_acc or better_rmse else state["bad_epochs"] + 1
+            state["epoch"] = epoch + 1
+            state["stopped"] = state["bad_epochs"] >= args.patience
+            stage_name = stage_label(blocks)
+            row = {"epoch": epoch + 1, "lr": lr, "trainable": stage_name, **stats, "time_s": time.time() - t0}
+            state["history"].append(row)
+            tensorboard.epoch(row, torch.stack(step_losses).tolist() if step_losses else [], state["steps"])
+            state["steps"] += len(step_losses)
+            if rank == 0:
+                best = ema.module if args.best_on == "ema" else model
+                run.update(state, best.state_dict() if better_acc else None)
+                save_epoch(paths, model, args, state, row, better_acc, optimizer, scheduler, scaler,
+                           dict(run=run.record, heads_trained=heads_trained, crop_template=template), ema, carried_best)
+                carried_best = None  # copied, or replaced by a better epoch
+            say(f"epoch {epoch + 1}/{args.epochs} [{stage_name}] lr {lr:.2e} | train loss {stats['train_loss']:.4f} "
+                f"acc {stats['train_acc']:.4f} | val loss {stats['val_loss']:.4f} acc {stats['val_acc']:.4f} "
+                f"rmse {fmt(stats['val_rmse'])} (V {fmt(stats['val_rmse_valence'], '.3f')} "
+                f"A {fmt(stats['val_rmse_arousal'], '.3f')}) | "
+                + (f"EMA acc {stats['ema_val_acc']:.4f} rmse {fmt(stats['ema_val_rmse'])} | " if ema is not None else "")
+                + f"{stats['img_per_s']:.0f} img/s, data wait {100 * stats['data_wait']:.0f}% | {precision} | "
+                f"{row['time_s']:.0f}s"
+                f"{(' | best' + (' (EMA)' if args.best_on == 'ema' else '') + ', saved') if better_acc else ''}")
+            counted = chosen(row, args.best_on)
+            if counted["val_top_share"] > COLLAPSE_SHARE:
+                say("warning: " + M.collapse_text({"class": counted["val_top_class"], "share": counted["val_top_share"],
+                                                   "threshold": COLLAPSE_SHARE}, "validation images"))
+            if on_epoch is not None:
+                on_epoch(row, state)
+            if state["stopped"]:
+                say(f"early stopping: neither validation accuracy nor RMSE improved for {args.patience} epochs")
+                break
+        tensorboard.finish(run.record)
+    finally:
+        tensorboard.close()
     say(f"best validation accuracy{' (EMA weights, --best_on ema)' if args.best_on == 'ema' else ''} "
         f"{state['best_acc']:.4f} at epoch {run.record.get('best_epoch')}; "
         f"checkpoint {paths['best']}, history {paths['history']}, "

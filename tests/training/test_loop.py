@@ -377,3 +377,28 @@ def test_a_finished_run_continues_with_more_epochs(demo, tmp_path):
     fewer = run_here("train_vggface2_resnet50.py", *tiny_args(demo, tmp_path, *common[2:], "--epochs", 3,
                                                                 "--resume", last))
     assert fewer.returncode == 1 and "--epochs 4 -> 3" in fewer.stderr
+
+
+def test_the_tensorboard_writer_is_closed_when_an_epoch_hook_stops_training(demo, tmp_path, monkeypatch):
+    """A sweep's pruned trial ends training by an exception from on_epoch, in a process that goes on with the
+    next trial: its SummaryWriter (an open event file and a writer thread) was left open, one per trial."""
+    from fer.cli.train import get_args, preflight
+    from fer.training.record import TensorBoardLog
+
+    closed, real = [], TensorBoardLog.close
+
+    def close(self):
+        closed.append(self._writer is not None)
+        real(self)
+    monkeypatch.setattr(TensorBoardLog, "close", close)
+
+    class Pruned(Exception):
+        pass
+
+    def stop(row, state):
+        raise Pruned
+    args = get_args(tiny_args(demo, tmp_path, "--epochs", 2, "--tensorboard"))
+    preflight(args)
+    with pytest.raises(Pruned):
+        TL.train(args, on_epoch=stop)
+    assert closed == [True]
