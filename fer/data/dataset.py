@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from fer.constants import CLASS_NAMES, FACE_MARGIN
 from fer.data.faces import Cropper, best_face, crop_rect, five_from_68, make_detector, mean_template, to_unit, warp
 from fer.data.transforms import build_transforms, seed_augmentation
-from fer.trust import FERError, recorded_root_fits, resolve_rows
+from fer.trust import FERError, quiet, recorded_root_fits, resolve_rows
 from fer.trust import progress as progress_of
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our errors name the file; no [ WARN ] lines
@@ -310,7 +310,7 @@ class FERDataset(Dataset):
         self.boxes.append(boxes[keep] if boxes is not None else np.full((int(keep.sum()), 4), np.nan))
         self.points.append(five_points(df)[keep] if self.template is not None else  # only the warp needs them
                            np.full((int(keep.sum()), 5, 2), np.nan))
-        if verbose:
+        if verbose and (notes or not quiet()):  # with --quiet, only when rows were dropped
             print(f"{Path(meta).name}: kept {int(keep.sum())}/{len(df)} rows" + "".join(f"; dropped {n}" for n in notes))
 
     def faces(self):

@@ -42,7 +42,7 @@ from fer.training.record import RunRecord, TensorBoardLog, chosen, command_line,
 from fer.training.sam import SAM
 from fer.training.schedule import apply_freezing, make_scheduler, schedule_text, stage_label, train_mode, trainable_blocks
 from fer.training.start import build_model, check_resume, earlier_best, template_of
-from fer.trust import FERError, check_device, one_line
+from fer.trust import FERError, check_device, one_line, quiet
 from fer.trust import progress as progress_of
 
 REG_WEIGHT = 0.5
@@ -50,13 +50,22 @@ NONFINITE_CHECK_EVERY = 16  # steps between looks at the loss: one device sync e
 
 
 class Say:
-    """print() on rank 0 only."""
+    """print() on rank 0 only; info() for the set-up lines (what was read and loaded, the schedule), which
+    --quiet leaves out: results, warnings and errors are said either way."""
 
     def __init__(self, enabled):
         self.enabled = enabled
 
+    @property
+    def informative(self):
+        return self.enabled and not quiet()
+
     def __call__(self, *a, **k):
         if self.enabled:
+            print(*a, **k, flush=True)
+
+    def info(self, *a, **k):
+        if self.informative:
             print(*a, **k, flush=True)
 
 
@@ -298,7 +307,7 @@ def train(args, rank=0, world=1, device=None, command=None, on_epoch=None):
     counted_twice(args.train_meta + args.val_meta, train_ds.faces(), val_ds.faces(),
                   "in both training (--train_meta) and validation (--val_meta)")
     if align is not None:
-        say(f"--align template: {len(train_ds) - train_ds.unaligned} training and {len(val_ds) - val_ds.unaligned} "
+        say.info(f"--align template: {len(train_ds) - train_ds.unaligned} training and {len(val_ds) - val_ds.unaligned} "
             f"validation images warped onto the template; {train_ds.unaligned + val_ds.unaligned} without "
             f"landmarks keep the dataset's crop")
     for metas, ds in ((args.train_meta, train_ds), (args.val_meta, val_ds)):
@@ -306,7 +315,7 @@ def train(args, rank=0, world=1, device=None, command=None, on_epoch=None):
             raise TrainError(f"{', '.join(metas)}: no rows left after filtering (labels of the trained classes "
                              f"{', '.join(class_names)} with valid values)")
     counts = np.bincount(train_ds.labels, minlength=len(class_names))
-    say("train classes: " + ", ".join(f"{c} {n}" for c, n in zip(class_names, counts)))
+    say.info("train classes: " + ", ".join(f"{c} {n}" for c, n in zip(class_names, counts)))
     # Recorded in the checkpoint, so that predict.py and the ONNX export can say a head never trained.
     heads_trained = {"expression": True, "valence_arousal": bool(np.isfinite(train_ds.va).any())}
     if not heads_trained["valence_arousal"]:
@@ -336,7 +345,7 @@ def train(args, rank=0, world=1, device=None, command=None, on_epoch=None):
         if ema is not None:
             ema.load_state_dict(resumed["ema"])
         state = resumed["train_state"]
-        say(f"resumed from {args.resume} after epoch {state['epoch']}")
+        say.info(f"resumed from {args.resume} after epoch {state['epoch']}")
         extension = extend_or_stop(args, resumed, state, paths, say)
         if extension is None:
             return
@@ -356,9 +365,9 @@ def train(args, rank=0, world=1, device=None, command=None, on_epoch=None):
 
     show = rank == 0  # a bar on a terminal, plain lines in a log (fer.trust.progress); none with --quiet
     plan = schedule_text(args.epochs, args.freeze_epochs, args.unfreeze_all_at, FAMILIES[args.arch].stages)
-    say(f"schedule: {plan} "
+    say.info(f"schedule: {plan} "
         f"(--freeze_epochs {args.freeze_epochs}, --unfreeze_all_at {args.unfreeze_all_at or 'none'})")
-    say(f"training on {device}{f' x{world}' if world > 1 else ''}, {precision}, {len(train_ds)} train / "
+    say.info(f"training on {device}{f' x{world}' if world > 1 else ''}, {precision}, {len(train_ds)} train / "
         f"{len(val_ds)} val images, batch {args.batch_size}{f' x{world}' if world > 1 else ''}, {workers} loader workers")
     train_model, stage = None, "unset"
     try:  # the writer closed however training ends (a sweep's pruned or failed trial goes on in this process)

@@ -30,14 +30,16 @@ def build_model(args, say, class_names=CLASS_NAMES):
     if args.no_pretrained:
         stages = FAMILIES[args.arch].stages
         frozen = trainable_blocks(0, args.freeze_epochs, args.unfreeze_all_at, stages) is not None
-        say(f"{args.arch}: random initialisation (--no_pretrained); " +
-            ("warning: the schedule you gave keeps the layers before the last stage(s) frozen at their random "
-             "values until --unfreeze_all_at" if frozen else "every layer trains from the first epoch"))
+        if frozen:  # a warning: said even with --quiet
+            say(f"{args.arch}: random initialisation (--no_pretrained); warning: the schedule you gave keeps the "
+                f"layers before the last stage(s) frozen at their random values until --unfreeze_all_at")
+        else:
+            say.info(f"{args.arch}: random initialisation (--no_pretrained); every layer trains from the first epoch")
         return FERNet(args.arch, class_names, img_size=args.img_size)
     if args.weights:
         model = FERNet(args.arch, class_names, img_size=args.img_size)
         missing = load_backbone_weights(model.backbone, as_state_dict(read_weights(args.weights), args.weights),
-                                        f"--weights {args.weights}", verbose=bool(say.enabled))
+                                        f"--weights {args.weights}", verbose=say.informative)
         if len(missing) == sum(not k.endswith("num_batches_tracked") for k in model.backbone.state_dict()):
             raise TrainError(f"--weights {args.weights}: none of its tensors fits a {args.arch} backbone "
                              f"(names and shapes as in torchvision's {args.arch})")
@@ -45,7 +47,7 @@ def build_model(args, say, class_names=CLASS_NAMES):
     path = Path(args.vggface2_ckpt or DEFAULT_VGGFACE2)
     if args.arch not in RESNETS:
         model = FERNet(args.arch, class_names, img_size=args.img_size)
-        load_backbone_weights(model.backbone, imagenet_state_dict(args.arch), "ImageNet", verbose=bool(say.enabled))
+        load_backbone_weights(model.backbone, imagenet_state_dict(args.arch), "ImageNet", verbose=say.informative)
         return model
     if path.is_file():
         caffe = args.vggface2_layout == "caffe"
@@ -54,21 +56,21 @@ def build_model(args, say, class_names=CLASS_NAMES):
                              "--vggface2_layout torchvision")
         model = FERNet(args.arch, class_names, input_format="caffe_bgr" if caffe else "imagenet")
         missing = load_backbone_weights(model.backbone, as_state_dict(read_weights(path), path),
-                                        f"VGGFace2 ({path})", verbose=bool(say.enabled))
+                                        f"VGGFace2 ({path})", verbose=say.informative)
         if missing:
             try:
                 still = load_backbone_weights(model.backbone, {k: v for k, v in imagenet_state_dict(args.arch).items()
                                                                if k in missing}, "ImageNet", verbose=False)
-                say(f"ImageNet: filled {len(missing) - len(still)} of the {len(missing)} tensors not in {path.name}")
+                say.info(f"ImageNet: filled {len(missing) - len(still)} of the {len(missing)} tensors not in {path.name}")
             except CheckpointError:
                 say(f"warning: ImageNet weights unavailable; {len(missing)} backbone tensors keep random init")
-        say(f"input: {'BGR 0-255 minus the VGGFace2 mean (converted inside the model)' if caffe else 'ImageNet-normalised RGB'}")
+        say.info(f"input: {'BGR 0-255 minus the VGGFace2 mean (converted inside the model)' if caffe else 'ImageNet-normalised RGB'}")
         return model
     if args.vggface2_ckpt is not None:
         raise TrainError(f"--vggface2_ckpt {path}: file not found")
     say(f"{path} not found: starting from ImageNet weights (see weight/README.md for VGGFace2)")
     model = FERNet(args.arch, class_names)
-    load_backbone_weights(model.backbone, imagenet_state_dict(args.arch), "ImageNet", verbose=bool(say.enabled))
+    load_backbone_weights(model.backbone, imagenet_state_dict(args.arch), "ImageNet", verbose=say.informative)
     return model
 
 
@@ -121,7 +123,7 @@ def earlier_best(args, ckpt):
 def template_of(args, say):
     """The checkpoint's crop_template: where the five landmarks sit on average in the training crops
     (predict.py warps detected faces onto it), or None when the training index has no landmarks."""
-    template, n = crop_template(args.train_meta, root=args.root, progress=say.enabled)
+    template, n = crop_template(args.train_meta, root=args.root, progress=say.informative)
     if template is None:
         if args.align == "template":
             raise TrainError(f"--align template: no landmarks in {', '.join(args.train_meta)}; add five per image "
@@ -129,6 +131,6 @@ def template_of(args, say):
         say("crop template: none (no landmarks in the training index); predict.py will crop the detector's box "
             "with a margin")
     else:
-        say(f"crop template from the landmarks of {n} training images: eyes at "
+        say.info(f"crop template from the landmarks of {n} training images: eyes at "
             f"({template[0][0]:.3f}, {template[0][1]:.3f}), ({template[1][0]:.3f}, {template[1][1]:.3f}) of the crop")
     return template

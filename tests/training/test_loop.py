@@ -402,3 +402,17 @@ def test_the_tensorboard_writer_is_closed_when_an_epoch_hook_stops_training(demo
     with pytest.raises(Pruned):
         TL.train(args, on_epoch=stop)
     assert closed == [True]
+
+
+def test_quiet_training_says_the_results_only(demo, tmp_path, capsys):
+    """Issue 26.3: --quiet keeps results and errors. Training still printed seven set-up lines (rows kept, the
+    classes, the initialisation, the crop template, the schedule, the device) before its epochs."""
+    def lines(*flags):
+        with pytest.raises(SystemExit) as e:
+            T.main(tiny_args(demo, tmp_path, "--epochs", 1, "--overwrite", *flags))
+        assert e.value.code == 0
+        return capsys.readouterr().out.splitlines()
+    full = lines()
+    assert any(ln.startswith("training on ") for ln in full) and any(ln.startswith("train classes: ") for ln in full)
+    quiet = lines("--quiet")
+    assert [ln.split(" ", 1)[0] for ln in quiet] == ["epoch", "best"], quiet

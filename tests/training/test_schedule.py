@@ -8,6 +8,7 @@ import torch
 from builders import run_here, tiny_args
 
 import fer.cli.train as TF
+import fer.training.loop as TL
 import fer.training.schedule as TS
 import fer.training.start as TI
 from fer.model.net import FERNet
@@ -118,9 +119,19 @@ def test_no_pretrained_trains_every_layer_and_says_so(demo, tmp_path):
     assert [TS.trainable_blocks(e, a.freeze_epochs, a.unfreeze_all_at) for a in [TF.get_args(pretrained)]
             for e in (0, 3)] == [("layer4",), ("layer3", "layer4")]  # pretrained: staged as before
     said = []
-    TI.build_model(TF.get_args(tiny_args(demo, tmp_path)), said.append, ["Happy", "Sad"])
-    TI.build_model(TF.get_args(tiny_args(demo, tmp_path, "--freeze_epochs", 1)), said.append, ["Happy", "Sad"])
+
+    class Said(TL.Say):
+        def __call__(self, line):
+            said.append(line)
+        info = __call__
+    TI.build_model(TF.get_args(tiny_args(demo, tmp_path)), Said(True), ["Happy", "Sad"])
+    TI.build_model(TF.get_args(tiny_args(demo, tmp_path, "--freeze_epochs", 1)), Said(True), ["Happy", "Sad"])
     assert "every layer trains from the first epoch" in said[0] and "warning" in said[1]
+    said.clear()
+    Said.info = lambda self, line: None  # --quiet: the set-up line goes, the warning stays
+    TI.build_model(TF.get_args(tiny_args(demo, tmp_path)), Said(True), ["Happy", "Sad"])
+    TI.build_model(TF.get_args(tiny_args(demo, tmp_path, "--freeze_epochs", 1)), Said(True), ["Happy", "Sad"])
+    assert len(said) == 1 and "warning" in said[0]
 
 
 # --- found by the hostile pass over training ------------------------------------------------------
