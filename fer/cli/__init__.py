@@ -100,7 +100,8 @@ class ArgumentParser(argparse.ArgumentParser):
         return parsed
 
 
-QUIET_HELP = "no progress reports (a bar on a terminal, lines with rate and time left in a log): results and errors only"
+QUIET_HELP = ("no progress reports (a bar on a terminal, lines with rate and time left in a log) and no set-up lines: "
+              "results, warnings and errors only")
 
 
 def add_quiet_argument(p):
