@@ -13,7 +13,8 @@ The study lives in a database: SQLite in SWEEP_DIR/study.db by default, or any U
 workers on several machines, each running the same command, share one study; trial numbers are the
 study's, so no two workers run the same trial). Rerunning continues the study up to --trials. A worker
 that dies leaves its trial RUNNING; its heartbeat stops, and after the grace period the next worker to
-start a trial marks it failed (and its run record says so): failed trials are replaced, never lost.
+start a trial marks it failed (and its run record says so): failed trials are replaced, never lost. A
+worker with no trial left to start waits for the running ones, so a dead worker's last trial is replaced too.
 """
 import contextlib
 import html
@@ -43,6 +44,7 @@ from fer.trust import FERError, one_line, read_json, staged_outputs, write_text
 
 HEARTBEAT_S = 20  # a running trial says it is alive this often
 GRACE_S = 120  # a RUNNING trial silent this long belongs to a worker that died: marked failed
+WAIT_S = 5  # how often a worker with no trial left to start looks at the others' last ones
 FAILURES_IN_A_ROW = 3  # then the worker stops: the base config or the space is broken, not one trial
 MEDIAN_STARTUP = 3  # finished trials before the median pruner prunes
 TRIAL_DIR = "trial_{:04d}"
@@ -359,18 +361,34 @@ def sweep(args):
     say(f"sweep: study {args.study!r} in {redacted(args.storage_url)}: {len(study.trials)} trials so far, "
         f"target {args.trials}; {args.metric} to {direction}, TPE (seed {args.seed}), pruner {args.pruner}; "
         f"searching {', '.join(p.name for p in args.params)}")
-    objective, started, failed_in_a_row = Objective(args, direction), time.time(), 0
+    objective, started, failed_in_a_row, waiting = Objective(args, direction), time.time(), 0, False
     while True:
         n, _ = counts(study)
-        if n[TrialState.COMPLETE] + n[TrialState.PRUNED] + n[TrialState.RUNNING] + n[TrialState.WAITING] >= args.trials:
+        done, running = n[TrialState.COMPLETE] + n[TrialState.PRUNED], n[TrialState.RUNNING] + n[TrialState.WAITING]
+        if done >= args.trials:
             break
         objective.number = None
         try:
+            if done + running >= args.trials:
+                # The last trials run elsewhere: wait for them, so that the study is whole when a worker ends.
+                # One whose worker died (killed, power cut) is failed once its heartbeat is GRACE_S old, and this
+                # worker runs a trial in its place.
+                if not waiting:
+                    say(f"sweep: waiting for {running} running trial(s) of other workers (or of a killed one: "
+                        f"failed {GRACE_S} s after its last heartbeat, then replaced here)")
+                waiting = True
+                time.sleep(WAIT_S)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+                continue
+            waiting = False
             study.optimize(objective, n_trials=1, catch=(FERError,), gc_after_trial=True)
         except KeyboardInterrupt:
             say(progress(study, args.trials, direction, args.metric, started))
-            print(f"\ninterrupted: trial {'?' if objective.number is None else objective.number} is marked failed "
-                  f"(the study draws a new one instead); rerun the same command to continue the study", file=sys.stderr)
+            what = ("while waiting for the other workers' trials" if objective.number is None else
+                    f"trial {objective.number} is marked failed (the study draws a new one instead)")
+            print(f"\ninterrupted: {what}; rerun the same command to continue the study", file=sys.stderr)
             write_summary(args, study, direction)
             return 130
         trial = next(t for t in study.get_trials(deepcopy=False) if t.number == objective.number)

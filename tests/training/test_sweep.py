@@ -181,6 +181,26 @@ def test_a_dead_workers_trial_is_marked_failed_with_its_run_record(demo, tmp_pat
     assert record["sweep"]["state"] == "failed" and "no heartbeat" in record["sweep"]["error"]
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask() below stands for a worker's optimize
+def test_a_worker_waits_for_the_last_running_trial_and_replaces_a_dead_ones(demo, tmp_path, monkeypatch, capsys):
+    """The study's last trial RUNNING in a worker that was killed: a worker reaching the target counted it as
+    running and ended, the study one trial short. It now waits; the dead trial is failed after the grace
+    period and this worker runs one in its place."""
+    monkeypatch.setattr(S, "GRACE_S", 1)
+    monkeypatch.setattr(S, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(S, "WAIT_S", 0.2)
+    space = write_yaml(tmp_path / "space.yaml", {"lr": {"low": 1e-4, "high": 1e-2, "log": True}})
+    argv = ["--config", str(base_config(demo, tmp_path / "base.yaml", epochs=1)), "--space", str(space), "--out",
+            str(tmp_path / "sw"), "--trials", "1"]
+    study = S.open_study(CS.get_args(argv))
+    dead = study.ask()  # a worker's trial, then the worker killed: its heartbeat stops
+    study._storage.record_heartbeat(dead._trial_id)
+    assert S.sweep(CS.get_args(argv)) == 0
+    assert "sweep: waiting for 1 running trial(s)" in capsys.readouterr().out
+    states = [t.state for t in S.open_study(CS.get_args(argv)).trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+
+
 # --- real sweeps (slow) -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_sweep_runs_trials_as_runs_prunes_and_continues(demo, tmp_path, monkeypatch):
