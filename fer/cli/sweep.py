@@ -228,7 +228,8 @@ def parser(description=None):
                    help=f"the study's database (default: sqlite in SWEEP_DIR/{STUDY_DB}); "
                         "postgresql://USER@HOST/DB lets several workers on several machines share one study")
     p.add_argument("--study", metavar="NAME", default=None,
-                   help="the study's name in the database (default: the SWEEP_DIR folder's name)")
+                   help="the study's name in the database (default: the study of the trials in SWEEP_DIR, else "
+                        "the SWEEP_DIR folder's name)")
     p.add_argument("--seed", type=int_at_least(0, 2**31 - 1), default=0,
                    help="seed of the TPE sampler (a second worker on the same study: give it another seed)")
     p.add_argument("--startup_trials", type=positive_int, default=5,
@@ -249,6 +250,7 @@ def get_args(argv=None, description=None):
     except FERError as e:
         p.error(str(e))
     args.base = base_run(p, args.config)
+    args.study_given = args.study is not None  # without it: the folder's own study (fer.training.sweep)
     args.study = args.study or Path(os.path.abspath(args.out)).name
     check_output(args.out, "--out", folder=True)
     if args.storage_url.startswith("sqlite:///"):  # trust rule 2: the study database is never another tool's file

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
 from fer.cli.compare import get_args as compare_args
-from fer.cli.sweep import OBJECTIVES, STUDY_DB, SweepError, redacted
+from fer.cli.sweep import OBJECTIVES, STUDY_DB, SweepError, redacted, storage_url
 from fer.cli.train import get_args as train_args
 from fer.cli.train import output_paths, preflight
 from fer.training.compare import compare
@@ -169,7 +169,7 @@ class Objective:
         drawn = suggest(trial, a.params)
         say(f"sweep: trial {trial.number}: " + (flag_text(drawn) or "(base config)")
             + f" -> {folder}")
-        info = {"study": a.study, "storage": redacted(a.storage_url), "trial": trial.number, "params": drawn,
+        info = {"study": a.study, "storage": study_home(a), "trial": trial.number, "params": drawn,
                 "metric": a.metric}
         save_path = None
         kept, epochs = None, 0
@@ -263,28 +263,71 @@ def space_record(args):
             "base": json_safe({k: v for k, v in args.base.given.items() if k != "save_path"})}
 
 
-def study_home(url):
-    """Where a study lives, as its trials' run records name it: the default SQLite file is "SWEEP_DIR/study.db"
-    wherever the folder now lies (a moved sweep folder continues), any other storage its redacted URL."""
-    url = redacted(url)
-    return f"SWEEP_DIR/{STUDY_DB}" if url.startswith("sqlite:///") and url.endswith("/" + STUDY_DB) else url
+DEFAULT_HOME = f"SWEEP_DIR/{STUDY_DB}"  # how a run record names the default storage, the folder's own study.db
 
 
-def check_one_study(args, look_at=20):
-    """A sweep folder holds one study: trial_NNNN is that study's trial number, so a second study's trials
-    would meet the first one's folders (each refused by training: three failures, then a stop) and its page
-    and table would replace the first one's. The trials' run records name their study; checked before the
-    study is opened, so a refusal writes nothing."""
-    for path in sorted(Path(args.out).glob("trial_*/*_run.json"))[:look_at]:
+def study_home(args):
+    """Where this sweep's study lives, as its trials' run records name it: DEFAULT_HOME for the sweep folder's
+    own study.db (wherever the folder lies now), otherwise the storage URL without its password."""
+    return DEFAULT_HOME if args.storage_url == storage_url(None, args.out) else redacted(args.storage_url)
+
+
+def recorded_home(storage, out):
+    """study_home of a run record's storage; records written before DEFAULT_HOME named the folder's study.db
+    by its absolute URL: that one, or a study.db that no longer exists (the folder moved), is the default."""
+    if storage.startswith("sqlite:///") and storage.endswith("/" + STUDY_DB):
+        db = Path(storage[len("sqlite:///"):])
+        if db.resolve() == (Path(out) / STUDY_DB).resolve() or not db.exists():
+            return DEFAULT_HOME
+    return storage
+
+
+def recorded_studies(out, look_at=20):
+    """(study, home, trial folder) of the first look_at trials' run records that name them; unreadable or
+    damaged records are passed over."""
+    found = []
+    for path in sorted(Path(out).glob("trial_*/*_run.json"))[:look_at]:
         record = read_json(path, "run record", default=[])
         info = record.get("sweep") if isinstance(record, dict) else None
-        if not isinstance(info, dict) or not isinstance(info.get("study"), str):
-            continue
-        theirs = (info["study"], study_home(str(info.get("storage"))))
-        if theirs != (args.study, study_home(args.storage_url)):
-            raise SweepError(f"--out {args.out}: holds the trials of study {theirs[0]!r} in {theirs[1]} (e.g. "
-                             f"{path.parent.name}); a sweep folder holds one study: continue that one (--study "
-                             f"{theirs[0]} with its --storage) or give this one another --out")
+        if isinstance(info, dict) and isinstance(info.get("study"), str) and isinstance(info.get("storage"), str):
+            found.append((info["study"], recorded_home(info["storage"], out), path.parent.name))
+    return found
+
+
+def check_one_study(args):
+    """A sweep folder holds one study: trial_NNNN is that study's trial number, so a second study's trials
+    would meet the first one's folders (each refused by training: three failures, then a stop) and its page
+    and table would replace the first one's. The trials' run records name their study. Without --study, the
+    folder's study is continued (a renamed folder: its name is no longer the study's). Checked before the
+    study is opened, so a refusal writes nothing."""
+    found = recorded_studies(args.out)
+    home = study_home(args)
+    if not args.study_given and found and found[0][1] == home:
+        args.study = found[0][0]
+    for study, where, folder in found:
+        if (study, where) != (args.study, home):
+            raise SweepError(f"--out {args.out}: holds the trials of study {study!r} in {where} (e.g. {folder}); "
+                             f"a sweep folder holds one study: continue that one (--study {study}"
+                             + ("" if where == DEFAULT_HOME else f" --storage {where}") + ") or give this one "
+                             "another --out")
+
+
+def check_study_exists(args):
+    """Trial folders in --out belong to a study that must be in the storage already: a new, empty study
+    (its database deleted or replaced) would number its trials from 0 among those folders. Checked before
+    the study is opened, so a refusal creates no database and no study."""
+    if not any(Path(args.out).glob("trial_*/*_run.json")):
+        return
+    where = f"study {args.study!r} in {redacted(args.storage_url)}"
+    if args.storage_url.startswith("sqlite:///"):
+        db = Path(args.storage_url[len("sqlite:///"):])
+        if not db.is_file() or db.stat().st_size == 0:
+            raise SweepError(f"--out {args.out}: holds trial folders, but {db} (the study's database) is missing or "
+                             f"empty (deleted or replaced?): a new study's trial numbers would meet those folders; "
+                             f"give another --out")
+    if args.study not in optuna.get_all_study_names(storage=open_storage(args.storage_url)):
+        raise SweepError(f"--out {args.out}: holds trial folders, but {where} does not exist (deleted or "
+                         f"replaced?): a new study's trial numbers would meet those folders; give another --out")
 
 
 def open_study(args):
@@ -352,11 +395,8 @@ def sweep(args):
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # this module says what happened, in its own lines
     direction = OBJECTIVES[args.metric]
     check_one_study(args)
+    check_study_exists(args)
     study = open_study(args)
-    if not study.trials and any(Path(args.out).glob("trial_*/*_run.json")):
-        raise SweepError(f"--out {args.out}: holds trial folders, but study {args.study!r} in "
-                         f"{redacted(args.storage_url)} has no trials (its database was deleted or replaced?): "
-                         f"its trial numbers would meet those folders; give another --out")
     n, _ = counts(study)
     say(f"sweep: study {args.study!r} in {redacted(args.storage_url)}: {len(study.trials)} trials so far, "
         f"target {args.trials}; {args.metric} to {direction}, TPE (seed {args.seed}), pruner {args.pruner}; "

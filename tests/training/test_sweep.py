@@ -247,8 +247,8 @@ def test_sweep_runs_trials_as_runs_prunes_and_continues(demo, tmp_path, monkeypa
     assert (out / "sweep.html").read_bytes() == page and not (out / "trial_0004").exists()
     # the study's database deleted: a new, empty study would start at trial 0 among the old folders
     (out / "study.db").unlink()
-    one_error_line(run_here("sweep.py", *argv), "holds trial folders, but study 'sw'", "has no trials", code=1)
-    assert (out / "sweep.html").read_bytes() == page
+    one_error_line(run_here("sweep.py", *argv), "holds trial folders, but", "study.db", "missing or empty", code=1)
+    assert (out / "sweep.html").read_bytes() == page and not (out / "study.db").exists()
 
 
 def test_a_sweep_folder_holds_one_study(tmp_path):
@@ -257,17 +257,55 @@ def test_a_sweep_folder_holds_one_study(tmp_path):
     from argparse import Namespace
 
     out = tmp_path / "sw"
-    (out / "trial_0000").mkdir(parents=True)
-    default = storage_url(None, out)
-    record = {"sweep": {"study": "sw", "storage": default, "trial": 0}}
-    (out / "trial_0000" / "FER_resnet18_run.json").write_text(json.dumps(record))
-    S.check_one_study(Namespace(out=str(out), study="sw", storage_url=default))  # the same study continues
-    moved = Namespace(out=str(out), study="sw", storage_url=storage_url(None, tmp_path / "elsewhere" / "sw"))
-    S.check_one_study(moved)  # the folder moved: its own study.db, the same study
-    for study, url in [("other", default), ("sw", "postgresql+psycopg://fer@db/sweeps")]:
+
+    def record(trial, sweep):
+        (out / f"trial_{trial:04d}").mkdir(parents=True, exist_ok=True)
+        (out / f"trial_{trial:04d}" / "FER_resnet18_run.json").write_text(json.dumps({"sweep": sweep}))
+
+    def args(study=None, storage=None, folder=out):
+        return Namespace(out=str(folder), study=study or "sw", study_given=study is not None,
+                         storage_url=storage_url(storage, folder))
+    record(0, {"study": "sw", "storage": S.DEFAULT_HOME, "trial": 0})
+    record(1, {"study": "sw", "storage": "sqlite:////gone/away/sw/study.db"})  # written before DEFAULT_HOME, moved since
+    record(2, {"study": "sw"})  # damaged: no storage, passed over (it named "None" as the storage to give)
+    record(3, {"study": "sw", "storage": ["x"]})
+    S.check_one_study(args())  # the same study continues
+    S.check_one_study(args("sw", f"sqlite:///{out / 'study.db'}"))  # its own database, named
+    elsewhere = tmp_path / "elsewhere" / "study.db"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"")  # another sweep's database, also called study.db
+    for a in [args("other"), args("sw", "postgresql://fer@db/sweeps"), args("sw", f"sqlite:///{elsewhere}")]:
         with pytest.raises(SweepError, match=r"holds the trials of study 'sw' in SWEEP_DIR/study.db \(e.g. "
-                                             r"trial_0000\); a sweep folder holds one study.*--study sw"):
-            S.check_one_study(Namespace(out=str(out), study=study, storage_url=url))
+                                             r"trial_0000\); a sweep folder holds one study.*\(--study sw\)"):
+            S.check_one_study(a)
+    renamed = tmp_path / "sw_renamed"
+    out.rename(renamed)  # the same command again, in the renamed folder: its study, not the new name
+    a = args(folder=renamed)
+    S.check_one_study(a)
+    assert a.study == "sw"
+    with pytest.raises(SweepError, match="holds the trials of study 'sw'"):
+        S.check_one_study(args("sw_renamed", folder=renamed))  # a new study named so: refused
+
+
+def test_trial_folders_without_their_study_are_refused_before_a_database_is_made(demo, tmp_path):
+    """study.db deleted (or emptied) beside trial folders: the new study would number its trials from 0
+    among them. The refusal made a new study.db; now nothing is written."""
+    space = write_yaml(tmp_path / "space.yaml", {"lr": {"low": 1e-4, "high": 1e-2, "log": True}})
+    out = tmp_path / "sw"
+    (out / "trial_0000").mkdir(parents=True)
+    (out / "trial_0000" / "FER_resnet18_run.json").write_text("{}")
+    argv = ["--config", str(base_config(demo, tmp_path / "base.yaml")), "--space", str(space), "--out", str(out)]
+    for content in (None, b""):
+        if content is not None:
+            (out / "study.db").write_bytes(content)
+        with pytest.raises(SweepError, match="holds trial folders, but .*study.db .*missing or empty"):
+            S.sweep(CS.get_args(argv))
+        assert (out / "study.db").read_bytes() == b"" if content is not None else not (out / "study.db").exists()
+    (out / "study.db").unlink()
+    S.open_study(CS.get_args(argv + ["--study", "first"]))  # a database that holds another study only
+    with pytest.raises(SweepError, match="holds trial folders, but study 'sw' in .* does not exist"):
+        S.sweep(CS.get_args(argv))
+    assert optuna.get_all_study_names(storage=f"sqlite:///{out / 'study.db'}") == ["first"]
 
 
 @pytest.mark.slow
