@@ -322,8 +322,9 @@ def predict(inputs, args, model, meta, device, cropper=None):
                        valence=float(v) if va_trained else nan, arousal=float(a) if va_trained else nan,
                        **({"tta": args.tta} if args.tta else {}))  # test-time augmentation: recorded per row
 
-    bar = progress(total=expected_units(inputs, args.frame_step), desc="predict",
-                   unit="frame" if any(inp.kind == "video" for inp in inputs) else "image")
+    total = expected_units(inputs, args.frame_step)
+    bar = progress(total=total, desc="predict", disable=total == 0,  # 0: nothing readable, said below
+                   unit="frame" if any(inp.kind == "video" for inp in inputs) else "image")  # an image: one frame
     worker.start()
     try:
         while True:
@@ -348,6 +349,8 @@ def predict(inputs, args, model, meta, device, cropper=None):
                 del pending[:args.batch_size]
         if pending:
             run_batch(pending)
+        if bar.total is not None and bar.n != bar.total:  # a video's header miscounted its frames: end on what was read
+            bar.total = bar.n  # said by close()
     finally:
         bar.close()
         stop.set()

@@ -475,7 +475,7 @@ def test_failing_model_one_line(trained, clip, old_out, monkeypatch, capsys):
     assert old_out.read_bytes() == OLD
 
 
-def test_progress_lines_outside_a_terminal(trained, clip, tmp_path, capsys):
+def test_progress_lines_outside_a_terminal(trained, clip, tmp_path, capsys, monkeypatch):
     """Issue 26.3: a video's prediction was silent under nohup or a scheduler. Outside a terminal the
     progress is plain lines (frames done of the video's frame count, rate, ETA) that a log can hold;
     --quiet keeps only the results."""
@@ -490,6 +490,10 @@ def test_progress_lines_outside_a_terminal(trained, clip, tmp_path, capsys):
     assert all("\r" not in ln for ln in lines)
     out = run("--quiet")
     assert "predict: " not in out and "wrote 12 rows" in out
+    for header in (1000, 2):  # a video whose header over- or under-counts its frames: the end is what was read
+        monkeypatch.setattr(fer.inference.predict, "expected_units", lambda inputs, step, n=header: n)
+        lines = [ln for ln in run().splitlines() if ln.startswith("predict: ")]
+        assert lines[-1].startswith("predict: 12/12 frame (100%)"), lines
 
 
 # --- found by the hostile pass over prediction ----------------------------------------------------
