@@ -607,10 +607,12 @@ def earlier_outputs(folder, name):
 def stage_output_set(stage, folder, name):
     """With the stage's commit: files of the earlier run of set `name` in folder that this run does not
     write are removed (only if unchanged since written), and the new manifest lists this run's files.
+    Never removed: a file the project recognises as an artefact of its own (artefact_kind: a checkpoint an
+    evaluation wrote its temperature into, in the same commit, is listed but is no output of the set).
     Returns the names to be removed."""
     stage.output_sets.append((Path(folder), name))
     stale = [p for p in earlier_outputs(folder, name) if p not in stage.files and p.resolve() not in
-             {t.resolve() for t in stage.files}]
+             {t.resolve() for t in stage.files} and artefact_kind(p) is None]
     stage.obsolete += stale
     return [p.name for p in stale]
 

@@ -132,5 +132,5 @@ def template_of(args, say):
             "with a margin")
     else:
         say.info(f"crop template from the landmarks of {n} training images: eyes at "
-            f"({template[0][0]:.3f}, {template[0][1]:.3f}), ({template[1][0]:.3f}, {template[1][1]:.3f}) of the crop")
+                 f"({template[0][0]:.3f}, {template[0][1]:.3f}), ({template[1][0]:.3f}, {template[1][1]:.3f}) of the crop")
     return template

@@ -404,6 +404,23 @@ def test_names_come_from_the_checkpoints_architecture(trained, demo, tmp_path, m
 
 # --- calibration: --calibrate fits a temperature on one split and records it in the checkpoint -----
 @pytest.mark.slow
+def test_a_checkpoint_calibrated_in_an_evaluation_folder_survives_the_next_evaluation_there(trained, demo, tmp_path):
+    """make demo's layout: the checkpoint beside its evaluation. --calibrate rewrote it in the evaluation's
+    commit, so the output set's manifest listed it, and the next `--overwrite` evaluation of another
+    checkpoint into that folder removed it as a stale output."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    ckpt, other = folder / "m.pth", tmp_path / "other.pth"
+    shutil.copy(trained, ckpt)
+    shutil.copy(trained, other)
+    for argv in ([ckpt, "--calibrate"], [other, "--overwrite"]):
+        r = run_here("eval_resnet50.py", "--checkpoint", argv[0], "--meta", demo["val"], "--out_dir", folder,
+                     "--num_workers", 0, "--bootstrap", 0, *argv[1:])
+        assert r.returncode == 0, r.stderr
+    assert ckpt.is_file() and "m.pth" not in r.stdout
+
+
+@pytest.mark.slow
 def test_calibrate_records_the_temperature_and_the_page_names_the_split(trained, demo, tmp_path):
     from fer.evaluation.metrics import fit_temperature
     from fer.model.checkpoint import read_checkpoint, weights_fingerprint
