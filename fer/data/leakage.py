@@ -261,6 +261,13 @@ def card_record(meta_path):
     card = read_json(path, "protocol card", default=[])  # a FIFO or JSON bomb beside an index: no card
     if not isinstance(card, dict) or "fingerprint" not in card:
         return None
+    try:
+        return _card_record(path, card, meta_path)
+    except (KeyError, TypeError, AttributeError, ValueError):  # a card edited out of shape: no card, not a traceback
+        return None
+
+
+def _card_record(path, card, meta_path):
     split = next((s for s, name in (card.get("files") or {}).items() if name == Path(meta_path).name), None)
     try:
         df = pd.read_parquet(meta_path, columns=["filename"])

@@ -194,3 +194,17 @@ def test_exclude_never_drops_a_row_of_another_split_that_shares_its_name(tmp_pat
     listed.write_text("filename\n1.jpg\n")  # a name of one split: as before, no split column needed
     kept, _ = L.exclude(parts(), listed)
     assert list(kept["train"]["filename"]) == ["0.jpg"]
+
+
+def test_a_card_edited_out_of_shape_is_no_card_not_a_traceback(tmp_path):
+    """card_record runs in training and evaluation (run record, page): a protocol_card.json edited into
+    another shape raised AttributeError/KeyError there, a traceback instead of the run."""
+    meta = tmp_path / "metadata_val.parquet"
+    pd.DataFrame({"filename": ["a.jpg"]}).to_parquet(meta)
+    for card in ({"fingerprint": "f", "files": ["metadata_val.parquet"]},
+                 {"fingerprint": "f", "files": {"val": "metadata_val.parquet"}, "duplicates": {"pairs": [{"where": "across"}]}},
+                 {"fingerprint": "f", "excluded": ["x"]}):
+        (tmp_path / L.CARD_JSON).write_text(json.dumps(card))
+        assert L.card_record(meta) is None, card
+    (tmp_path / L.CARD_JSON).write_text(json.dumps({"fingerprint": "f", "files": {"val": "metadata_val.parquet"}}))
+    assert L.card_record(meta)["split"] == "val"  # a card in shape is still read
