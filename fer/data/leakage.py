@@ -48,7 +48,7 @@ def _hash_chunk(paths):
     for path in paths:
         try:
             data = Path(path).read_bytes()
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:  # the bytes just read: each file is read once
                 im.draft("L", (HASH_READS, HASH_READS))
                 im = im.convert("L")
                 ph, fine = imagehash.phash(im), imagehash.phash(im, hash_size=16)

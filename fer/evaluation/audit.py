@@ -13,7 +13,6 @@ REVIEW_COLUMNS = ["rank", "filename", "given_label", "suggested_label", "given_l
 def label_issues(probs, labels):
     """Indices of the likely label issues, most likely first (cleanlab's confident learning)."""
     probs, labels = np.asarray(probs, np.float64), np.asarray(labels, int)
-    probs = probs / probs.sum(1, keepdims=True)
     present = np.unique(labels)
     if len(present) < 2:
         return np.zeros(0, int)

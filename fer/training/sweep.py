@@ -200,6 +200,7 @@ class Objective:
             trial.set_user_attr("error", why)
             if save_path is not None:
                 mark_run(save_path, {**info, "state": "failed", "error": why, "value": kept and kept[1]})
+                drop_resume_state(save_path)  # a failed trial is replaced, never resumed
             if isinstance(e, torch.OutOfMemoryError):  # a drawn batch size too large: this trial fails, in one line
                 raise SweepError(f"out of memory ({why[:120]})") from None
             raise
@@ -237,9 +238,10 @@ def open_storage(url):
             if attempt == 4 or not url.startswith("postgresql"):
                 raise SweepError(f"--storage {redacted(url)}: cannot open the database "
                                  f"({one_line(e.orig) if e.orig else type(e).__name__})") from None
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
             if attempt == 4:
-                raise
+                raise SweepError(f"--storage {redacted(url)}: cannot create the study's tables "
+                                 f"({one_line(e.orig) if e.orig else type(e).__name__})") from None
         except sqlalchemy.exc.DatabaseError as e:  # e.g. a SQLite file that is something else: not a database
             raise SweepError(f"--storage {redacted(url)}: cannot open the database "
                              f"({one_line(e.orig) if e.orig else type(e).__name__})") from None
@@ -363,13 +365,11 @@ def counts(study):
 def progress(study, target, direction, metric, started):
     """One line: trials done / running / pruned / failed, best so far, ETA."""
     n, trials = counts(study)
-    done = n[TrialState.COMPLETE] + n[TrialState.PRUNED]
-    running = n[TrialState.RUNNING] + n[TrialState.WAITING]
+    done, running = n[TrialState.COMPLETE] + n[TrialState.PRUNED], sum(n[s] for s in LIVE)
     line = (f"sweep: {done}/{target} trials done ({n[TrialState.COMPLETE]} complete, {n[TrialState.PRUNED]} pruned), "
             f"{running} running, {n[TrialState.FAIL]} failed")
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if complete:
-        best = (max if direction == "maximize" else min)(complete, key=lambda t: t.value)
+    best = best_trial(study, direction)
+    if best is not None:
         line += f" | best {metric} {best.value:.4f} (trial {best.number})"
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
                  if t.state in FINISHED and t.datetime_complete and t.datetime_start]
@@ -397,14 +397,13 @@ def sweep(args):
     check_one_study(args)
     check_study_exists(args)
     study = open_study(args)
-    n, _ = counts(study)
     say(f"sweep: study {args.study!r} in {redacted(args.storage_url)}: {len(study.trials)} trials so far, "
         f"target {args.trials}; {args.metric} to {direction}, TPE (seed {args.seed}), pruner {args.pruner}; "
         f"searching {', '.join(p.name for p in args.params)}")
     objective, started, failed_in_a_row, waiting = Objective(args, direction), time.time(), 0, False
     while True:
         n, _ = counts(study)
-        done, running = n[TrialState.COMPLETE] + n[TrialState.PRUNED], n[TrialState.RUNNING] + n[TrialState.WAITING]
+        done, running = n[TrialState.COMPLETE] + n[TrialState.PRUNED], sum(n[s] for s in LIVE)
         if done >= args.trials:
             break
         objective.number = None

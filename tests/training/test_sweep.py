@@ -201,6 +201,23 @@ def test_a_worker_waits_for_the_last_running_trial_and_replaces_a_dead_ones(demo
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
 
 
+def test_a_failed_trial_leaves_no_resume_state(demo, tmp_path, monkeypatch):
+    """A failed trial is replaced, never resumed: its <stem>_last.pth (three times the checkpoint) was kept."""
+    from fer.cli.train import output_paths
+    from fer.trust import FERError
+
+    def train(run, command=None, on_epoch=None):
+        output_paths(run.save_path)["last"].write_bytes(b"resume state")
+        raise FERError("the loss is not finite")
+    monkeypatch.setattr(S, "train", train)
+    space = write_yaml(tmp_path / "space.yaml", {"lr": {"low": 1e-4, "high": 1e-2, "log": True}})
+    argv = ["--config", str(base_config(demo, tmp_path / "base.yaml")), "--space", str(space), "--out",
+            str(tmp_path / "sw"), "--trials", "1"]
+    with pytest.raises(SweepError, match="3 trials in a row failed"):
+        S.sweep(CS.get_args(argv))
+    assert len(list((tmp_path / "sw").glob("trial_*"))) == 3 and not list((tmp_path / "sw").glob("trial_*/*_last.pth"))
+
+
 # --- real sweeps (slow) -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_sweep_runs_trials_as_runs_prunes_and_continues(demo, tmp_path, monkeypatch):
